@@ -1,0 +1,124 @@
+"""The `dive` command line: thin. Each command parses its stage's config dataclass, calls the
+stage's function, prints. Options and defaults are defined once, on the dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dive.utils.config import add_dataclass_arguments, dataclass_from_args
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# dive data ...
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from dive.data.synthvi.build import SynthConfig, build_world
+
+    cfg = dataclass_from_args(SynthConfig, args)
+    summary = build_world(cfg)
+    imgs = summary["images"]
+    print(f"SynthVI world written to {cfg.out} in {summary['seconds']} s (seed {cfg.seed})")
+    print(f"  vi/        SYSU-MM01 layout: {imgs.get('vi', 0)} images, ids {summary['vi_splits']}")
+    print(f"  external/  Market-1501 layout: {imgs.get('external', 0)} images "
+          f"(+{imgs.get('junk', 0)} junk, +{imgs.get('distractor', 0)} distractors), {cfg.ext_ids}+{cfg.ext_test_ids} ids")
+    print(f"  web/       captioned visible pool: {imgs.get('web', 0)} images")
+    print(f"next: dive data inspect {cfg.out}")
+    return 0
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from dive.data.inspect import InspectConfig, format_report, inspect
+
+    cfg = dataclass_from_args(InspectConfig, args)
+    print(format_report(inspect(cfg)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dive reid ...
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_reid_eval(args: argparse.Namespace) -> int:
+    from dive.reid.protocols import evaluate_npz
+    from dive.utils.io import write_json
+
+    res = evaluate_npz(args.features, args.protocol, trials=args.trials, gallery=args.gallery, seed=args.seed)
+    if args.json:
+        write_json(args.json, res)
+    print(f"{res['protocol']}: trials {res['trials']}, queries {res['num_valid_queries']}/{res['num_queries']} with a match")
+    print("  " + "  ".join(f"{k} {res[k]:.2f}" for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")))
+    if args.json:
+        print(f"  written: {args.json}")
+    return 0
+
+
+def _cmd_reid_bench_eval(args: argparse.Namespace) -> int:
+    from dive.reid.bench_eval import benchmark_eval
+
+    res = benchmark_eval(num_queries=args.queries, gallery_ids=args.gallery_ids, trials=args.trials, seed=args.seed)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dive.data.inspect import InspectConfig
+    from dive.data.synthvi.build import SynthConfig
+
+    parser = argparse.ArgumentParser(prog="dive", description="DiVE Studio: visible-infrared ReID data expansion")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="prepare and look at datasets").add_subparsers(dest="command", required=True)
+    p = data.add_parser("synth", help="write a procedural SynthVI world (VI set, external set, web pool)")
+    add_dataclass_arguments(p, SynthConfig)
+    p.set_defaults(func=_cmd_data_synth)
+    p = data.add_parser("inspect", help="summary table, contact sheet and raw-pixel modality gap of a dataset")
+    p.add_argument("root", type=Path, help="a `dive data synth` output or one dataset in a supported layout")
+    add_dataclass_arguments(p, InspectConfig, skip=("root",))
+    p.set_defaults(func=_cmd_data_inspect)
+
+    reid = sub.add_parser("reid", help="visible-infrared ReID evaluation").add_subparsers(dest="command", required=True)
+    p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")
+    p.add_argument("--features", type=Path, required=True,
+                   help=".npz with query_pid, query_cam, gallery_pid, gallery_cam and query_feat+gallery_feat or distance")
+    p.add_argument("--protocol", required=True,
+                   choices=["sysu-all", "sysu-indoor", "llcm-v2i", "llcm-i2v", "regdb-v2t", "regdb-t2v"])
+    p.add_argument("--trials", type=int, default=10, help="trials (single-shot gallery re-drawn per trial)")
+    p.add_argument("--gallery", choices=["sampled", "as-given"], default="sampled",
+                   help="'as-given' scores the gallery exactly as given (one trial, no sampling)")
+    p.add_argument("--seed", type=int, default=0, help="gallery sampling seed")
+    p.add_argument("--json", type=Path, default=None, help="write the result (percent, per trial) here")
+    p.set_defaults(func=_cmd_reid_eval)
+    p = reid.add_parser("bench-eval", help="time the evaluator on random SYSU-like features")
+    p.add_argument("--queries", type=int, default=4000)
+    p.add_argument("--gallery-ids", type=int, default=100)
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_reid_bench_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        # user errors (a wrong path or layout, a bad option): one clear line, no traceback
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dive: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

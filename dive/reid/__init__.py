@@ -1,0 +1,1 @@
+"""Visible-infrared ReID: standard evaluation protocols (and, later, the ReID training recipes)."""
