@@ -70,11 +70,86 @@ def _cmd_reid_bench_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# dive base ...
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_base_pretrain(args: argparse.Namespace) -> int:
+    from dive.base.pretrain import BasePretrainConfig, pretrain
+
+    cfg = dataclass_from_args(BasePretrainConfig, args)
+    out = pretrain(cfg)
+    print(f"base model written to {out} (diffusers layout; logs and previews in {cfg.run_dir})")
+    return 0
+
+
+def _cmd_reid_train(args: argparse.Namespace) -> int:
+    from dive.reid.run import ReIDDataConfig, train_from_config
+    from dive.reid.train import ReIDTrainConfig, epochs_summary
+
+    run, data = train_from_config(dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDTrainConfig, args))
+    meta = json.loads((run / "model.json").read_text())
+    last = epochs_summary(run)[-1]
+    print(f"trained {meta['config']['method'].upper()} on {meta['train_images']} images, {meta['num_classes']} ids: "
+          f"{meta['timing']['iterations']} batches, {meta['timing']['seconds_per_batch']} s/batch, "
+          f"{meta['timing']['train_seconds']} s")
+    print(f"  last epoch: loss {last['loss']:.3f}, id accuracy {last['acc_id']:.3f}"
+          + (f", val R1 {last['val']['rank1']:.2f}" if "val" in last else ""))
+    print(f"  weights: {run / 'model.safetensors'} ({meta['selected_by']}, epoch {meta['epoch']})")
+    print(f"next: dive reid test {run} --data {args.data}")
+    return 0
+
+
+def _cmd_reid_run(args: argparse.Namespace) -> int:
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+    from dive.reid.train import ReIDTrainConfig
+
+    report = run_reid(dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDTrainConfig, args),
+                      dataclass_from_args(ReIDEvalConfig, args))
+    _print_report(report)
+    return 0
+
+
+def _cmd_reid_test(args: argparse.Namespace) -> int:
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, evaluate_run
+
+    report = evaluate_run(args.run, dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDEvalConfig, args))
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    from dive.reid.run import summary_line
+
+    t = report["train"]["timing"]
+    print(f"{report['label']}: trained {t['iterations']} batches in {t['train_seconds']} s "
+          f"({t['seconds_per_batch']} s/batch); test {report['test_data']['test_ids']} ids, "
+          f"{report['eval']['trials']} trials")
+    print(summary_line(report))
+    run = Path(report["run"])
+    print(f"  written: {run / 'report.json'}, {run / 'report.md'}, {run / 'cmc.png'}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dive.train.trainer import DiVETrainConfig, train_dive
+
+    cfg = dataclass_from_args(DiVETrainConfig, args)
+    final = train_dive(cfg)
+    if final.exists():
+        print(f"DiVE checkpoint written to {final} (LoRA + embeddings + tokens.json); run folder {cfg.out}")
+    else:
+        print(f"stopped before the last step; resume with the same command (run folder {cfg.out})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dive.data.inspect import InspectConfig
     from dive.data.synthvi.build import SynthConfig
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig
+    from dive.reid.train import ReIDTrainConfig
 
     parser = argparse.ArgumentParser(prog="dive", description="DiVE Studio: visible-infrared ReID data expansion")
     sub = parser.add_subparsers(dest="group", required=True)
@@ -88,7 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, InspectConfig, skip=("root",))
     p.set_defaults(func=_cmd_data_inspect)
 
-    reid = sub.add_parser("reid", help="visible-infrared ReID evaluation").add_subparsers(dest="command", required=True)
+    base = sub.add_parser("base", help="the tiny SD-architecture base model").add_subparsers(dest="command", required=True)
+    p = base.add_parser("pretrain", help="train the tiny base from scratch on a SynthVI web pool (resumable)")
+    from dive.base.pretrain import BasePretrainConfig
+
+    add_dataclass_arguments(p, BasePretrainConfig)
+    p.set_defaults(func=_cmd_base_pretrain)
+
+    from dive.train.trainer import DiVETrainConfig
+
+    p = sub.add_parser("train", help="DiVE fine-tuning: identity tokens + camera tokens + UNet LoRA (resumable)")
+    add_dataclass_arguments(p, DiVETrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    reid = sub.add_parser("reid", help="visible-infrared ReID training and evaluation").add_subparsers(dest="command", required=True)
     p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")
     p.add_argument("--features", type=Path, required=True,
                    help=".npz with query_pid, query_cam, gallery_pid, gallery_cam and query_feat+gallery_feat or distance")
@@ -106,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_reid_bench_eval)
+    p = reid.add_parser("train", help="train a two-stream VI-ReID network (AGW or CAJ recipe)")
+    add_dataclass_arguments(p, ReIDDataConfig)
+    add_dataclass_arguments(p, ReIDTrainConfig)
+    p.set_defaults(func=_cmd_reid_train)
+    p = reid.add_parser("run", help="train, then evaluate all-search + indoor; report.json/.md + CMC plot")
+    add_dataclass_arguments(p, ReIDDataConfig)
+    add_dataclass_arguments(p, ReIDTrainConfig)
+    add_dataclass_arguments(p, ReIDEvalConfig)
+    p.set_defaults(func=_cmd_reid_run)
+    p = reid.add_parser("test", help="evaluate a trained run folder on the test ids (report.json/.md + CMC plot)")
+    p.add_argument("run", type=Path, help="a run folder written by `dive reid train`")
+    add_dataclass_arguments(p, ReIDDataConfig)
+    add_dataclass_arguments(p, ReIDEvalConfig)
+    p.set_defaults(func=_cmd_reid_test)
     return parser
 
 

@@ -1,1 +1,1 @@
-"""Visible-infrared ReID: standard evaluation protocols (and, later, the ReID training recipes)."""
+"""Visible-infrared ReID: standard evaluation protocols and the AGW / CAJ training recipes."""

@@ -1,0 +1,313 @@
+"""`dive base pretrain`: train the tiny SD-architecture base from scratch on the captioned web pool.
+
+Two stages, both resumable from their last checkpoint:
+1. the VAE, on random square crops of web images (a conv autoencoder is translation-equivariant,
+   so crops train it at half the cost), 20% turned grey so it also reconstructs colourless images
+   (grey copies of visible images: the base still never sees infrared);
+2. the UNet and the CLIP text encoder together, on the VAE's latents of every web image (and its
+   mirror image), noise-prediction MSE with min-SNR weighting, captions dropped 10% of the time so
+   classifier-free guidance works.
+
+Every step's randomness (batch, noise, timesteps, dropout) comes from a generator seeded by
+(seed, stage, step), so a resumed run continues exactly the same loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from dive.base.models import (
+    TinySDConfig,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    count_parameters,
+    save_base,
+    training_scheduler,
+)
+from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
+from dive.utils.config import config_to_dict
+from dive.utils.io import save_image, write_json
+from dive.utils.state import latest_checkpoint, load_training_state, save_training_state
+
+PREVIEW_PROMPTS = (
+    "a photo of a tall medium person, seen from the front, wearing a red sweater and blue pants and black shoes, with short black hair",
+    "a photo of a average slim person, seen from the back, wearing a yellow shirt and black shorts and white shoes, with long blonde hair, carrying a blue backpack",
+    "a photo of a short broad person, seen from the side, wearing a green and white hstripes sweater and gray pants and brown shoes, bald",
+    "a photo of a tall slim person, seen from the front, wearing a white and navy checks shirt and brown skirt and red shoes, with ponytail brown hair, wearing a red cap",
+)
+
+
+@dataclass
+class BasePretrainConfig:
+    """Pretraining of the tiny base. Defaults fit ~30 minutes on a 2-core CPU."""
+
+    data: Path = field(metadata={"help": "a SynthVI world (its web/ pool is used)"})
+    out: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "final diffusers folder"})
+    run_dir: Path = field(default=Path("runs/base-pretrain"), metadata={"help": "checkpoints, logs, previews (resumable)"})
+    seed: int = field(default=0, metadata={"help": "seed of every random step"})
+    vae_steps: int = field(default=2000, metadata={"help": "VAE training steps"})
+    vae_batch: int = field(default=32, metadata={"help": "VAE batch size"})
+    vae_lr: float = field(default=1e-3, metadata={"help": "VAE learning rate (AdamW)"})
+    vae_kl_weight: float = field(default=1e-6, metadata={"help": "KL weight of the VAE loss"})
+    vae_crop: int = field(default=64, metadata={"help": "square crop size for VAE training (0: full images)"})
+    steps: int = field(default=3000, metadata={"help": "UNet + text encoder training steps"})
+    batch_size: int = field(default=32, metadata={"help": "UNet batch size"})
+    lr: float = field(default=5e-4, metadata={"help": "UNet + text encoder peak learning rate (AdamW)"})
+    warmup: int = field(default=200, metadata={"help": "linear warm-up steps, then cosine decay to 10%"})
+    caption_dropout: float = field(default=0.1, metadata={"help": "chance of training on the empty caption"})
+    snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting gamma (0: plain MSE)"})
+    save_every: int = field(default=250, metadata={"help": "checkpoint every N steps (both stages)"})
+    preview_every: int = field(default=500, metadata={"help": "fixed-seed preview grid every N UNet steps (0: off)"})
+    max_images: int = field(default=0, metadata={"help": "use only the first N web images (0: all)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0]))
+
+
+def load_web_pool(data: Path, max_images: int, height: int, width: int) -> tuple[torch.Tensor, list[str]]:
+    from dive.data.registry import load_dataset
+
+    pool = load_dataset("synthvi", data).web_pool()
+    if max_images:
+        pool = pool[:max_images]
+    if not pool:
+        raise ValueError(f"{data}: the web pool is empty")
+    images = torch.empty((len(pool), 3, height, width), dtype=torch.uint8)
+    for i, (path, _) in enumerate(tqdm(pool, desc="loading web pool", unit="img", leave=False)):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                raise ValueError(f"{path}: image is {im.size[1]}x{im.size[0]}, the model expects {height}x{width}")
+            images[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+    return images, [c for _, c in pool]
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(127.5).sub(1.0)
+
+
+def _append_log(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_log(path: Path, stage: str, after_step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if r["stage"] != stage or r["step"] <= after_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _prune(run_dir: Path, keep: int = 2) -> None:
+    ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for p in ckpts[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: VAE
+# ---------------------------------------------------------------------------------------------
+
+
+def train_vae(cfg: BasePretrainConfig, images: torch.Tensor, log: Path, progress: bool = True):
+    stage_dir = Path(cfg.run_dir) / "vae"
+    vae = build_vae(cfg.model)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start = 0
+    ckpt = latest_checkpoint(stage_dir)
+    if ckpt is not None:
+        start = load_training_state(ckpt, modules={"vae": vae}, optimizer=opt)["step"]
+        _truncate_log(log, "vae", start)
+    vae.train()
+    N, _, H, W = images.shape
+    crop = cfg.vae_crop if cfg.vae_crop and cfg.vae_crop <= min(H, W) else 0
+    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", disable=not progress)
+    for step in bar:
+        g = step_generator(cfg.seed, 1, step)
+        idx = torch.randint(0, N, (cfg.vae_batch,), generator=g)
+        x = to_unit(images[idx])
+        if crop:
+            oy = int(torch.randint(0, H - crop + 1, (1,), generator=g))
+            ox = int(torch.randint(0, W - crop + 1, (1,), generator=g))
+            x = x[:, :, oy : oy + crop, ox : ox + crop]
+        grey = torch.rand(cfg.vae_batch, generator=g) < 0.2
+        x = torch.where(grey[:, None, None, None], x.mean(1, keepdim=True).expand_as(x), x)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * kl
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * min(1.0, (step + 1) / 100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        _append_log(log, {"stage": "vae", "step": step + 1, "loss": loss.item()})
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.vae_steps:
+            save_training_state(stage_dir / f"checkpoint-{step + 1}", modules={"vae": vae}, optimizer=opt,
+                                meta={"step": step + 1})
+            _prune(stage_dir)
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 64, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image and of its mirror: (2N, C, h, w) each."""
+    means, stds = [], []
+    for flip in (False, True):
+        for i in tqdm(range(0, len(images), batch), desc=f"encoding{' (mirrored)' if flip else ''}", disable=not progress, leave=False):
+            x = to_unit(images[i : i + batch])
+            if flip:
+                x = x.flip(-1)
+            post = vae.encode(x).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: UNet + text encoder
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg: BasePretrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    ac = scheduler.alphas_cumprod[timesteps]
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+@torch.no_grad()
+def preview_grid(tokenizer, text_encoder, vae, unet, prompts, *, seed: int, height: int, width: int, steps: int = 20,
+                 guidance: float = 3.0) -> Image.Image:
+    from diffusers import StableDiffusionPipeline
+
+    from dive.base.models import sampling_scheduler
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=sampling_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    imgs = pipe(list(prompts) * 2, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                generator=g, output_type="np").images
+    imgs = (imgs * 255).round().astype(np.uint8)
+    n = len(imgs)
+    return Image.fromarray(np.concatenate(list(imgs), axis=1)) if n else Image.new("RGB", (width, height))
+
+
+def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config_to_dict(cfg) | {"model": config_to_dict(cfg.model)})
+    log = run_dir / "loss.jsonl"
+    tok_dir = write_tokenizer_files(run_dir / "tokenizer", model_max_length=cfg.model.max_length, seed=cfg.seed)
+    tokenizer = load_tokenizer(tok_dir)
+    images, captions = load_web_pool(Path(cfg.data), cfg.max_images, cfg.model.height, cfg.model.width)
+
+    torch.manual_seed(cfg.seed)
+    vae = train_vae(cfg, images, log, progress)
+    vae.requires_grad_(False)
+    mean, std = encode_latents(vae, images, progress=progress)
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+
+    ids = tokenizer(captions, padding="max_length", max_length=cfg.model.max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=cfg.model.max_length, return_tensors="pt").input_ids
+
+    torch.manual_seed(cfg.seed + 1)
+    text_encoder = build_text_encoder(cfg.model, tokenizer)
+    unet = build_unet(cfg.model)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    noise_sched = training_scheduler()
+    stage_dir = run_dir / "unet"
+    start = 0
+    ckpt = latest_checkpoint(stage_dir)
+    if ckpt is not None:
+        start = load_training_state(ckpt, modules={"unet": unet, "text_encoder": text_encoder}, optimizer=opt)["step"]
+        _truncate_log(log, "unet", start)
+    unet.train()
+    text_encoder.train()
+    N = len(images)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet+text", disable=not progress)
+    t0 = time.time()
+    for step in bar:
+        g = step_generator(cfg.seed, 2, step)
+        idx = torch.randint(0, 2 * N, (cfg.batch_size,), generator=g)
+        lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
+        noise = torch.randn(lat.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        noisy = noise_sched.add_noise(lat, noise, t)
+        cap = ids[idx % N].clone()
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
+        cap[drop] = empty
+        hidden = text_encoder(cap)[0]
+        pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma > 0:
+            per = per * snr_weights(noise_sched, t, cfg.snr_gamma)
+        loss = per.mean()
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        _append_log(log, {"stage": "unet", "step": step + 1, "loss": loss.item(), "lr": lr})
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_training_state(stage_dir / f"checkpoint-{step + 1}",
+                                modules={"unet": unet, "text_encoder": text_encoder}, optimizer=opt,
+                                meta={"step": step + 1, "seconds": time.time() - t0})
+            _prune(stage_dir)
+        if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.steps):
+            unet.eval()
+            text_encoder.eval()
+            grid = preview_grid(tokenizer, text_encoder, vae, unet, PREVIEW_PROMPTS, seed=cfg.seed,
+                                height=cfg.model.height, width=cfg.model.width)
+            save_image(run_dir / "previews" / f"step-{step + 1:06d}.png", grid)
+            unet.train()
+            text_encoder.train()
+    unet.eval()
+    text_encoder.eval()
+    out = save_base(cfg.out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
+    for name in ("vocab.json", "merges.txt"):  # the classic slow-tokenizer files, for older loaders
+        shutil.copy(tok_dir / name, out / "tokenizer" / name)
+    write_json(out / "dive_base.json", {
+        "trained_by": "dive base pretrain",
+        "config": config_to_dict(cfg) | {"model": config_to_dict(cfg.model)},
+        "parameters": {"unet": count_parameters(unet), "text_encoder": count_parameters(text_encoder),
+                       "vae": count_parameters(vae)},
+        "web_images": N,
+    })
+    return out

@@ -1,0 +1,239 @@
+"""The DiVE checkpoint: LoRA + identity embeddings + the token table, in formats other tools load.
+
+A checkpoint folder holds::
+
+    pytorch_lora_weights.safetensors  the UNet LoRA, diffusers' format: `pipe.load_lora_weights(dir)`
+    learned_embeds.safetensors        {token: embedding} of every learned token:
+                                      `pipe.load_textual_inversion(list(emb.values()), token=list(emb))`
+    tokens.json                       the token table (identity token -> dataset, original id, image
+                                      count; camera token -> dataset, camera, modality) and the prompt
+                                      template: saved with every checkpoint, so a checkpoint is usable
+                                      without any side file (the authors' code regenerated its camera
+                                      strings at random and lost them)
+    dive.json                         how it was trained (base model, config, step)
+
+Training, generation, export and the studio import this module; none of them imports the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+TOKENS_FILE = "tokens.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+EMBEDS_FILE = "learned_embeds.safetensors"
+META_FILE = "dive.json"
+DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
+CAMERA_MODES = ("string", "embedding", "both")
+
+
+class CheckpointError(ValueError):
+    """A folder is not a usable DiVE checkpoint; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class IdentityToken:
+    token: str
+    dataset: str
+    pid: int
+    images: int
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class CameraToken:
+    token: str
+    dataset: str
+    camid: int
+    modality: str  # visible / infrared
+    learned: bool = False  # True: a learned embedding row; False: a plain string read by the LoRA
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} cam{self.camid} ({self.modality})"
+
+
+@dataclass
+class TokenTable:
+    identities: list[IdentityToken] = field(default_factory=list)
+    cameras: list[CameraToken] = field(default_factory=list)
+    template: str = DEFAULT_TEMPLATE
+    camera_mode: str = "string"
+
+    def __post_init__(self) -> None:
+        self._by_token = {t.token: t for t in [*self.identities, *self.cameras]}
+        if len(self._by_token) != len(self.identities) + len(self.cameras):
+            raise CheckpointError("token table: duplicate tokens")
+
+    # -- lookups --------------------------------------------------------------------------------
+    def identity(self, dataset: str, pid: int) -> IdentityToken:
+        for t in self.identities:
+            if t.dataset == dataset and t.pid == pid:
+                return t
+        raise KeyError(f"no identity token for {dataset} id {pid}")
+
+    def camera(self, dataset: str, camid: int) -> CameraToken:
+        for t in self.cameras:
+            if t.dataset == dataset and t.camid == camid:
+                return t
+        raise KeyError(f"no camera token for {dataset} camera {camid}")
+
+    def get(self, token: str) -> IdentityToken | CameraToken:
+        try:
+            return self._by_token[token]
+        except KeyError:
+            raise KeyError(f"unknown token {token!r}") from None
+
+    def infrared_cameras(self) -> list[CameraToken]:
+        return [c for c in self.cameras if c.modality == "infrared"]
+
+    def prompt(self, identity: str | IdentityToken, camera: str | CameraToken) -> str:
+        idt = identity.token if isinstance(identity, IdentityToken) else identity
+        cam = camera.token if isinstance(camera, CameraToken) else camera
+        return self.template.format(identity=idt, camera=cam)
+
+    @property
+    def learned_tokens(self) -> list[str]:
+        return [t.token for t in self.identities] + [c.token for c in self.cameras if c.learned]
+
+    # -- I/O --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "template": self.template,
+            "camera_mode": self.camera_mode,
+            "identities": [asdict(t) for t in self.identities],
+            "cameras": [asdict(c) for c in self.cameras],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = TOKENS_FILE) -> "TokenTable":
+        try:
+            return cls(
+                identities=[IdentityToken(**t) for t in d["identities"]],
+                cameras=[CameraToken(**c) for c in d["cameras"]],
+                template=d.get("template", DEFAULT_TEMPLATE),
+                camera_mode=d.get("camera_mode", "string"),
+            )
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"{source}: malformed token table ({err}); expected 'identities' and 'cameras' lists") from None
+
+    def save(self, path: str | Path) -> None:
+        from dive.utils.io import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenTable":
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing; a DiVE checkpoint needs its token table")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def identity_token_name(dataset: str, pid: int) -> str:
+    """`<dataset-pid>`, lower case (CLIP's tokenizer lower-cases text before matching tokens)."""
+    return f"<{dataset.lower()}-{pid:04d}>"
+
+
+def random_camera_strings(n: int, seed: int, length: int = 8) -> list[str]:
+    """`n` distinct rare strings (e.g. 'b8zbxkoh'), fixed by the seed, as the paper's identifiers."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 8675309]))
+    alphabet = np.array(list(string.ascii_lowercase + string.digits))
+    out: list[str] = []
+    while len(out) < n:
+        s = "".join(rng.choice(alphabet, size=length))
+        if s not in out and not s.isdigit():
+            out.append(s)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Reading and writing checkpoints
+# -------------------------------------------------------------------------------------------------
+
+
+def check_checkpoint_dir(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory; expected a DiVE checkpoint folder")
+    for name, what in ((TOKENS_FILE, "the token table"), (LORA_FILE, "the UNet LoRA weights"),
+                       (EMBEDS_FILE, "the learned token embeddings")):
+        if not (directory / name).exists():
+            raise CheckpointError(f"{directory / name}: missing; a DiVE checkpoint needs {what}")
+    return directory
+
+
+def is_checkpoint_dir(directory: str | Path) -> bool:
+    try:
+        check_checkpoint_dir(directory)
+        return True
+    except CheckpointError:
+        return False
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """Short content hash of the weights and token table: recorded in every exported manifest."""
+    h = hashlib.sha256()
+    for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE):
+        h.update((Path(directory) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict, table: TokenTable, meta: dict,
+                    lora_rank: int, lora_alpha: int, target_modules: Iterable[str]) -> Path:
+    """Write a DiVE checkpoint. `lora_state`: peft UNet LoRA state dict (diffusers key names are made
+    here); `embeddings`: {token: 1-D tensor}."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import save_file
+
+    from dive.utils.io import atomic_path, write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    missing = [t for t in table.learned_tokens if t not in embeddings]
+    if missing:
+        raise CheckpointError(f"{directory}: embeddings missing for learned tokens {missing[:3]}")
+    tmp_dir = directory / ".lora_tmp"
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_dir,
+        unet_lora_layers=convert_state_dict_to_diffusers({k: v.detach().contiguous() for k, v in lora_state.items()}),
+        safe_serialization=True,
+        weight_name=LORA_FILE,
+        unet_lora_adapter_metadata={"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": sorted(target_modules)},
+    )
+    (tmp_dir / LORA_FILE).replace(directory / LORA_FILE)
+    tmp_dir.rmdir()
+    with atomic_path(directory / EMBEDS_FILE) as tmp:
+        save_file({t: embeddings[t].detach().float().contiguous().clone() for t in table.learned_tokens}, str(tmp),
+                  metadata={"format": "dive-learned-embeds", "tokens": str(len(table.learned_tokens))})
+    write_json(directory / META_FILE, meta)
+    table.save(directory / TOKENS_FILE)  # last: its presence marks the checkpoint complete
+    return directory
+
+
+def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = "dive") -> TokenTable:
+    """Load a DiVE checkpoint into a diffusers SD pipeline with diffusers' own loaders."""
+    from safetensors.torch import load_file
+
+    directory = check_checkpoint_dir(directory)
+    table = TokenTable.load(directory / TOKENS_FILE)
+    emb = load_file(str(directory / EMBEDS_FILE))
+    if set(emb) != set(table.learned_tokens):
+        raise CheckpointError(f"{directory / EMBEDS_FILE}: holds {len(emb)} tokens, {TOKENS_FILE} lists "
+                              f"{len(table.learned_tokens)} learned tokens; the files do not belong together")
+    tokens = table.learned_tokens
+    pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
+    pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
+    return table

@@ -1,0 +1,436 @@
+"""Train a VI-ReID network with the AGW or CAJ recipe on any list of Records.
+
+``train_reid(cfg, train_records, val=None)`` writes a run folder and returns its path::
+
+    config.json         the ReIDTrainConfig (+ caller metadata: data source, train set)
+    log.jsonl           one line per `log_every` iterations and one per epoch (loss, lr, accuracy, val)
+    last.safetensors    weights after the latest epoch (+ last.json), rewritten every epoch
+    model.safetensors   the selected weights (+ model.json: spec, config, label map, epoch, timing)
+
+Every file is written atomically (temp file + rename). Model selection never looks at the test
+set: ``select="last"`` (default) keeps the last epoch; ``select="best-val"`` keeps the epoch with
+the best validation Rank-1 (sysu-all-like: infrared val images as queries, visible val images as
+a single-shot gallery, ``val_trials`` trials).
+
+Recipes (``method``): ``agw`` = cross-entropy on the BN-neck logits + WRT triplet on the pooled
+feature, batch P ids x K visible + K infrared, pad/crop/flip/random erasing. ``caj`` = the same
+network plus a channel-augmented copy of every visible image in the batch (visible, augmented
+visible and infrared learned jointly) and the ADP triplet (alpha 1, gamma 1, squared gap).
+Options left at "auto" follow the method.
+
+Labels: identities are keyed by (dataset, pid) (``identity_key="dataset-pid"``), numbered in
+sorted order; for one dataset this is exactly ``dive.data.records.relabel``. So external ids
+whose numbers collide with VI ids stay distinct people. An expanded set whose synthetic images
+must join a real identity gives them the same dataset name and pid (or use ``identity_key="pid"``).
+
+Reproducibility: the seed fixes the initial weights (``torch.manual_seed``), the batch order
+(``IdentitySampler``) and the augmentations (one ``torch.Generator``); deterministic algorithms
+are switched on for the run. Same seed, same thread count -> bitwise-identical weights.
+
+The CPU default: a narrow ResNet-18 (base width 16: channels 16/32/64/128, 0.7 M parameters) at
+128x64, 18 epochs x 100 batches of 8 ids x (4 visible + 4 infrared), SGD lr 0.1 with 2 warm-up
+epochs and x0.1 at epochs 12 and 16, one thread: about 0.11 s per batch, ~3.5 minutes of
+training on the default SynthVI world here (2 cores shared with another training job). The paper setting (ImageNet-pretrained weights aside, which cannot be
+downloaded here)::
+
+    --arch resnet50 --base-width 64 --height 288 --width 144 --epochs 60 --batches-per-epoch 0
+    --warmup-epochs 10 --lr-steps 20 50 --lr 0.1
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from dive.data.records import Modality, Record
+from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
+from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
+from dive.reid.model import ARCHS, ModelSpec, TwoStreamReID, build_model, count_parameters
+from dive.reid.sampler import IdentitySampler
+from dive.reid.transforms import AugmentConfig, augment_batch, load_images
+from dive.utils.config import config_to_dict
+from dive.utils.io import atomic_path, sha256_file, write_json
+
+CHECKPOINT_FORMAT = "dive-reid-checkpoint"
+CHECKPOINT_VERSION = 1
+METHODS = ("agw", "caj")
+
+
+@dataclass
+class ReIDTrainConfig:
+    """Every option of a ReID training run (the CLI's options are generated from these fields)."""
+
+    out: Path | None = field(default=None, metadata={
+        "help": "run folder; default runs/reid/<method>-seed<seed>"})
+    force: bool = field(default=False, metadata={"help": "overwrite a run folder that already holds a run"})
+    method: str = field(default="agw", metadata={
+        "help": "recipe: agw (CE + WRT) or caj (+ channel-augmented visible copies, ADP triplet)",
+        "choices": list(METHODS)})
+    seed: int = field(default=0, metadata={"help": "seed of weights, batch order and augmentation"})
+    # network
+    arch: str = field(default="resnet18", metadata={"help": "backbone depth", "choices": list(ARCHS)})
+    base_width: int = field(default=16, metadata={
+        "help": "channels of the stem and layer1 (64 = standard ResNet; CPU default 16)"})
+    last_stride: int = field(default=1, metadata={"help": "stride of layer4 (1: ReID convention)"})
+    pool: str = field(default="gem", metadata={"help": "pooling: gem (generalized mean) or avg", "choices": ["gem", "avg"]})
+    gem_p: float = field(default=3.0, metadata={"help": "GeM exponent p"})
+    gem_learnable: bool = field(default=False, metadata={"help": "learn the GeM exponent"})
+    height: int = field(default=128, metadata={"help": "input height (paper: 288)"})
+    width: int = field(default=64, metadata={"help": "input width (paper: 144)"})
+    # batches
+    num_ids: int = field(default=8, metadata={"help": "P: identities per batch"})
+    num_per_modality: int = field(default=4, metadata={"help": "K: images per identity and modality in a batch"})
+    batches_per_epoch: int = field(default=100, metadata={
+        "help": "batches per epoch; 0 = visible training images // (P*K) (AGW's epoch)"})
+    epochs: int = field(default=18, metadata={"help": "training epochs (paper: 60)"})
+    # optimisation
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum, nesterov) or adam", "choices": ["sgd", "adam"]})
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate (paper SGD: 0.1; adam: use ~3.5e-4)"})
+    base_lr_mult: float = field(default=1.0, metadata={
+        "help": "lr multiplier of the backbone (AGW uses 0.1 with ImageNet weights; 1 from scratch)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay"})
+    warmup_epochs: float = field(default=2.0, metadata={"help": "linear warm-up length in epochs (paper: 10)"})
+    lr_steps: tuple[int, ...] = field(default=(12, 16), metadata={
+        "help": "epochs at which the lr is multiplied by lr_gamma (paper: 20 50)"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "step decay factor"})
+    # losses
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy (0: off)"})
+    triplet: str = field(default="auto", metadata={
+        "help": "triplet loss: wrt (AGW), adp (CAJ), none; auto follows --method", "choices": ["auto", "wrt", "adp", "none"]})
+    triplet_weight: float = field(default=1.0, metadata={"help": "weight of the triplet term"})
+    adp_alpha: float = field(default=1.0, metadata={"help": "ADP: scale of the distances in the softmax weights"})
+    adp_gamma: float = field(default=1.0, metadata={"help": "ADP: scale of the gap inside the soft margin"})
+    adp_square: bool = field(default=True, metadata={"help": "ADP: soft margin on the signed squared gap"})
+    # augmentation
+    pad: int = field(default=10, metadata={"help": "zero padding before the random crop (pixels)"})
+    flip_p: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
+    erasing_p: float = field(default=0.5, metadata={"help": "random erasing probability"})
+    channel_aug: bool | None = field(default=None, metadata={
+        "help": "add CAJ channel-augmented visible copies to each batch (unset: on for caj)"})
+    channel_gray_p: float = field(default=0.5, metadata={"help": "CAJ: grayscale probability in the 'keep' case"})
+    channel_erasing_p: float = field(default=0.5, metadata={"help": "CAJ: channel-level random erasing probability"})
+    # selection, logging, runtime
+    select: str = field(default="last", metadata={
+        "help": "weights kept: last epoch or best val Rank-1 (never the test set)", "choices": ["last", "best-val"]})
+    val_every: int = field(default=0, metadata={
+        "help": "evaluate on val every N epochs (0: only when --select best-val, then every epoch)"})
+    val_trials: int = field(default=3, metadata={"help": "gallery trials of the val evaluation"})
+    log_every: int = field(default=10, metadata={"help": "iterations between loss-log lines"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads (0: torch's default). 1 by default: on 2 cores shared with another "
+                "job, 2 threads ran 16x slower than 1; results are bitwise-reproducible per thread count"})
+    deterministic: bool = field(default=True, metadata={"help": "torch.use_deterministic_algorithms during the run"})
+    identity_key: str = field(default="dataset-pid", metadata={
+        "help": "what makes an identity: dataset-pid (ids of different datasets stay apart) or pid",
+        "choices": ["dataset-pid", "pid"]})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        if self.out is not None:
+            self.out = Path(self.out)
+        self.lr_steps = tuple(int(s) for s in self.lr_steps)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1; got {self.epochs}")
+        if self.select == "best-val" and self.val_every < 0:
+            raise ValueError("val_every must be >= 0")
+
+    # resolved "auto" options -------------------------------------------------------------------
+    @property
+    def triplet_kind(self) -> str:
+        if self.triplet != "auto":
+            return self.triplet
+        return "adp" if self.method == "caj" else "wrt"
+
+    @property
+    def use_channel_aug(self) -> bool:
+        return self.method == "caj" if self.channel_aug is None else bool(self.channel_aug)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out if self.out is not None else Path("runs/reid") / f"{self.method}-seed{self.seed}"
+
+    def model_spec(self, num_classes: int) -> ModelSpec:
+        return ModelSpec(num_classes=num_classes, arch=self.arch, base_width=self.base_width,
+                         last_stride=self.last_stride, pool=self.pool, gem_p=self.gem_p,
+                         gem_learnable=self.gem_learnable, height=self.height, width=self.width)
+
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(pad=self.pad, flip_p=self.flip_p, erasing_p=self.erasing_p,
+                             channel_gray_p=self.channel_gray_p, channel_erasing_p=self.channel_erasing_p)
+
+
+# ------------------------------------------------------------------------------------------------
+# labels, schedule, checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def identity_of(r: Record, key: str) -> tuple[str, int]:
+    return (r.dataset, r.pid) if key == "dataset-pid" else ("", r.pid)
+
+
+def label_map(records: Sequence[Record], key: str = "dataset-pid") -> dict[tuple[str, int], int]:
+    """Training labels 0..K-1 over every identity of `records`, in sorted (dataset, pid) order."""
+    return {ident: i for i, ident in enumerate(sorted({identity_of(r, key) for r in records}))}
+
+
+def lr_at(cfg: ReIDTrainConfig, epoch_float: float) -> float:
+    """Learning rate at a fractional epoch: linear warm-up, then step decay at `lr_steps`."""
+    lr = cfg.lr * cfg.lr_gamma ** sum(1 for s in cfg.lr_steps if epoch_float >= s)
+    if cfg.warmup_epochs > 0 and epoch_float < cfg.warmup_epochs:
+        lr *= max(epoch_float, 1e-3) / cfg.warmup_epochs
+    return lr
+
+
+def save_checkpoint(path: str | os.PathLike, model: TwoStreamReID, meta: dict,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """`<path>.safetensors` (weights) + `<path>.json` (metadata), each written atomically."""
+    path = Path(path).with_suffix(".safetensors")
+    tensors = {k: v.detach().contiguous().clone() for k, v in (state or model.state_dict()).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    meta = dict(meta, weights=path.name, weights_sha256=sha256_file(path))
+    write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[TwoStreamReID, dict]:
+    """Load a run folder (its model.safetensors) or a .safetensors / .json checkpoint; eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    weights = path.with_suffix(".safetensors")
+    meta_path = path.with_suffix(".json")
+    for p in (weights, meta_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: checkpoint file missing (expected <name>.safetensors + <name>.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{meta_path}: not a {CHECKPOINT_FORMAT} metadata file")
+    model = build_model(ModelSpec(**meta["model_spec"]))
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    return model, meta
+
+
+@contextmanager
+def _runtime(cfg: ReIDTrainConfig) -> Iterator[None]:
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(bool(cfg.deterministic))
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_num_threads(prev_threads)
+
+
+class _Log:
+    """Append-only JSONL loss log (one json object per line, flushed)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "w", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row, sort_keys=True) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _prepare_run_dir(cfg: ReIDTrainConfig) -> Path:
+    run = cfg.run_dir
+    if run.exists() and not run.is_dir():
+        raise FileExistsError(f"{run}: exists and is not a folder")
+    if run.is_dir() and any((run / n).exists() for n in ("config.json", "model.json", "log.jsonl")) and not cfg.force:
+        raise FileExistsError(f"{run}: already holds a ReID run; choose another --out or pass --force")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+
+
+def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Sequence[Record] | None = None,
+               *, meta: dict | None = None) -> Path:
+    """Train on `train_records` (any mix of datasets / modalities); returns the run folder.
+
+    `val`: records whose infrared images query their visible ones (val ids; never the test set),
+    used by ``select="best-val"`` and ``val_every``. `meta`: extra JSON-able facts stored in
+    config.json and the checkpoint metadata (e.g. where the data came from).
+    """
+    if not train_records:
+        raise ValueError("no training records")
+    run = _prepare_run_dir(cfg)
+    t_start = time.perf_counter()
+    write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {},
+                                     "resolved": {"triplet": cfg.triplet_kind, "channel_aug": cfg.use_channel_aug}})
+    records = list(train_records)
+    labels_of = label_map(records, cfg.identity_key)
+    label_list = [list(k) for k in sorted(labels_of, key=labels_of.get)]
+    y_all = torch.tensor([labels_of[identity_of(r, cfg.identity_key)] for r in records], dtype=torch.int64)
+    is_ir = np.array([r.modality is Modality.INFRARED for r in records], dtype=bool)
+
+    with _runtime(cfg):
+        images = load_images([r.path for r in records], cfg.height, cfg.width, cfg.progress, "load train")
+        val_set: EvalSet | None = None
+        do_val = val is not None and (cfg.select == "best-val" or cfg.val_every > 0)
+        if cfg.select == "best-val" and val is None:
+            raise ValueError("select='best-val' needs val records (the val identities)")
+        if do_val:
+            val_set = prepare_eval_set(val, cfg.height, cfg.width, split=None, progress=cfg.progress)
+        t_loaded = time.perf_counter()
+
+        torch.manual_seed(cfg.seed)
+        spec = cfg.model_spec(len(labels_of))
+        model = build_model(spec)
+        model.train()
+        head = list(model.bnneck.parameters()) + list(model.classifier.parameters())
+        head_ids = {id(p) for p in head}
+        base = [p for p in model.parameters() if id(p) not in head_ids]
+        groups = [{"params": [p for p in base if p.requires_grad], "lr_mult": cfg.base_lr_mult},
+                  {"params": [p for p in head if p.requires_grad], "lr_mult": 1.0}]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        else:
+            opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ce = CrossEntropyLabelSmooth(cfg.label_smoothing)
+        tri = None if cfg.triplet_kind == "none" else build_triplet(
+            cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square)
+        sampler = IdentitySampler(y_all.numpy(), is_ir, cfg.num_ids, cfg.num_per_modality,
+                                  cfg.batches_per_epoch, cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        aug = cfg.augment()
+        n_batches = len(sampler)
+        total = cfg.epochs * n_batches
+
+        log = _Log(run / "log.jsonl")
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=f"reid {cfg.method}", unit="batch")
+        base_meta = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_spec": spec.to_dict(),
+            "config": config_to_dict(cfg), "meta": meta or {}, "identity_key": cfg.identity_key,
+            "labels": label_list, "num_classes": len(labels_of), "train_images": len(records),
+            "train_images_infrared": int(is_ir.sum()), "parameters": count_parameters(model),
+            "visible_only_ids": sampler.visible_only_ids, "batches_per_epoch": n_batches,
+            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        }
+        best: tuple[float, int, dict] | None = None
+        history: list[dict] = []
+        it = 0
+        val_seconds = 0.0
+        t_train = time.perf_counter()
+        try:
+            for epoch in range(cfg.epochs):
+                sums = {"loss": 0.0, "loss_id": 0.0, "loss_tri": 0.0, "acc_id": 0.0, "acc_tri": 0.0, "n": 0}
+                t_epoch = time.perf_counter()
+                for b, batch in enumerate(sampler.epoch(epoch)):
+                    lr = lr_at(cfg, epoch + b / n_batches)
+                    for g in opt.param_groups:
+                        g["lr"] = lr * g["lr_mult"]
+                    parts, masks, labs = [], [], []
+                    if batch.visible.size:
+                        v = images[torch.from_numpy(batch.visible)]
+                        parts.append(augment_batch(v, gen, aug))
+                        masks.append(torch.zeros(len(v), dtype=torch.bool))
+                        labs.append(y_all[torch.from_numpy(batch.visible)])
+                        if cfg.use_channel_aug:
+                            parts.append(augment_batch(v, gen, aug, channel=True))
+                            masks.append(torch.zeros(len(v), dtype=torch.bool))
+                            labs.append(labs[-1])
+                    if batch.infrared.size:
+                        r = images[torch.from_numpy(batch.infrared)]
+                        parts.append(augment_batch(r, gen, aug))
+                        masks.append(torch.ones(len(r), dtype=torch.bool))
+                        labs.append(y_all[torch.from_numpy(batch.infrared)])
+                    x, mask, y = torch.cat(parts), torch.cat(masks), torch.cat(labs)
+                    feat, logits = model(x, mask)
+                    loss_id = ce(logits, y)
+                    if tri is not None:
+                        loss_tri, correct = tri(feat, y)
+                    else:
+                        loss_tri, correct = logits.sum() * 0.0, 0
+                    loss = loss_id + cfg.triplet_weight * loss_tri
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    it += 1
+                    acc_id = float((logits.argmax(1) == y).float().mean())
+                    vals = {"loss": loss.item(), "loss_id": loss_id.item(), "loss_tri": loss_tri.item(),
+                            "acc_id": acc_id, "acc_tri": correct / len(y)}
+                    for k, v_ in vals.items():
+                        sums[k] += v_
+                    sums["n"] += 1
+                    if cfg.log_every > 0 and (it % cfg.log_every == 0 or it == 1):
+                        log.write({"type": "iter", "epoch": epoch, "iter": it, "lr": lr, "batch_size": len(y),
+                                   **{k: round(v_, 6) for k, v_ in vals.items()},
+                                   "seconds": round(time.perf_counter() - t_train, 3)})
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(ep=epoch, loss=f"{vals['loss']:.3f}", id=f"{vals['loss_id']:.2f}",
+                                        acc=f"{acc_id:.2f}")
+                n = max(sums.pop("n"), 1)
+                row = {"type": "epoch", "epoch": epoch, "iter": it, "lr": lr,
+                       **{k: round(v_ / n, 6) for k, v_ in sums.items()},
+                       "epoch_seconds": round(time.perf_counter() - t_epoch, 3)}
+                if val_set is not None and (cfg.select == "best-val" or (epoch + 1) % cfg.val_every == 0
+                                            or epoch + 1 == cfg.epochs):
+                    t_val = time.perf_counter()
+                    res = evaluate_prepared(model, val_set, "sysu-all", trials=cfg.val_trials, seed=0)
+                    val_seconds += time.perf_counter() - t_val
+                    row["val"] = {k: round(res[k], 4) for k in ("rank1", "rank10", "mAP", "mINP")}
+                    key = res["rank1"] + 1e-3 * res["mAP"]
+                    if cfg.select == "best-val" and (best is None or key > best[0]):
+                        best = (key, epoch, copy.deepcopy(model.state_dict()))
+                    model.train()
+                history.append(row)
+                log.write(row)
+                save_checkpoint(run / "last", model, dict(base_meta, epoch=epoch + 1, selected_by="last",
+                                                          history=history))
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+
+        t_end = time.perf_counter()
+        timing = {"load_seconds": round(t_loaded - t_start, 2), "train_seconds": round(t_end - t_train, 2),
+                  "val_seconds": round(val_seconds, 2),
+                  "seconds_per_batch": round((t_end - t_train - val_seconds) / max(it, 1), 4), "iterations": it}
+        if cfg.select == "best-val" and best is not None:
+            sel_epoch, state = best[1] + 1, best[2]
+        else:
+            sel_epoch, state = cfg.epochs, None
+        save_checkpoint(run / "model", model, dict(base_meta, epoch=sel_epoch, selected_by=cfg.select,
+                                                   history=history, timing=timing), state=state)
+    return run
+
+
+def epochs_summary(run: str | os.PathLike) -> list[dict]:
+    """The per-epoch rows of a run's log.jsonl."""
+    rows = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("type") == "epoch"]
+
+

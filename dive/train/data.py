@@ -1,0 +1,90 @@
+"""What DiVE trains on, and the token table it implies.
+
+Training data (paper): every image of the VI dataset's training ids, both modalities, so an
+identity token is shared across modalities and learns what is modality-invariant; plus the
+external visible dataset's ids with at least `min_images` images, so new identities get tokens.
+Each image's prompt is "a [camera] photo of [identity] person".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from dive.checkpoint import CameraToken, IdentityToken, TokenTable, identity_token_name, random_camera_strings
+from dive.data.records import Modality, Record
+from dive.data.registry import detect_format, load_dataset
+
+GRANULARITIES = ("camera", "modality")
+
+
+@dataclass
+class TrainingSet:
+    records: list[Record]
+    table: TokenTable
+    prompts: list[str]  # one per record
+
+
+def load_sources(vi: Path, vi_format: str | None = None, external: Path | None = None,
+                 external_format: str | None = None) -> tuple[list[Record], list[Record]]:
+    """VI train(+val) records and external training records; a SynthVI root gives both."""
+    vi = Path(vi)
+    fmt = vi_format or detect_format(vi)
+    if fmt == "synthvi":
+        ds = load_dataset("synthvi", vi)
+        vi_recs = [r for r in ds.records if r.dataset == "synthvi_vi" and r.split in ("train", "val")]
+        ext_recs = [r for r in ds.records if r.dataset == "synthvi_ext" and r.split == "train"]
+        if external is not None:
+            raise ValueError(f"{vi} is a SynthVI world that already holds its external set; drop --external")
+        return vi_recs, ext_recs
+    vi_ds = load_dataset(fmt, vi)
+    vi_recs = [r for r in vi_ds.records if r.split in ("train", "val")]
+    ext_recs: list[Record] = []
+    if external is not None:
+        ext_ds = load_dataset(external_format or detect_format(external), external)
+        ext_recs = [r for r in ext_ds.records if r.split == "train" and r.pid > 0]
+    return vi_recs, ext_recs
+
+
+def build_training_set(vi_records: list[Record], ext_records: list[Record], *, min_images: int = 12,
+                       granularity: str = "camera", camera_mode: str = "string", vi_modalities: str = "both",
+                       seed: int = 0) -> TrainingSet:
+    """Select the records, make one identity token per person and one camera token per camera
+    (or per modality with `granularity="modality"`), and write each record's prompt."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if camera_mode not in ("string", "embedding"):
+        raise ValueError(f"camera_mode must be 'string' or 'embedding', got {camera_mode!r}")
+    if vi_modalities == "infrared":
+        vi_records = [r for r in vi_records if r.modality is Modality.INFRARED]
+    elif vi_modalities != "both":
+        raise ValueError(f"vi_modalities must be 'both' or 'infrared', got {vi_modalities!r}")
+    counts = Counter((r.dataset, r.pid) for r in ext_records)
+    ext_keep = [r for r in ext_records if counts[(r.dataset, r.pid)] >= min_images]
+    records = sorted(vi_records + ext_keep, key=lambda r: (r.dataset, r.pid, r.camid, r.path))
+    if not records:
+        raise ValueError("no training images: the VI set is empty and no external id has enough images")
+
+    per_id = Counter((r.dataset, r.pid) for r in records)
+    split_of = {(r.dataset, r.pid): r.split for r in records}
+    identities = [IdentityToken(identity_token_name(ds, pid), ds, pid, n, split_of[(ds, pid)])
+                  for (ds, pid), n in sorted(per_id.items())]
+
+    # cameras: every (dataset, camera) seen, or one per (dataset-group, modality)
+    if granularity == "camera":
+        keys = sorted({(r.dataset, r.camid, r.modality.value) for r in records})
+    else:
+        keys = sorted({("all", 0 if r.modality is Modality.VISIBLE else 1, r.modality.value) for r in records})
+    strings = random_camera_strings(len(keys), seed)
+    cameras = [CameraToken(s, ds, cam, mod, learned=camera_mode == "embedding") for s, (ds, cam, mod) in zip(strings, keys)]
+    table = TokenTable(identities, cameras, camera_mode=camera_mode)
+
+    def cam_token(r: Record) -> str:
+        if granularity == "camera":
+            return table.camera(r.dataset, r.camid).token
+        return table.camera("all", 0 if r.modality is Modality.VISIBLE else 1).token
+
+    id_tok = {(t.dataset, t.pid): t.token for t in identities}
+    prompts = [table.prompt(id_tok[(r.dataset, r.pid)], cam_token(r)) for r in records]
+    return TrainingSet(records, table, prompts)

@@ -1,0 +1,375 @@
+"""`dive train`: DiVE fine-tuning of any diffusers SD-1.x folder.
+
+Trainable: one embedding row per identity token (textual inversion; added to tokenizer and
+embedding matrix in ONE resize, initialised from the word "person"; a gradient mask keeps every
+other row fixed) and one peft LoRA on the UNet attention (to_q, to_k, to_v, to_out.0). Camera
+tokens are plain strings read by the LoRA (the paper) or, with `--camera-mode embedding`, learned
+rows too. accelerate handles device, mixed precision, gradient accumulation and several processes.
+
+Exact resume: every step's randomness (batch, flips, noise, timesteps) is drawn from a generator
+seeded by (seed, step), so no RNG state needs saving and a resumed run continues the same loss
+curve; checkpoints hold LoRA, embedding rows, optimizer state and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from dive.checkpoint import TOKENS_FILE, TokenTable, save_checkpoint
+from dive.train.data import TrainingSet, build_training_set, load_sources
+from dive.utils.config import config_to_dict
+from dive.utils.io import save_image, write_json
+from dive.utils.state import latest_checkpoint, read_training_state, save_training_state
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class DiVETrainConfig:
+    """DiVE fine-tuning. Paper: SD 1.5, rank 128, lr 5e-5, batch 16, 400k steps, 512x256. CPU demo
+    defaults (tiny base, 128x64): rank 32, LoRA lr 1e-3, embedding lr 5e-3, batch 32, 4,000 steps."""
+
+    base: Path = field(metadata={"help": "diffusers SD-1.x folder (the shipped tiny base or a real SD 1.5)"})
+    data: Path = field(metadata={"help": "the VI dataset (or a SynthVI world, which includes the external set)"})
+    out: Path = field(metadata={"help": "run folder: checkpoints, loss log, previews, config"})
+    data_format: str | None = field(default=None, metadata={"help": "layout of --data (auto-detected)"})
+    external: Path | None = field(default=None, metadata={"help": "external visible dataset (not with a SynthVI world)"})
+    external_format: str | None = field(default=None, metadata={"help": "layout of --external (auto-detected)"})
+    min_images: int = field(default=12, metadata={"help": "external ids need at least this many images"})
+    granularity: str = field(default="camera", metadata={"help": "one token per camera or per modality", "choices": ["camera", "modality"]})
+    camera_mode: str = field(default="string", metadata={"help": "camera tokens: frozen strings read by the LoRA, or learned embeddings", "choices": ["string", "embedding"]})
+    vi_modalities: str = field(default="both", metadata={"help": "VI images used: both modalities or infrared only (ablation)", "choices": ["both", "infrared"]})
+    seed: int = field(default=0, metadata={"help": "seed of every random step"})
+    steps: int = field(default=4000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "images per optimizer step (all processes, all accumulation)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate (paper: 5e-5 at 400k steps)"})
+    embedding_lr: float = field(default=5e-3, metadata={"help": "learning rate of the token embeddings"})
+    warmup: int = field(default=100, metadata={"help": "linear warm-up steps, then cosine decay to 10%"})
+    rank: int = field(default=32, metadata={"help": "LoRA rank (paper: 128); alpha = rank"})
+    init_word: str = field(default="person", metadata={"help": "word whose embedding initialises identity tokens"})
+    caption_dropout: float = field(default=0.05, metadata={"help": "chance of the empty prompt (keeps guidance usable)"})
+    snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting (0: plain MSE)"})
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
+    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision", "choices": ["no", "bf16", "fp16"]})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    save_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    preview_every: int = field(default=500, metadata={"help": "fixed-seed preview grid every N steps (0: off)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave as is)"})
+    stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many steps of this invocation; for tests"})
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 3, step]).generate_state(1)[0]))
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def load_images(records, height: int, width: int) -> torch.Tensor:
+    out = torch.empty((len(records), 3, height, width), dtype=torch.uint8)
+    for i, r in enumerate(tqdm(records, desc="loading images", unit="img", leave=False)):
+        with Image.open(r.path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BICUBIC)
+            out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+    return out
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, device, dtype, batch: int = 64, flip: bool = True):
+    means, stds = [], []
+    for mirrored in ((False, True) if flip else (False,)):
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(device=device, dtype=dtype).div(127.5).sub(1.0)
+            if mirrored:
+                x = x.flip(-1)
+            post = vae.encode(x).latent_dist
+            means.append(post.mean.float().cpu())
+            stds.append(post.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def add_tokens(tokenizer, text_encoder, tokens: list[str], init_words: list[str]) -> torch.Tensor:
+    """Add every token in ONE resize, rows initialised from their words; returns the new rows' ids."""
+    added = tokenizer.add_tokens(tokens)
+    if added != len(tokens):
+        raise ValueError(f"{len(tokens) - added} of the new tokens already exist in the tokenizer")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    old = text_encoder.get_input_embeddings().weight.shape[0]
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    emb = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for tid, word in zip(ids, init_words):
+            wid = tokenizer(word, add_special_tokens=False).input_ids
+            if not wid:
+                raise ValueError(f"init word {word!r} has no token")
+            emb[tid] = emb[wid].mean(0)
+    if min(ids) < old:
+        raise RuntimeError("added token ids overlap the original vocabulary")
+    return torch.tensor(ids)
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for p in ckpts[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+class DiVETrainer:
+    """Holds the models and data of one run; `train()` runs (or resumes) it."""
+
+    def __init__(self, cfg: DiVETrainConfig, training_set: TrainingSet | None = None, progress: bool = True):
+        from accelerate import Accelerator
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from peft import LoraConfig
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.cfg = cfg
+        self.progress = progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
+                                       gradient_accumulation_steps=cfg.grad_accum)
+        acc = self.accelerator
+        world = acc.num_processes
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise ValueError(f"batch_size {cfg.batch_size} must divide by processes x grad_accum = {world * cfg.grad_accum}")
+        self.micro_batch = cfg.batch_size // (world * cfg.grad_accum)
+        base = Path(cfg.base)
+        for sub in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
+            if not (base / sub).is_dir():
+                raise FileNotFoundError(f"{base / sub}: missing; --base must be a diffusers SD-1.x folder")
+        self.tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+        self.vae = AutoencoderKL.from_pretrained(base / "vae")
+        self.unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        self.noise_scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
+        for m in (self.text_encoder, self.vae, self.unet):
+            m.requires_grad_(False)
+
+        if training_set is None:
+            vi, ext = load_sources(cfg.data, cfg.data_format, cfg.external, cfg.external_format)
+            training_set = build_training_set(vi, ext, min_images=cfg.min_images, granularity=cfg.granularity,
+                                              camera_mode=cfg.camera_mode, vi_modalities=cfg.vi_modalities, seed=cfg.seed)
+        self.ts = training_set
+        table = training_set.table
+        learned = table.learned_tokens
+        init = [cfg.init_word] * len(table.identities) + ["camera"] * (len(learned) - len(table.identities))
+        self.orig_vocab = len(self.tokenizer)
+        self.new_ids = add_tokens(self.tokenizer, self.text_encoder, learned, init)
+        emb = self.text_encoder.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        self.frozen_rows = emb.detach()[: self.orig_vocab].clone()
+        mask = torch.zeros(emb.shape[0], 1)
+        mask[self.new_ids] = 1.0
+        emb.register_hook(lambda g: g * mask.to(g.device, g.dtype))
+
+        torch.manual_seed(cfg.seed)  # peft's gaussian LoRA init draws from the global generator
+        self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
+                                         target_modules=list(LORA_TARGETS)))
+        lora_params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([
+            {"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
+            {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0},
+        ])
+        self.base_lrs = [cfg.lr, cfg.embedding_lr]
+
+        # data: images -> latents once (frozen VAE), prompts -> token ids once
+        dev = acc.device
+        self.vae.to(dev)
+        h = int(self.unet.config.sample_size[0] if isinstance(self.unet.config.sample_size, (list, tuple)) else self.unet.config.sample_size)
+        w = int(self.unet.config.sample_size[1] if isinstance(self.unet.config.sample_size, (list, tuple)) else self.unet.config.sample_size)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.height, self.width = h * scale, w * scale
+        images = load_images(training_set.records, self.height, self.width)
+        self.mean, self.std = encode_latents(self.vae, images, dev, torch.float32, flip=cfg.hflip)
+        self.num_images = len(images)
+        self.ids = self.tokenizer(training_set.prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+        self.empty_ids = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                        return_tensors="pt").input_ids
+        self.unet, self.text_encoder, self.optimizer = acc.prepare(self.unet, self.text_encoder, self.optimizer)
+        self.run_dir = Path(cfg.out)
+        self.start_step = 0
+
+    # -- state ------------------------------------------------------------------------------------
+    def _lora_state(self) -> dict:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet))
+
+    def _embeddings(self) -> dict[str, torch.Tensor]:
+        emb = self.accelerator.unwrap_model(self.text_encoder).get_input_embeddings().weight.detach().cpu()
+        return {t: emb[i] for t, i in zip(self.ts.table.learned_tokens, self.new_ids.tolist())}
+
+    def save(self, step: int, loss: float) -> Path:
+        ckpt = self.run_dir / f"checkpoint-{step}"
+        meta = {"step": step, "base": str(self.cfg.base), "config": config_to_dict(self.cfg), "loss": loss,
+                "orig_vocab": self.orig_vocab, "height": self.height, "width": self.width}
+        emb = self._embeddings()
+        save_training_state(ckpt, modules={"lora": self._lora_state(), "emb": {"rows": torch.stack(list(emb.values()))}},
+                            optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+                            meta=meta)
+        save_checkpoint(ckpt, lora_state=self._lora_state(), embeddings=emb, table=self.ts.table, meta=meta,
+                        lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS)
+        _prune(self.run_dir, self.cfg.keep_checkpoints)
+        return ckpt
+
+    def resume(self) -> int:
+        from peft.utils import set_peft_model_state_dict
+
+        from dive.utils.state import optimizer_from_flat
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0
+        tensors, meta = read_training_state(ckpt)
+        saved_table = TokenTable.load(ckpt / TOKENS_FILE)
+        if saved_table.to_dict() != self.ts.table.to_dict():
+            raise ValueError(f"{ckpt}: its token table differs from this run's data/config; use a new --out")
+        lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
+        emb = self.accelerator.unwrap_model(self.text_encoder).get_input_embeddings().weight
+        with torch.no_grad():
+            emb[self.new_ids] = tensors["emb.rows"].to(emb.dtype)
+        opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        optimizer_from_flat(opt, tensors, meta["optimizer"])
+        # drop log rows written after this checkpoint so the curve continues exactly
+        log = self.run_dir / "loss.jsonl"
+        if log.exists() and self.accelerator.is_main_process:
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= meta["step"]))
+        return int(meta["step"])
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_loss(self, step: int, micro: int) -> torch.Tensor:
+        cfg, acc = self.cfg, self.accelerator
+        g = step_generator(cfg.seed, step)
+        n = 2 * self.num_images if cfg.hflip else self.num_images
+        idx_all = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        t_all = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        drop_all = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
+        eps_shape = (cfg.batch_size, *self.mean.shape[1:])
+        eps_all = torch.randn(eps_shape, generator=g)
+        noise_all = torch.randn(eps_shape, generator=g)
+        # this process / micro-step's slice of the global batch
+        part = micro * acc.num_processes + acc.process_index
+        sl = slice(part * self.micro_batch, (part + 1) * self.micro_batch)
+        idx, t, drop = idx_all[sl], t_all[sl], drop_all[sl]
+        sf = self.vae.config.scaling_factor
+        lat = (self.mean[idx] + self.std[idx] * eps_all[sl]) * sf
+        noise = noise_all[sl]
+        noisy = self.noise_scheduler.add_noise(lat, noise, t)
+        ids = self.ids[idx % self.num_images].clone()
+        ids[drop] = self.empty_ids
+        dev = acc.device
+        hidden = self.text_encoder(ids.to(dev))[0]
+        pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
+        per = F.mse_loss(pred.float(), noise.to(dev), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma > 0:
+            ac = self.noise_scheduler.alphas_cumprod[t]
+            snr = ac / (1 - ac)
+            per = per * (torch.clamp(snr, max=cfg.snr_gamma) / snr).to(dev)
+        return per.mean()
+
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", config_to_dict(cfg))
+            self.ts.table.save(self.run_dir / TOKENS_FILE)
+        acc.wait_for_everyone()
+        start = self.resume()
+        log_path = self.run_dir / "loss.jsonl"
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        emb = acc.unwrap_model(self.text_encoder).get_input_embeddings().weight
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="dive train",
+                   disable=not (self.progress and acc.is_main_process))
+        t0, done = time.time(), 0
+        loss_value = float("nan")
+        for step in bar:
+            factor = lr_factor(step, cfg.warmup, cfg.steps)
+            for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base_lr * factor
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                with acc.accumulate(self.unet, self.text_encoder):
+                    loss = self.training_loss(step, micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(trainable, 1.0)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                total += loss.detach().float() / cfg.grad_accum
+            with torch.no_grad():  # belt and braces: original vocabulary rows never change
+                emb[: self.orig_vocab] = self.frozen_rows.to(emb.device, emb.dtype)
+            loss_value = float(acc.reduce(total.to(acc.device), reduction="mean"))
+            if acc.is_main_process:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step + 1, "loss": loss_value, "lr": self.base_lrs[0] * factor,
+                                        "seconds": round(time.time() - t0, 3)}) + "\n")
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                if acc.is_main_process:
+                    self.save(step + 1, loss_value)
+                acc.wait_for_everyone()
+            if cfg.preview_every and acc.is_main_process and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.steps):
+                save_image(self.run_dir / "previews" / f"step-{step + 1:06d}.png", self.preview())
+            done += 1
+            if cfg.stop_after and done >= cfg.stop_after:
+                break
+        final = latest_checkpoint(self.run_dir)
+        if acc.is_main_process and final is not None and int(final.name.split("-")[1]) == cfg.steps:
+            dst = self.run_dir / "final"
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(final, dst, ignore=shutil.ignore_patterns("state.*"))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run_dir / "final"
+
+    @torch.no_grad()
+    def preview(self, n_ids: int = 4, seed: int = 0) -> Image.Image:
+        """Rows: a few identities (external first); columns: every infrared camera token."""
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        unet = self.accelerator.unwrap_model(self.unet)
+        te = self.accelerator.unwrap_model(self.text_encoder)
+        unet.eval()
+        te.eval()
+        sched = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config, algorithm_type="dpmsolver++")
+        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=te, tokenizer=self.tokenizer, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        table = self.ts.table
+        ids = sorted(table.identities, key=lambda t: (t.split != "train" or "ext" not in t.dataset, t.dataset, t.pid))[:n_ids]
+        cams = table.infrared_cameras() or table.cameras[:2]
+        prompts = [table.prompt(i, c) for i in ids for c in cams]
+        imgs = pipe(prompts, height=self.height, width=self.width, num_inference_steps=20, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(seed), output_type="np").images
+        unet.train()
+        te.train()
+        imgs = (imgs * 255).round().astype(np.uint8).reshape(len(ids), len(cams), self.height, self.width, 3)
+        return Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in imgs], axis=0))
+
+
+def train_dive(cfg: DiVETrainConfig, progress: bool = True) -> Path:
+    return DiVETrainer(cfg, progress=progress).train()

@@ -1,0 +1,113 @@
+"""Training state (model + optimizer + scheduler + step) as safetensors + JSON, never pickle.
+
+An optimizer's `state_dict()` is tensors plus plain numbers; tensors go to safetensors under
+`opt.<param index>.<key>`, everything else to JSON. Saves are atomic and the state file is
+written before its JSON, whose presence marks a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dive.utils.io import atomic_path, write_json
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v.detach().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    for idx, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_state(
+    directory: str | Path,
+    *,
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer | None,
+    meta: dict,
+    lr_scheduler: Any = None,
+) -> Path:
+    """Write `state.safetensors` + `state.json` in `directory` (both atomic)."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, mod in modules.items():
+        sd = mod.state_dict() if isinstance(mod, torch.nn.Module) else mod
+        for k, v in sd.items():
+            tensors[f"{prefix}.{k}"] = v.detach().contiguous().clone()
+    full_meta = dict(meta)
+    if optimizer is not None:
+        opt_t, opt_meta = optimizer_to_flat(optimizer)
+        tensors.update(opt_t)
+        full_meta["optimizer"] = opt_meta
+    if lr_scheduler is not None:
+        full_meta["lr_scheduler"] = lr_scheduler.state_dict()
+    with atomic_path(directory / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(directory / "state.json", full_meta)
+    return directory
+
+
+def read_training_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """All tensors and the metadata of a saved state (for state that is not an nn.Module)."""
+    directory = Path(directory)
+    meta_path, state_path = directory / "state.json", directory / "state.safetensors"
+    if not meta_path.exists() or not state_path.exists():
+        raise FileNotFoundError(f"{directory}: not a complete training state (expected state.json + state.safetensors)")
+    return load_file(str(state_path)), json.loads(meta_path.read_text())
+
+
+def load_training_state(
+    directory: str | Path,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_scheduler: Any = None,
+) -> dict:
+    tensors, meta = read_training_state(directory)
+    state_path = Path(directory) / "state.safetensors"
+    for prefix, mod in modules.items():
+        sd = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        missing, unexpected = mod.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{state_path}: '{prefix}' does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if optimizer is not None and "optimizer" in meta:
+        optimizer_from_flat(optimizer, tensors, meta["optimizer"])
+    if lr_scheduler is not None and "lr_scheduler" in meta:
+        lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    return meta
+
+
+def latest_checkpoint(run_dir: str | Path, prefix: str = "checkpoint-") -> Path | None:
+    """The complete checkpoint folder with the highest step, or None."""
+    best, best_step = None, -1
+    for p in Path(run_dir).glob(f"{prefix}*"):
+        try:
+            step = int(p.name[len(prefix):])
+        except ValueError:
+            continue
+        if (p / "state.json").exists() and step > best_step:
+            best, best_step = p, step
+    return best

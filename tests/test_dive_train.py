@@ -1,0 +1,104 @@
+"""DiVE fine-tuning: tokens, only-new-rows, checkpoint formats, exact resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dive.checkpoint import EMBEDS_FILE, LORA_FILE, TOKENS_FILE, TokenTable, check_checkpoint_dir
+from dive.train.data import build_training_set, load_sources
+from dive.train.trainer import DiVETrainConfig, DiVETrainer
+
+
+def losses(run) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "loss.jsonl").read_text().splitlines()]
+
+
+def test_token_table_selection(tiny_world_dir):
+    vi, ext = load_sources(tiny_world_dir)
+    ts = build_training_set(vi, ext, min_images=3, seed=0)
+    vi_ids = {r.pid for r in vi}
+    ext_counts = {}
+    for r in ext:
+        ext_counts[r.pid] = ext_counts.get(r.pid, 0) + 1
+    want_ext = {p for p, n in ext_counts.items() if n >= 3}
+    got = {(t.dataset, t.pid) for t in ts.table.identities}
+    assert got == {("synthvi_vi", p) for p in vi_ids} | {("synthvi_ext", p) for p in want_ext}
+    assert all(t.images == sum(1 for r in ts.records if (r.dataset, r.pid) == (t.dataset, t.pid)) for t in ts.table.identities)
+    cams = {(c.dataset, c.camid, c.modality) for c in ts.table.cameras}
+    assert ("synthvi_vi", 3, "infrared") in cams and ("synthvi_vi", 6, "infrared") in cams
+    assert all(len(c.token) == 8 for c in ts.table.cameras)
+    # camera strings are fixed by the seed
+    assert [c.token for c in build_training_set(vi, ext, min_images=3, seed=0).table.cameras] == [c.token for c in ts.table.cameras]
+    # one token per modality
+    tm = build_training_set(vi, ext, min_images=3, granularity="modality")
+    assert sorted(c.modality for c in tm.table.cameras) == ["infrared", "visible"]
+    assert all(p.startswith("a ") and p.endswith(" person") for p in ts.prompts)
+
+
+def test_only_new_embedding_rows_change(micro_base, micro_dive_run):
+    from transformers import CLIPTextModel
+
+    before = CLIPTextModel.from_pretrained(micro_base / "text_encoder").get_input_embeddings().weight
+    table = TokenTable.load(micro_dive_run / "final" / TOKENS_FILE)
+    emb = load_file(str(micro_dive_run / "final" / EMBEDS_FILE))
+    assert set(emb) == set(table.learned_tokens) and len(emb) == len(table.identities)
+    # the trained text encoder's original rows are the base's rows exactly: rebuild from a checkpoint
+    cfg = json.loads((micro_dive_run / "config.json").read_text())
+    trainer = DiVETrainer(DiVETrainConfig(**{**cfg, "out": micro_dive_run, "steps": 6}), progress=False)
+    trainer.resume()
+    after = trainer.text_encoder.get_input_embeddings().weight
+    assert torch.equal(after[: before.shape[0]], before)
+    init = before[trainer.tokenizer("person", add_special_tokens=False).input_ids].mean(0)
+    moved = (after[trainer.new_ids] - init).abs().amax(dim=1)
+    assert (moved > 0).sum() >= len(moved) // 2  # identity rows drawn in the 6 batches were trained
+
+
+def test_checkpoint_loads_with_vanilla_diffusers(micro_base, micro_dive_run):
+    from diffusers import StableDiffusionPipeline
+
+    final = check_checkpoint_dir(micro_dive_run / "final")
+    pipe = StableDiffusionPipeline.from_pretrained(str(micro_base))
+    emb = load_file(str(final / EMBEDS_FILE))
+    pipe.load_textual_inversion(list(emb.values()), token=list(emb))
+    pipe.load_lora_weights(str(final), weight_name=LORA_FILE)
+    assert pipe.get_list_adapters()["unet"]
+    table = TokenTable.load(final / TOKENS_FILE)
+    tok_ids = pipe.tokenizer(table.prompt(table.identities[0], table.cameras[0])).input_ids
+    assert pipe.tokenizer.convert_tokens_to_ids(table.identities[0].token) in tok_ids
+
+
+def test_resume_continues_the_same_loss_curve(micro_base, tiny_world_dir, micro_dive_run, tmp_path):
+    from dive.train.trainer import train_dive
+
+    run = tmp_path / "resumed"
+    common = dict(base=micro_base, data=tiny_world_dir, out=run, steps=6, batch_size=4, min_images=3, save_every=3,
+                  preview_every=0, rank=4)
+    train_dive(DiVETrainConfig(**common, stop_after=4), progress=False)  # "killed" after step 4
+    assert len(losses(run)) == 4 and not (run / "final").exists()
+    train_dive(DiVETrainConfig(**common), progress=False)  # resumes from checkpoint-3
+    assert losses(run) == losses(micro_dive_run)
+    a = load_file(str(run / "final" / LORA_FILE))
+    b = load_file(str(micro_dive_run / "final" / LORA_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(micro_base, tiny_world_dir, micro_dive_run, tmp_path):
+    run = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "dive", "train",
+           "--base", str(micro_base), "--data", str(tiny_world_dir), "--out", str(run), "--steps", "6",
+           "--batch-size", "4", "--min-images", "3", "--save-every", "3", "--preview-every", "0", "--rank", "4", "--cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_checkpoint_dir(run / "final")
+    # two halves of the same global batch average to the single-process gradient
+    assert losses(run) == pytest.approx(losses(micro_dive_run), rel=1e-4)
