@@ -110,6 +110,16 @@ def _cmd_reid_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reid_baselines(args: argparse.Namespace) -> int:
+    from dive.reid.baselines import BaselinesConfig, format_table, run_baselines
+
+    cfg = dataclass_from_args(BaselinesConfig, args)
+    res = run_baselines(cfg)
+    print(format_table(res["rows"], tuple(cfg.seeds)))
+    print(f"written: {cfg.out}/baselines.md, {cfg.out}/baselines.json")
+    return 0
+
+
 def _cmd_reid_test(args: argparse.Namespace) -> int:
     from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, evaluate_run
 
@@ -130,6 +140,34 @@ def _print_report(report: dict) -> None:
     print(f"  written: {run / 'report.json'}, {run / 'report.md'}, {run / 'cmc.png'}")
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dive.generate.run import GenerateConfig, generate
+
+    cfg = dataclass_from_args(GenerateConfig, args)
+    out = generate(cfg)
+    done = (out / "manifest.jsonl").exists()
+    print(f"{'finished' if done else 'stopped; rerun the same command to resume'}: {out} "
+          f"(images/, manifest{'.jsonl' if done else '-*.jsonl'}, generate.json)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dive.export import ExportConfig, export_dataset
+
+    cfg = dataclass_from_args(ExportConfig, args)
+    s = export_dataset(cfg)
+    if not s["complete"]:
+        print(f"stopped after {s['done']}/{s['total']} images; rerun the same command to finish {cfg.out}")
+        return 1
+    c = s["counts"]
+    origin = " + ".join(f"{n} {k}" for k, n in c["per_origin"].items())
+    print(f"exported {c['images']} images ({origin}) to {cfg.out} in SYSU-MM01 layout; ids per split "
+          f"{c['ids_per_split']} ({c['new_ids']} new); {s['written']} written, {s['skipped']} unchanged, "
+          f"{s['removed']} stale removed, {s['seconds']} s")
+    print(f"next: dive reid run --data {cfg.out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -139,6 +177,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"DiVE checkpoint written to {final} (LoRA + embeddings + tokens.json); run folder {cfg.out}")
     else:
         print(f"stopped before the last step; resume with the same command (run folder {cfg.out})")
+    return 0
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from dive.generate.attention import AttentionConfig, run_attention
+
+    res, fig, js = run_attention(dataclass_from_args(AttentionConfig, args))
+    print(res.format_summary())
+    print(f"  written: {fig}, {js}")
     return 0
 
 
@@ -176,6 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, DiVETrainConfig)
     p.set_defaults(func=_cmd_train)
 
+    from dive.generate.run import GenerateConfig
+
+    p = sub.add_parser("generate", help="identities x camera tokens x N images with a DiVE checkpoint (resumable, shardable)")
+    add_dataclass_arguments(p, GenerateConfig)
+    p.set_defaults(func=_cmd_generate)
+
+    from dive.export import ExportConfig
+
+    p = sub.add_parser("export", help="write the expanded set (VI + external RGB + synthetic IR) as a new SYSU-MM01 tree")
+    add_dataclass_arguments(p, ExportConfig, skip=("synthetic",))
+    p.add_argument("--synthetic", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                   help=ExportConfig.__dataclass_fields__["synthetic"].metadata["help"])
+    p.set_defaults(func=_cmd_export)
+
+    from dive.generate.attention import AttentionConfig
+
+    p = sub.add_parser("attention", help="per-token cross-attention maps of one generated image (figure + summary)")
+    add_dataclass_arguments(p, AttentionConfig)
+    p.set_defaults(func=_cmd_attention)
+
     reid = sub.add_parser("reid", help="visible-infrared ReID training and evaluation").add_subparsers(dest="command", required=True)
     p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")
     p.add_argument("--features", type=Path, required=True,
@@ -203,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, ReIDTrainConfig)
     add_dataclass_arguments(p, ReIDEvalConfig)
     p.set_defaults(func=_cmd_reid_run)
+    from dive.reid.baselines import BaselinesConfig
+
+    p = reid.add_parser("baselines", help="AGW, AGW+CAJ and AGW + external RGB over several seeds (mean ± spread)")
+    add_dataclass_arguments(p, BaselinesConfig)
+    p.set_defaults(func=_cmd_reid_baselines)
     p = reid.add_parser("test", help="evaluate a trained run folder on the test ids (report.json/.md + CMC plot)")
     p.add_argument("run", type=Path, help="a run folder written by `dive reid train`")
     add_dataclass_arguments(p, ReIDDataConfig)
