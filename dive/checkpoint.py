@@ -30,6 +30,7 @@ TOKENS_FILE = "tokens.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
 META_FILE = "dive.json"
+REFERENCES_DIR = "references"  # optional: a strip of real images per identity (the studio shows it)
 DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
 CAMERA_MODES = ("string", "embedding", "both")
 
@@ -161,6 +162,10 @@ def random_camera_strings(n: int, seed: int, length: int = 8) -> list[str]:
 # -------------------------------------------------------------------------------------------------
 # Reading and writing checkpoints
 # -------------------------------------------------------------------------------------------------
+
+
+def reference_path(directory: str | Path, token: str) -> Path:
+    return Path(directory) / REFERENCES_DIR / (token.strip("<>").replace("/", "_") + ".jpg")
 
 
 def check_checkpoint_dir(directory: str | Path) -> Path:

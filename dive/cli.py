@@ -168,6 +168,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_bench(args: argparse.Namespace) -> int:
+    from dive.train.bench_speed import TrainBenchConfig, train_bench
+
+    res = train_bench(dataclass_from_args(TrainBenchConfig, args))
+    print(f"ours: {res['ours_steps_per_s']} steps/s | reference loop (diffusers TI + LoRA recipe): "
+          f"{res['reference_steps_per_s']} steps/s | ratio {res['ratio']} "
+          f"(batch {res['batch_size']}, {res['steps']} timed steps, {res['threads']} threads)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -242,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attention", help="per-token cross-attention maps of one generated image (figure + summary)")
     add_dataclass_arguments(p, AttentionConfig)
     p.set_defaults(func=_cmd_attention)
+
+    from dive.train.bench_speed import TrainBenchConfig
+
+    p = sub.add_parser("train-bench", help="training speed: our DiVE step vs a plain diffusers-recipe loop")
+    add_dataclass_arguments(p, TrainBenchConfig)
+    p.set_defaults(func=_cmd_train_bench)
 
     reid = sub.add_parser("reid", help="visible-infrared ReID training and evaluation").add_subparsers(dest="command", required=True)
     p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")

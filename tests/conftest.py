@@ -51,3 +51,21 @@ def micro_dive_run(micro_base, tiny_world_dir, tmp_path_factory) -> Path:
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def studio_dirs(micro_base, micro_dive_run, tmp_path_factory):
+    """A studio data folder holding a copy of the micro base, and a 'shipped' folder holding the
+    micro DiVE checkpoint whose dive.json points at that base."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("studio")
+    data = root / "data"
+    shipped = root / "shipped"
+    shutil.copytree(micro_base, data / "bases" / "micro")
+    shutil.copytree(micro_dive_run / "final", shipped / "dive-demo")
+    meta = json.loads((shipped / "dive-demo" / "dive.json").read_text())
+    meta["base"] = str(data / "bases" / "micro")
+    (shipped / "dive-demo" / "dive.json").write_text(json.dumps(meta))
+    return data, shipped

@@ -113,7 +113,7 @@ def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, de
     base = Path(base)
     if not (base / "model_index.json").exists():
         raise FileNotFoundError(f"{base / 'model_index.json'}: missing; --base must be a diffusers SD-1.x folder")
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), torch_dtype=dtype, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.set_progress_bar_config(disable=True)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from dive.checkpoint import TOKENS_FILE, TokenTable, save_checkpoint
+from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json
@@ -221,7 +221,12 @@ class DiVETrainer:
         return {t: emb[i] for t, i in zip(self.ts.table.learned_tokens, self.new_ids.tolist())}
 
     def save(self, step: int, loss: float) -> Path:
-        ckpt = self.run_dir / f"checkpoint-{step}"
+        # written under a temporary name and renamed when complete: a run killed mid-save (the
+        # studio's Stop) never leaves a half-written checkpoint-N behind
+        final_dir = self.run_dir / f"checkpoint-{step}"
+        ckpt = self.run_dir / f".checkpoint-{step}.tmp"
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
         meta = {"step": step, "base": str(self.cfg.base), "config": config_to_dict(self.cfg), "loss": loss,
                 "orig_vocab": self.orig_vocab, "height": self.height, "width": self.width}
         emb = self._embeddings()
@@ -230,8 +235,11 @@ class DiVETrainer:
                             meta=meta)
         save_checkpoint(ckpt, lora_state=self._lora_state(), embeddings=emb, table=self.ts.table, meta=meta,
                         lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        ckpt.rename(final_dir)
         _prune(self.run_dir, self.cfg.keep_checkpoints)
-        return ckpt
+        return final_dir
 
     def resume(self) -> int:
         from peft.utils import set_peft_model_state_dict
@@ -342,6 +350,7 @@ class DiVETrainer:
             if dst.exists():
                 shutil.rmtree(dst)
             shutil.copytree(final, dst, ignore=shutil.ignore_patterns("state.*"))
+            write_references(dst, self.ts)
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir / "final"
@@ -369,6 +378,24 @@ class DiVETrainer:
         te.train()
         imgs = (imgs * 255).round().astype(np.uint8).reshape(len(ids), len(cams), self.height, self.width, 3)
         return Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in imgs], axis=0))
+
+
+def write_references(checkpoint: Path, ts: TrainingSet, per_identity: int = 3) -> None:
+    """A strip of real images per identity token, so the studio can show who a token is even where
+    the training data is not at hand (a Hugging Face Space)."""
+    by_id: dict[tuple[str, int], list] = {}
+    for r in ts.records:
+        by_id.setdefault((r.dataset, r.pid), []).append(r)
+    for t in ts.table.identities:
+        recs = sorted(by_id.get((t.dataset, t.pid), []), key=lambda r: (r.modality.value != "visible", r.camid, r.path))
+        picks = recs[:per_identity]
+        if not picks:
+            continue
+        ims = []
+        for r in picks:
+            with Image.open(r.path) as im:
+                ims.append(np.asarray(im.convert("RGB").resize((64, 128))))
+        save_image(reference_path(checkpoint, t.token), Image.fromarray(np.concatenate(ims, axis=1)), quality=90)
 
 
 def train_dive(cfg: DiVETrainConfig, progress: bool = True) -> Path:

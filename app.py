@@ -1,0 +1,319 @@
+"""DiVE Studio: pick an identity token and a camera token, generate infrared images, look at the
+cross-attention of each token, export an expanded dataset, and run training in the background.
+
+    python app.py            # http://127.0.0.1:7860, the shipped demo checkpoint, no network
+
+Layout and wiring only: every action calls `dive.studio.service.Studio`, which calls the same stage
+functions as the `dive` command line. Named API endpoints (for gradio_client): /generate,
+/attention, /export.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import random  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dive.studio.sandbox import StudioError  # noqa: E402
+from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("DIVE_STUDIO_DATA", "studio_data"))
+CSS = """
+#title {margin-bottom: 0}
+.dive-error {color: #b91c1c; font-weight: 600}
+"""
+
+
+def _err(e: Exception) -> str:
+    return f"<span class='dive-error'>⚠ {e}</span>"
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    stop_flags: dict[str, threading.Event] = {}
+    ck_labels = [c.label for c in studio.checkpoints()]
+    default_ck = next((c for c in ck_labels if "dive-demo" in c), ck_labels[0] if ck_labels else None)
+
+    def token_updates(choice):
+        """New identity / camera choices when the checkpoint changes (or a clear message)."""
+        try:
+            if not choice:
+                raise StudioError("no checkpoint: train one in the Training tab or choose a folder")
+            table = studio.table(choice)
+        except (StudioError, KeyError, ValueError, OSError) as e:
+            empty = gr.update(choices=[], value=None)
+            return (_err(e), empty, empty, empty, empty, gr.update(choices=[], value=[]), gr.update(choices=[], value=[]))
+        ids = studio.identity_choices(table)
+        cams = studio.camera_choices(table)
+        ir = [v for label, v in cams if "(infrared)" in label]
+        first_id = ids[0][1] if ids else None
+        first_cam = ir[0] if ir else (cams[0][1] if cams else None)
+        c = studio.resolve_checkpoint(choice)
+        status = (f"**{c.label}** · {len(table.identities)} identity tokens · {len(table.cameras)} camera tokens "
+                  f"({table.camera_mode}) · base `{c.base.name}`")
+        return (status, gr.update(choices=ids, value=first_id), gr.update(choices=cams, value=first_cam),
+                gr.update(choices=ids, value=first_id), gr.update(choices=cams, value=first_cam),
+                gr.update(choices=ids, value=[]), gr.update(choices=cams, value=ir))
+
+    def reference(choice, token):
+        if not choice or not token:
+            return None
+        try:
+            p = studio.reference_image(choice, token)
+        except (StudioError, ValueError):
+            return None
+        return str(p) if p else None
+
+    # -- generate ---------------------------------------------------------------------------------------
+    def do_generate(choice, identity, camera, seed, random_seed, steps, guidance, n):
+        seed = random.randrange(2**31) if random_seed else int(seed or 0)
+        try:
+            images = studio.generate(choice, [identity], [camera], n=int(n), seed=seed, steps=int(steps),
+                                     guidance=float(guidance))
+        except (StudioError, KeyError, ValueError) as e:
+            return [], None, _err(e), seed
+        _, zpath = studio.save_images(images)
+        return images, str(zpath), f"{len(images)} images · seed {seed}", seed
+
+    def every_camera(choice, identity, seed, steps, guidance):
+        try:
+            table = studio.table(choice)
+            cams = [c.token for c in sorted(table.cameras, key=lambda c: (c.modality != "infrared", c.dataset, c.camid))]
+            images = studio.generate(choice, [identity], cams, n=1, seed=int(seed or 0), steps=int(steps), guidance=float(guidance))
+        except (StudioError, KeyError, ValueError) as e:
+            return [], None, _err(e)
+        _, zpath = studio.save_images(images)
+        return images, str(zpath), f"{identity} under every camera token ({len(cams)})"
+
+    def many_identities(choice, camera, seed, steps, guidance, k=8):
+        try:
+            table = studio.table(choice)
+            ids = [v for _, v in studio.identity_choices(table)][:k]
+            images = studio.generate(choice, ids, [camera], n=1, seed=int(seed or 0), steps=int(steps), guidance=float(guidance))
+        except (StudioError, KeyError, ValueError) as e:
+            return [], None, _err(e)
+        _, zpath = studio.save_images(images)
+        return images, str(zpath), f"{len(ids)} identities under camera token {camera}"
+
+    # -- attention ----------------------------------------------------------------------------------------
+    def do_attention(choice, identity, camera, seed, steps, guidance, layers, step_range):
+        try:
+            res, fig = studio.attention(choice, identity, camera, seed=int(seed or 0), steps=int(steps),
+                                        guidance=float(guidance), layers=layers, step_range=step_range)
+        except (StudioError, KeyError, ValueError) as e:
+            return None, None, _err(e)
+        summary = getattr(res, "summary", None) or {}
+        def cell(v):
+            return round(float(v), 3) if isinstance(v, (int, float)) else str(v)
+
+        rows = [{"token": k, **({kk: cell(vv) for kk, vv in v.items()} if isinstance(v, dict) else {"value": cell(v)})}
+                for k, v in summary.items()]
+        return str(fig), pd.DataFrame(rows) if rows else None, "attention of each token (conditional branch)"
+
+    # -- export ------------------------------------------------------------------------------------------
+    def do_export(choice, data, mode, min_images, top_k, id_list, cameras, n, steps, request: gr.Request,
+                  progress=gr.Progress()):
+        key = request.session_hash if request is not None else "api"
+        flag = stop_flags.setdefault(key, threading.Event())
+        flag.clear()
+        try:
+            out, zpath, summary = studio.export(
+                choice, data, which="external", min_images=int(min_images) if mode == "min images" else 0,
+                top_k=int(top_k) if mode == "top-K" else 0, ids=list(id_list or []) if mode == "list" else [],
+                cameras=list(cameras or []), n=int(n), seed=0, steps=int(steps), guidance=1.0,
+                progress=lambda d, t, what: progress(d / max(1, t), desc=f"{what} {d}/{t}"), should_stop=flag.is_set)
+        except (StudioError, KeyError, ValueError, FileExistsError, FileNotFoundError) as e:
+            return None, "", _err(e)
+        c = summary.get("counts", {})
+        lines = [f"**exported** `{studio.sandbox.relative(out)}` (SYSU-MM01 layout)",
+                 f"- images: {c.get('images', '?')} ({', '.join(f'{k}: {v}' for k, v in c.get('per_origin', {}).items())})",
+                 f"- ids per split: {c.get('ids_per_split', '?')}; new ids: {c.get('new_ids', '?')}",
+                 "- manifest: `manifest.csv` / `manifest.jsonl` (prompt, seed, steps, checkpoint hash per image)"]
+        return str(zpath), str(out), "\n".join(lines)
+
+    def stop_export(request: gr.Request):
+        key = request.session_hash if request is not None else "api"
+        stop_flags.setdefault(key, threading.Event()).set()
+        return "stopping after the current image…"
+
+    # -- training ---------------------------------------------------------------------------------------
+    def runs_table():
+        rows = [{"id": r.id, "kind": r.kind, "status": r.status, "preset": r.config.get("preset", ""),
+                 "steps": r.config.get("steps", ""), "started": time.strftime("%H:%M:%S", time.localtime(r.started)),
+                 "folder": studio.sandbox.relative(r.run_dir)} for r in studio.runs.list()]
+        return pd.DataFrame(rows, columns=["id", "kind", "status", "preset", "steps", "started", "folder"])
+
+    def run_choices():
+        return [(f"run {r.id} · {r.status}", r.id) for r in studio.runs.list()]
+
+    def launch(preset, data, steps, seed):
+        try:
+            rec = studio.launch_training(preset=preset, data=data or None, base=None, steps=int(steps) if steps else None,
+                                         seed=int(seed or 0))
+        except (StudioError, ValueError, FileNotFoundError) as e:
+            return _err(e), runs_table(), gr.update()
+        return f"started run {rec.id} (pid {rec.pid})", runs_table(), gr.update(choices=run_choices(), value=rec.id)
+
+    def watch(run_id):
+        if run_id is None:
+            return None, None, "", runs_table()
+        try:
+            rec = studio.runs.get(int(run_id))
+        except KeyError:
+            return None, None, "", runs_table()
+        curve = studio.runs.loss_curve(rec)
+        plot = pd.DataFrame(curve, columns=["step", "loss"]) if curve else pd.DataFrame({"step": [], "loss": []})
+        prev = studio.runs.latest_preview(rec)
+        ck = studio.runs.checkpoints(rec)
+        head = (f"run {rec.id} · **{rec.status}** · {len(curve)} steps logged · checkpoints: "
+                f"{', '.join(p.name for p in ck) or 'none yet'}\n\n```\n{studio.runs.log_tail(rec, 12)}\n```")
+        return plot, str(prev) if prev else None, head, runs_table()
+
+    def stop_run(run_id):
+        if run_id is None:
+            return "no run selected", runs_table()
+        t0 = time.time()
+        rec = studio.runs.stop(int(run_id))
+        ck = studio.runs.checkpoints(rec)
+        return (f"run {rec.id} {rec.status} in {time.time() - t0:.1f} s; last checkpoint: "
+                f"{ck[0].name if ck else 'none'}"), runs_table()
+
+    def refresh_checkpoints(current):
+        labels = [c.label for c in studio.checkpoints()]
+        return gr.update(choices=labels, value=current if current in labels or current else (labels[0] if labels else None))
+
+    # -- layout -----------------------------------------------------------------------------------------
+    with gr.Blocks(title="DiVE Studio") as demo:
+        gr.Markdown("# DiVE Studio\nIdentity-preserving infrared images for visible-infrared person re-identification "
+                    "(prompt: *a [camera] photo of [identity] person*).", elem_id="title")
+        with gr.Row():
+            ckpt = gr.Dropdown(ck_labels, value=default_ck, label="Checkpoint", allow_custom_value=True, scale=4,
+                               info="shipped, your training runs, or a folder inside the studio's data folder")
+            refresh_ck = gr.Button("Refresh list", scale=1)
+        ck_status = gr.Markdown()
+        with gr.Tabs():
+            with gr.Tab("Generate"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        g_id = gr.Dropdown(label="Identity token", filterable=True)
+                        g_cam = gr.Dropdown(label="Camera token")
+                        with gr.Row():
+                            g_seed = gr.Number(value=0, precision=0, label="Seed")
+                            g_random = gr.Checkbox(label="random seed")
+                        g_steps = gr.Slider(5, 50, value=25, step=1, label="Steps (DPM-Solver++)")
+                        g_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance (1 = off)")
+                        g_n = gr.Slider(1, 16, value=4, step=1, label="Images")
+                        g_go = gr.Button("Generate", variant="primary")
+                        with gr.Row():
+                            g_allcam = gr.Button("Same identity, every camera")
+                            g_manyid = gr.Button("Same camera, many identities")
+                    with gr.Column(scale=3):
+                        g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False)
+                        g_msg = gr.Markdown()
+                        g_gallery = gr.Gallery(label="Generated", columns=8, height=330, object_fit="contain")
+                        g_zip = gr.File(label="Download images (zip)")
+            with gr.Tab("Attention"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        a_id = gr.Dropdown(label="Identity token", filterable=True)
+                        a_cam = gr.Dropdown(label="Camera token")
+                        a_seed = gr.Number(value=0, precision=0, label="Seed")
+                        a_steps = gr.Slider(5, 50, value=25, step=1, label="Steps")
+                        a_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance")
+                        a_layers = gr.Dropdown(["all", "down", "mid", "up"], value="all", label="Layers")
+                        a_steprange = gr.Dropdown(["all", "first half", "second half"], value="all", label="Steps aggregated")
+                        a_go = gr.Button("Show attention maps", variant="primary")
+                    with gr.Column(scale=4):
+                        a_msg = gr.Markdown()
+                        a_fig = gr.Image(label="Cross-attention per token", interactive=False)
+                        a_table = gr.Dataframe(label="Where each token attends", interactive=False)
+            with gr.Tab("Batch export"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        worlds = studio.worlds()
+                        e_data = gr.Dropdown(worlds, value=worlds[0] if worlds else None, allow_custom_value=True,
+                                             label="VI dataset folder (inside the data folder)")
+                        e_mode = gr.Radio(["min images", "top-K", "list"], value="top-K", label="Identities")
+                        e_min = gr.Number(value=12, precision=0, label="min real images")
+                        e_topk = gr.Number(value=4, precision=0, label="K")
+                        e_list = gr.Dropdown(label="identity list", multiselect=True, filterable=True)
+                        e_cams = gr.Dropdown(label="Camera tokens", multiselect=True)
+                        e_n = gr.Slider(1, 36, value=2, step=1, label="Images per identity and camera")
+                        e_steps = gr.Slider(5, 50, value=25, step=1, label="Steps")
+                        with gr.Row():
+                            e_go = gr.Button("Generate + export", variant="primary")
+                            e_stop = gr.Button("Stop", variant="stop")
+                    with gr.Column(scale=3):
+                        e_msg = gr.Markdown()
+                        e_zip = gr.File(label="Expanded dataset (zip)")
+                        e_folder = gr.Textbox(label="Folder", interactive=False)
+            with gr.Tab("Training"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        t_preset = gr.Radio(list(TRAIN_PRESETS), value="quick demo", label="Preset")
+                        t_data = gr.Dropdown(studio.worlds(), label="SynthVI world (empty: a small one is built)",
+                                             allow_custom_value=True)
+                        t_steps = gr.Number(value=None, precision=0, label="Steps (empty: preset)")
+                        t_seed = gr.Number(value=0, precision=0, label="Seed")
+                        t_go = gr.Button("Launch training", variant="primary")
+                        t_run = gr.Dropdown(run_choices(), label="Run", value=None)
+                        t_stop = gr.Button("Stop run", variant="stop")
+                        t_msg = gr.Markdown()
+                    with gr.Column(scale=3):
+                        t_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=240)
+                        t_prev = gr.Image(label="Latest preview (fixed seed)", interactive=False, height=260)
+                        t_head = gr.Markdown()
+                t_table = gr.Dataframe(runs_table(), label="Runs", interactive=False)
+                timer = gr.Timer(2.0)
+
+        token_outs = [ck_status, g_id, g_cam, a_id, a_cam, e_list, e_cams]
+        demo.load(token_updates, [ckpt], token_outs, api_visibility="private")
+        ckpt.change(token_updates, [ckpt], token_outs, api_visibility="private")
+        refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], api_visibility="private")
+        g_id.change(reference, [ckpt, g_id], [g_ref], api_visibility="private")
+        g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n],
+                   [g_gallery, g_zip, g_msg, g_seed], api_name="generate", concurrency_limit=8)
+        g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg],
+                       api_name="generate_every_camera")
+        g_manyid.click(many_identities, [ckpt, g_cam, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg],
+                       api_name="generate_many_identities")
+        a_go.click(do_attention, [ckpt, a_id, a_cam, a_seed, a_steps, a_guid, a_layers, a_steprange],
+                   [a_fig, a_table, a_msg], api_name="attention")
+        e_go.click(do_export, [ckpt, e_data, e_mode, e_min, e_topk, e_list, e_cams, e_n, e_steps],
+                   [e_zip, e_folder, e_msg], api_name="export", concurrency_limit=2)
+        e_stop.click(stop_export, None, [e_msg], api_visibility="private", queue=False)
+        t_go.click(launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_visibility="private")
+        t_stop.click(stop_run, [t_run], [t_msg, t_table], api_visibility="private", queue=False)
+        timer.tick(watch, [t_run], [t_plot, t_prev, t_head, t_table], api_visibility="private", queue=False)
+        demo.queue(default_concurrency_limit=2)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="DiVE Studio")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the studio's data folder (runs, exports, worlds)")
+    args = p.parse_args(argv)
+    studio = Studio(args.data)
+    # warm the default checkpoint so the first Generate is fast
+    labels = [c.label for c in studio.checkpoints()]
+    if labels:
+        studio.generator(next((c for c in labels if "dive-demo" in c), labels[0]))
+    demo = build_app(studio)
+    demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS,
+                allowed_paths=[str(studio.sandbox.root), str(Path(__file__).parent / "checkpoints")],
+                footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()

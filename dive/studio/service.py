@@ -1,0 +1,256 @@
+"""What the studio does, without the UI: the same stage functions the CLI calls, plus caching,
+the sandbox and background runs. `app.py` only lays out components and wires them to this."""
+
+from __future__ import annotations
+
+import json
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dive.checkpoint import META_FILE, CheckpointError, TokenTable, check_checkpoint_dir, reference_path
+from dive.generate.pipeline import GenerationRequest, Generator, load_generator
+from dive.studio.runs import RunManager
+from dive.studio.sandbox import Sandbox, StudioError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_DIR = REPO_ROOT / "checkpoints"
+SHIPPED_BASE = SHIPPED_DIR / "tiny-sd-base"
+
+#: training presets offered by the studio's form
+TRAIN_PRESETS = {
+    "quick demo": {"steps": 60, "batch_size": 8, "rank": 8, "save_every": 20, "preview_every": 20, "world": "quick"},
+    "full": {"steps": 4000, "batch_size": 32, "rank": 32, "save_every": 500, "preview_every": 500, "world": "default"},
+}
+QUICK_WORLD = ["--vi-train-ids", "12", "--vi-val-ids", "2", "--vi-test-ids", "4", "--vi-images-per-camera", "2", "3",
+               "--ext-ids", "24", "--ext-test-ids", "2", "--web-images", "16", "--workers", "1"]
+
+
+@dataclass
+class CheckpointChoice:
+    label: str
+    path: Path
+    base: Path
+
+
+class Studio:
+    def __init__(self, data_root: str | Path, shipped_dir: Path = SHIPPED_DIR, max_cached: int = 2,
+                 default_base: Path = SHIPPED_BASE):
+        self.sandbox = Sandbox(data_root)
+        self.shipped_dir = Path(shipped_dir)
+        self.default_base = Path(default_base)
+        self.runs = RunManager(self.sandbox.root / "runs.sqlite", self.sandbox.root / "runs")
+        self._gens: OrderedDict[str, tuple[Generator, threading.Lock]] = OrderedDict()
+        self._gens_lock = threading.Lock()
+        self.max_cached = max_cached
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointChoice]:
+        """Shipped checkpoints, then every complete checkpoint of the studio's runs."""
+        out = []
+        if self.shipped_dir.is_dir():
+            for d in sorted(self.shipped_dir.iterdir()):
+                try:
+                    check_checkpoint_dir(d)
+                except CheckpointError:
+                    continue
+                out.append(CheckpointChoice(f"shipped: {d.name}", d, self.base_of(d)))
+        for rec in self.runs.list():
+            if rec.kind != "train":
+                continue
+            for ck in self.runs.checkpoints(rec):
+                out.append(CheckpointChoice(f"run {rec.id}: {ck.name} ({rec.status})", ck, self.base_of(ck)))
+        return out
+
+    def base_of(self, ckpt: Path) -> Path:
+        """The base a checkpoint was trained on, if at hand; else the shipped tiny base."""
+        try:
+            meta = json.loads((ckpt / META_FILE).read_text())
+            base = Path(meta.get("base", ""))
+            for cand in (base, REPO_ROOT / base, self.sandbox.root / base):
+                if (cand / "model_index.json").exists():
+                    return cand.resolve()
+        except (OSError, json.JSONDecodeError):
+            pass
+        return self.default_base
+
+    def resolve_checkpoint(self, choice: str) -> CheckpointChoice:
+        """A picker label, or a folder typed by the user (inside the studio's data folder)."""
+        for c in self.checkpoints():
+            if choice in (c.label, str(c.path)):
+                return c
+        path = self.sandbox.resolve(choice, must_exist=True)
+        try:
+            check_checkpoint_dir(path)
+        except CheckpointError as err:
+            raise StudioError(f"not a DiVE checkpoint: {err}") from None
+        return CheckpointChoice(f"folder: {self.sandbox.relative(path)}", path, self.base_of(path))
+
+    def generator(self, choice: str) -> tuple[Generator, threading.Lock]:
+        c = self.resolve_checkpoint(choice)
+        key = str(c.path)
+        with self._gens_lock:
+            if key in self._gens:
+                self._gens.move_to_end(key)
+                return self._gens[key]
+        gen = load_generator(c.base, c.path)  # outside the lock: loading takes a moment
+        with self._gens_lock:
+            self._gens[key] = (gen, threading.Lock())
+            while len(self._gens) > self.max_cached:
+                self._gens.popitem(last=False)
+            return self._gens[key]
+
+    def table(self, choice: str) -> TokenTable:
+        return self.generator(choice)[0].table
+
+    # -- tokens for the pickers ---------------------------------------------------------------------
+    @staticmethod
+    def identity_choices(table: TokenTable) -> list[tuple[str, str]]:
+        def label(t):
+            kind = "external" if not any(c.dataset == t.dataset and c.modality == "infrared" for c in table.cameras) else "VI"
+            return f"{t.dataset} #{t.pid:04d} · {kind} · {t.images} imgs · {t.token}"
+
+        ids = sorted(table.identities, key=lambda t: (label(t).split(" · ")[1] != "external", t.dataset, t.pid))
+        return [(label(t), t.token) for t in ids]
+
+    @staticmethod
+    def camera_choices(table: TokenTable) -> list[tuple[str, str]]:
+        cams = sorted(table.cameras, key=lambda c: (c.modality != "infrared", c.dataset, c.camid))
+        return [(f"{c.label} · {c.token}", c.token) for c in cams]
+
+    def reference_image(self, choice: str, token: str) -> Path | None:
+        p = reference_path(self.resolve_checkpoint(choice).path, token)
+        return p if p.exists() else None
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,
+                 guidance: float, negative_prompt: str = "") -> list[tuple[np.ndarray, str]]:
+        """Images with captions `prompt · seed`; the same call always gives the same images."""
+        if not identities or not cameras:
+            raise StudioError("pick an identity token and a camera token")
+        if not 1 <= n <= 64:
+            raise StudioError(f"number of images must be 1..64, got {n}")
+        if not 1 <= steps <= 200:
+            raise StudioError(f"steps must be 1..200, got {steps}")
+        gen, lock = self.generator(choice)
+        for t in [*identities, *cameras]:
+            try:
+                gen.table.get(t)
+            except KeyError:
+                raise StudioError(f"{t!r} is not a token of this checkpoint") from None
+        req = GenerationRequest(identities, cameras, n=n, seed=seed, steps=steps, guidance=guidance,
+                                negative_prompt=negative_prompt)
+        jobs = req.jobs(gen.table)
+        out = []
+        with lock:  # one pipeline, one sampling at a time (its scheduler holds state)
+            for i in range(0, len(jobs), 16):
+                batch = jobs[i : i + 16]
+                imgs = gen.render(batch, steps=steps, guidance=guidance, negative_prompt=negative_prompt)
+                out += [(img, f"{j.prompt} · seed {j.seed}") for j, img in zip(batch, imgs)]
+        return out
+
+    def save_images(self, images: list[tuple[np.ndarray, str]], kind: str = "generations") -> tuple[Path, Path]:
+        """Write PNGs + captions.json into a fresh job folder and zip them; returns (folder, zip)."""
+        d = self.sandbox.new_job_dir(kind)
+        captions = {}
+        for k, (img, cap) in enumerate(images):
+            name = f"{k:03d}.png"
+            Image.fromarray(img).save(d / name)
+            captions[name] = cap
+        (d / "captions.json").write_text(json.dumps(captions, indent=2))
+        zpath = d.with_suffix(".zip")
+        with zipfile.ZipFile(zpath, "w") as z:
+            for p in sorted(d.iterdir()):
+                z.write(p, arcname=f"{d.name}/{p.name}")
+        return d, zpath
+
+    # -- attention --------------------------------------------------------------------------------
+    def attention(self, choice: str, identity: str, camera: str, *, seed: int, steps: int, guidance: float,
+                  layers: str = "all", step_range: str = "all"):
+        from dive.generate.attention import attention_figure, attention_maps
+
+        gen, lock = self.generator(choice)
+        steps_spec = {"all": "all", "first half": "0:0.5", "second half": "0.5:"}.get(step_range, step_range)
+        with lock:
+            res = attention_maps(gen, identity or None, camera or None, seed=seed, steps=steps, guidance=guidance,
+                                 layers=layers, step_range=steps_spec)
+        fig = self.sandbox.new_job_dir("attention") / "attention.png"
+        attention_figure(res, fig)
+        return res, fig
+
+    # -- export -----------------------------------------------------------------------------------
+    def export(self, choice: str, data: str, *, which: str, min_images: int, top_k: int, ids: list[str],
+               cameras: list[str], n: int, seed: int, steps: int, guidance: float, progress=None, should_stop=None):
+        """`dive generate` + `dive export` into a per-job folder; returns (export dir, zip, summary)."""
+        from dive.export import ExportConfig, export_dataset
+        from dive.generate.run import GenerateConfig, generate
+
+        c = self.resolve_checkpoint(choice)
+        data_dir = self.sandbox.resolve(data, must_exist=True)
+        job = self.sandbox.new_job_dir("exports")
+        gen, lock = self.generator(choice)
+        gcfg = GenerateConfig(base=c.base, checkpoint=c.path, out=job / "generated", identities=which,
+                              min_images=min_images, top_k=top_k, ids=tuple(ids), cameras=",".join(cameras) or "infrared",
+                              n=n, seed=seed, steps=steps, guidance=guidance)
+
+        def on_batch(done, total, rows):
+            if progress:
+                progress(done, total, "generating")
+
+        with lock:
+            generate(gcfg, generator=gen, progress=False, on_batch=on_batch, should_stop=should_stop)
+        if not (job / "generated" / "manifest.jsonl").exists():
+            raise StudioError("export stopped during generation; nothing was exported")
+        ecfg = ExportConfig(data=data_dir, synthetic=[job / "generated"], out=job / "export")
+        summary = export_dataset(ecfg, progress=False, should_stop=should_stop,
+                                 on_progress=(lambda d, t: progress(d, t, "exporting")) if progress else None)
+        if not summary.get("complete", True):
+            raise StudioError("export stopped; the partial folder was left unfinished")
+        zpath = job / "export.zip"
+        with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for p in sorted((job / "export").rglob("*")):
+                if p.is_file():
+                    z.write(p, arcname=str(p.relative_to(job)))
+        return job / "export", zpath, summary
+
+    # -- training runs ------------------------------------------------------------------------------
+    def worlds(self) -> list[str]:
+        """SynthVI worlds inside the data folder (relative paths)."""
+        root = self.sandbox.root / "worlds"
+        return sorted(self.sandbox.relative(p.parent) for p in root.glob("*/synthvi.json")) if root.exists() else []
+
+    def ensure_quick_world(self) -> Path:
+        """A small SynthVI world for the quick preset (built once, in seconds)."""
+        from dive.cli import main as dive_main
+
+        out = self.sandbox.root / "worlds" / "quick"
+        if not (out / "synthvi.json").exists():
+            dive_main(["data", "synth", "--out", str(out), "--seed", "0", "--force", *QUICK_WORLD])
+        return out
+
+    def launch_training(self, *, preset: str, data: str | None, base: str | None, steps: int | None,
+                        seed: int = 0, rank: int | None = None, lr: float | None = None):
+        if preset not in TRAIN_PRESETS:
+            raise StudioError(f"unknown preset {preset!r}")
+        p = dict(TRAIN_PRESETS[preset])
+        world = self.sandbox.resolve(data, must_exist=True) if data else (
+            self.ensure_quick_world() if p["world"] == "quick" else None)
+        if world is None:
+            raise StudioError("choose a dataset folder (a SynthVI world inside the studio's data folder)")
+        base_dir = self.sandbox.resolve(base, must_exist=True) if base else self.default_base
+        if not (base_dir / "model_index.json").exists():
+            raise StudioError(f"{base_dir}: not a diffusers base model folder")
+        out = self.sandbox.new_job_dir("runs")
+        args = ["--base", str(base_dir), "--data", str(world), "--out", str(out), "--seed", str(seed),
+                "--steps", str(steps or p["steps"]), "--batch-size", str(p["batch_size"]), "--rank", str(rank or p["rank"]),
+                "--save-every", str(p["save_every"]), "--preview-every", str(p["preview_every"]), "--threads", "1"]
+        if lr:
+            args += ["--lr", str(lr)]
+        config = {"preset": preset, "data": str(world), "base": str(base_dir), "steps": steps or p["steps"],
+                  "seed": seed, "rank": rank or p["rank"]}
+        return self.runs.launch("train", args, config, out)

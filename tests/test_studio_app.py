@@ -1,0 +1,127 @@
+"""The studio as people and scripts use it: gradio_client on the named endpoints, and a real
+browser (Playwright driving Debian's Chromium)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(studio_dirs, tiny_world_dir, micro_base):
+    from app import build_app
+    from dive.studio.service import Studio
+
+    data, shipped = studio_dirs
+    if not (data / "worlds" / "tiny").exists():
+        shutil.copytree(tiny_world_dir, data / "worlds" / "tiny")
+    studio = Studio(data, shipped_dir=shipped, default_base=data / "bases" / "micro")
+    demo = build_app(studio)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(data), str(shipped)])
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _image_path(item) -> Path:
+    img = item["image"]
+    return Path(img if isinstance(img, str) else img["path"])
+
+
+def test_named_endpoints_and_concurrency(app_url, studio_dirs):
+    from gradio_client import Client
+
+    from dive.checkpoint import TokenTable
+
+    _, shipped = studio_dirs
+    table = TokenTable.load(shipped / "dive-demo" / "tokens.json")
+    idt, cam = table.identities[0].token, table.infrared_cameras()[0].token
+    client = Client(app_url, verbose=False)
+    ck = "shipped: dive-demo"
+    assert {"/generate", "/attention", "/export"} <= set(client.view_api(return_format="dict")["named_endpoints"])
+
+    gallery, _, msg, _ = client.predict(ck, None, None, 0, False, 3, 1.0, 2, api_name="/generate")
+    assert gallery == [] and "pick an identity" in msg  # a clear message, not a crash
+
+    def gen(seed):
+        return client.predict(ck, idt, cam, seed, False, 3, 1.0, 2, api_name="/generate")
+
+    with cf.ThreadPoolExecutor(8) as pool:  # 8 users at once: each gets its own, correct result
+        results = list(pool.map(gen, range(8)))
+    digests = set()
+    for seed, (gallery, zpath, msg, seed_back) in enumerate(results):
+        assert seed_back == seed and len(gallery) == 2 and Path(zpath).exists()
+        assert all(idt in g["caption"] and cam in g["caption"] for g in gallery)
+        digests.add(tuple(_image_path(g).read_bytes() for g in gallery))
+    assert len(digests) == 8
+
+    fig, _, msg = client.predict(ck, idt, cam, 0, 3, 1.0, "all", "all", api_name="/attention")
+    assert fig and Path(fig).exists(), msg
+
+    zpath, folder, msg = client.predict(ck, "worlds/tiny", "top-K", 12, 1, [], [cam], 1, 3, api_name="/export")
+    assert zpath and Path(zpath).exists() and "exported" in msg, msg
+    # path traversal through any input is refused
+    _, _, msg = client.predict(ck, "../../etc", "top-K", 12, 1, [], [], 1, 3, api_name="/export")
+    assert "outside" in msg
+    gallery, _, msg, _ = client.predict("../../../etc", idt, cam, 0, False, 3, 1.0, 1, api_name="/generate")
+    assert gallery == [] and "outside" in msg
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_walkthrough(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("DIVE_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(app_url)
+        expect(page.get_by_text("identity tokens", exact=False)).to_be_visible(timeout=60_000)
+        # generate for the default identity / camera
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text("images · seed", exact=False)).to_be_visible(timeout=120_000)
+        assert page.locator("img").count() >= 4
+        page.screenshot(path=str(shots / "01-generate.png"))
+        # attention panel
+        page.get_by_role("tab", name="Attention").click()
+        page.get_by_role("button", name="Show attention maps").click()
+        expect(page.get_by_text("attention of each token", exact=False)).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(shots / "02-attention.png"))
+        # training: start a short run, then stop it
+        page.get_by_role("tab", name="Training").click()
+        page.get_by_role("button", name="Launch training").click()
+        expect(page.get_by_text("started run", exact=False)).to_be_visible(timeout=120_000)
+        time.sleep(3)
+        page.get_by_role("button", name="Stop run").click()
+        expect(page.get_by_text("stopped in", exact=False)).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(shots / "03-training.png"))
+        # batch export, then download the zip
+        page.get_by_role("tab", name="Batch export").click()
+        page.get_by_role("button", name="Generate + export").click()
+        expect(page.get_by_text("exported", exact=False)).to_be_visible(timeout=240_000)
+        page.screenshot(path=str(shots / "04-export.png"))
+        with page.expect_download(timeout=60_000) as dl:
+            page.locator("a[download]").filter(has_text="export.zip").first.click()
+        target = tmp_path / "export.zip"
+        dl.value.save_as(target)
+        assert target.stat().st_size > 1000
+        browser.close()
+    assert len(list(shots.glob("*.png"))) == 4
