@@ -209,7 +209,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             g_seed = gr.Number(value=0, precision=0, label="Seed")
                             g_random = gr.Checkbox(label="random seed")
-                        g_steps = gr.Slider(5, 50, value=25, step=1, label="Steps (DPM-Solver++)")
+                        g_steps = gr.Slider(2, 50, value=25, step=1, label="Steps (DPM-Solver++)")
                         g_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance (1 = off)")
                         g_n = gr.Slider(1, 16, value=4, step=1, label="Images")
                         g_go = gr.Button("Generate", variant="primary")
@@ -227,7 +227,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         a_id = gr.Dropdown(label="Identity token", filterable=True)
                         a_cam = gr.Dropdown(label="Camera token")
                         a_seed = gr.Number(value=0, precision=0, label="Seed")
-                        a_steps = gr.Slider(5, 50, value=25, step=1, label="Steps")
+                        a_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         a_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance")
                         a_layers = gr.Dropdown(["all", "down", "mid", "up"], value="all", label="Layers")
                         a_steprange = gr.Dropdown(["all", "first half", "second half"], value="all", label="Steps aggregated")
@@ -248,7 +248,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         e_list = gr.Dropdown(label="identity list", multiselect=True, filterable=True)
                         e_cams = gr.Dropdown(label="Camera tokens", multiselect=True)
                         e_n = gr.Slider(1, 36, value=2, step=1, label="Images per identity and camera")
-                        e_steps = gr.Slider(5, 50, value=25, step=1, label="Steps")
+                        e_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         with gr.Row():
                             e_go = gr.Button("Generate + export", variant="primary")
                             e_stop = gr.Button("Stop", variant="stop")

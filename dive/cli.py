@@ -178,6 +178,13 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from dive.generate.grid import GridConfig, identity_grid
+
+    print(f"written: {identity_grid(dataclass_from_args(GridConfig, args))}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -252,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attention", help="per-token cross-attention maps of one generated image (figure + summary)")
     add_dataclass_arguments(p, AttentionConfig)
     p.set_defaults(func=_cmd_attention)
+
+    from dive.generate.grid import GridConfig
+
+    p = sub.add_parser("grid", help="identities x infrared cameras: real visible images, then generated infrared")
+    add_dataclass_arguments(p, GridConfig)
+    p.set_defaults(func=_cmd_grid)
 
     from dive.train.bench_speed import TrainBenchConfig
 
