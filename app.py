@@ -42,6 +42,11 @@ def build_app(studio: Studio) -> gr.Blocks:
     stop_flags: dict[str, threading.Event] = {}
     ck_labels = [c.label for c in studio.checkpoints()]
     default_ck = next((c for c in ck_labels if "dive-demo" in c), ck_labels[0] if ck_labels else None)
+    # server-side choices of the token pickers start as the default checkpoint's; the page load
+    # event refreshes them per checkpoint. Custom values are allowed: the service checks tokens.
+    id_init = Studio.identity_choices(studio.table(default_ck)) if default_ck else []
+    cam_init = Studio.camera_choices(studio.table(default_ck)) if default_ck else []
+    pick = dict(allow_custom_value=True, filterable=True)
 
     def token_updates(choice):
         """New identity / camera choices when the checkpoint changes (or a clear message)."""
@@ -204,8 +209,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Generate"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        g_id = gr.Dropdown(label="Identity token", filterable=True)
-                        g_cam = gr.Dropdown(label="Camera token")
+                        g_id = gr.Dropdown(id_init, label="Identity token", **pick)
+                        g_cam = gr.Dropdown(cam_init, label="Camera token", **pick)
                         with gr.Row():
                             g_seed = gr.Number(value=0, precision=0, label="Seed")
                             g_random = gr.Checkbox(label="random seed")
@@ -224,8 +229,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Attention"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        a_id = gr.Dropdown(label="Identity token", filterable=True)
-                        a_cam = gr.Dropdown(label="Camera token")
+                        a_id = gr.Dropdown(id_init, label="Identity token", **pick)
+                        a_cam = gr.Dropdown(cam_init, label="Camera token", **pick)
                         a_seed = gr.Number(value=0, precision=0, label="Seed")
                         a_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         a_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance")
@@ -245,8 +250,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                         e_mode = gr.Radio(["min images", "top-K", "list"], value="top-K", label="Identities")
                         e_min = gr.Number(value=12, precision=0, label="min real images")
                         e_topk = gr.Number(value=4, precision=0, label="K")
-                        e_list = gr.Dropdown(label="identity list", multiselect=True, filterable=True)
-                        e_cams = gr.Dropdown(label="Camera tokens", multiselect=True)
+                        e_list = gr.Dropdown(id_init, label="identity list", multiselect=True, **pick)
+                        e_cams = gr.Dropdown(cam_init, label="Camera tokens", multiselect=True, **pick)
                         e_n = gr.Slider(1, 36, value=2, step=1, label="Images per identity and camera")
                         e_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         with gr.Row():

@@ -34,6 +34,24 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_hash(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from dive.utils.io import sha256_file
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    total = hashlib.sha256()
+    n = 0
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            total.update(f"{p.relative_to(root)}\0{sha256_file(p)}\n".encode())
+            n += 1
+    print(f"{total.hexdigest()}  {n} files  {root}")
+    return 0
+
+
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from dive.data.inspect import InspectConfig, format_report, inspect
 
@@ -222,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write a procedural SynthVI world (VI set, external set, web pool)")
     add_dataclass_arguments(p, SynthConfig)
     p.set_defaults(func=_cmd_data_synth)
+    p = data.add_parser("hash", help="one digest over every file's path and sha256 (determinism checks)")
+    p.add_argument("root", type=Path)
+    p.set_defaults(func=_cmd_data_hash)
     p = data.add_parser("inspect", help="summary table, contact sheet and raw-pixel modality gap of a dataset")
     p.add_argument("root", type=Path, help="a `dive data synth` output or one dataset in a supported layout")
     add_dataclass_arguments(p, InspectConfig, skip=("root",))

@@ -119,9 +119,12 @@ def test_browser_walkthrough(app_url, tmp_path):
         expect(page.get_by_text("exported", exact=False)).to_be_visible(timeout=240_000)
         page.screenshot(path=str(shots / "04-export.png"))
         with page.expect_download(timeout=60_000) as dl:
-            page.locator("a[download]").filter(has_text="export.zip").first.click()
+            page.locator("a[download]:visible").filter(has_text="MB").last.click()
         target = tmp_path / "export.zip"
         dl.value.save_as(target)
-        assert target.stat().st_size > 1000
+        assert dl.value.suggested_filename == "export.zip" and target.stat().st_size > 1000
+        import zipfile
+
+        assert any(n.endswith("export/manifest.csv") for n in zipfile.ZipFile(target).namelist())
         browser.close()
     assert len(list(shots.glob("*.png"))) == 4

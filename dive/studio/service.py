@@ -131,7 +131,7 @@ class Studio:
     def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,
                  guidance: float, negative_prompt: str = "") -> list[tuple[np.ndarray, str]]:
         """Images with captions `prompt · seed`; the same call always gives the same images."""
-        if not identities or not cameras:
+        if not identities or not cameras or not all(identities) or not all(cameras):
             raise StudioError("pick an identity token and a camera token")
         if not 1 <= n <= 64:
             raise StudioError(f"number of images must be 1..64, got {n}")
