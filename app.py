@@ -267,7 +267,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         t_preset = gr.Radio(list(TRAIN_PRESETS), value="quick demo", label="Preset")
                         t_data = gr.Dropdown(studio.worlds(), label="SynthVI world (empty: a small one is built)",
                                              allow_custom_value=True)
-                        t_steps = gr.Number(value=None, precision=0, label="Steps (empty: preset)")
+                        t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)")
                         t_seed = gr.Number(value=0, precision=0, label="Seed")
                         t_go = gr.Button("Launch training", variant="primary")
                         t_run = gr.Dropdown(run_choices(), label="Run", value=None)

@@ -109,7 +109,10 @@ def test_browser_walkthrough(app_url, tmp_path):
         page.get_by_role("tab", name="Training").click()
         page.get_by_role("button", name="Launch training").click()
         expect(page.get_by_text("started run", exact=False)).to_be_visible(timeout=120_000)
-        time.sleep(3)
+        import re
+
+        # the live view (refreshed by gr.Timer) shows logged steps before we stop
+        expect(page.get_by_text(re.compile(r"[1-9]\d* steps logged"))).to_be_visible(timeout=240_000)
         page.get_by_role("button", name="Stop run").click()
         expect(page.get_by_text("stopped in", exact=False)).to_be_visible(timeout=30_000)
         page.screenshot(path=str(shots / "03-training.png"))

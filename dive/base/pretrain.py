@@ -39,7 +39,13 @@ from dive.base.models import (
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json
-from dive.utils.state import latest_checkpoint, load_training_state, save_training_state
+from dive.utils.state import (
+    latest_checkpoint,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+    step_generator,
+)
 
 PREVIEW_PROMPTS = (
     "a photo of a tall medium person, seen from the front, wearing a red sweater and blue pants and black shoes, with short black hair",
@@ -73,10 +79,6 @@ class BasePretrainConfig:
     max_images: int = field(default=0, metadata={"help": "use only the first N web images (0: all)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
-
-
-def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0]))
 
 
 def load_web_pool(data: Path, max_images: int, height: int, width: int) -> tuple[torch.Tensor, list[str]]:
@@ -113,12 +115,6 @@ def _truncate_log(path: Path, stage: str, after_step: int) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keep = [r for r in rows if r["stage"] != stage or r["step"] <= after_step]
     path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-
-def _prune(run_dir: Path, keep: int = 2) -> None:
-    ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for p in ckpts[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +161,7 @@ def train_vae(cfg: BasePretrainConfig, images: torch.Tensor, log: Path, progress
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.vae_steps:
             save_training_state(stage_dir / f"checkpoint-{step + 1}", modules={"vae": vae}, optimizer=opt,
                                 meta={"step": step + 1})
-            _prune(stage_dir)
+            prune_checkpoints(stage_dir, 2)
     vae.eval()
     return vae
 
@@ -289,7 +285,7 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
             save_training_state(stage_dir / f"checkpoint-{step + 1}",
                                 modules={"unet": unet, "text_encoder": text_encoder}, optimizer=opt,
                                 meta={"step": step + 1, "seconds": time.time() - t0})
-            _prune(stage_dir)
+            prune_checkpoints(stage_dir, 2)
         if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.steps):
             unet.eval()
             text_encoder.eval()

@@ -107,6 +107,16 @@ def read_manifest_rows(out: Path) -> list[dict]:
     return rows
 
 
+def _end_partial_row(shard: Path) -> None:
+    """A kill mid-append can leave a last row without its newline: close it, so the next row
+    starts on its own line (the cut row is then skipped as unreadable, its image made again)."""
+    if shard.exists() and shard.stat().st_size:
+        with open(shard, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progress: bool = True,
              rank: int | None = None, world: int | None = None, on_batch=None, should_stop=None) -> Path:
     """Run (or resume) a generation job; returns the output folder."""
@@ -147,6 +157,7 @@ def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progres
     batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
     remaining = sum(key(j) not in done for j in jobs)
     shard = out / f"manifest-{rank}.jsonl"
+    _end_partial_row(shard)
     bar = tqdm(total=len(jobs), initial=len(jobs) - remaining, desc=f"generate[{rank}]", unit="img",
                disable=not progress)
     t0, made = time.time(), 0

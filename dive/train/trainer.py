@@ -30,7 +30,13 @@ from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkp
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json
-from dive.utils.state import latest_checkpoint, read_training_state, save_training_state
+from dive.utils.state import (
+    latest_checkpoint,
+    prune_checkpoints,
+    read_training_state,
+    save_training_state,
+    step_generator,
+)
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -69,10 +75,6 @@ class DiVETrainConfig:
     preview_every: int = field(default=500, metadata={"help": "fixed-seed preview grid every N steps (0: off)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave as is)"})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many steps of this invocation; for tests"})
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 3, step]).generate_state(1)[0]))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -125,12 +127,6 @@ def add_tokens(tokenizer, text_encoder, tokens: list[str], init_words: list[str]
     if min(ids) < old:
         raise RuntimeError("added token ids overlap the original vocabulary")
     return torch.tensor(ids)
-
-
-def _prune(run_dir: Path, keep: int) -> None:
-    ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for p in ckpts[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
 
 
 class DiVETrainer:
@@ -238,7 +234,7 @@ class DiVETrainer:
         if final_dir.exists():
             shutil.rmtree(final_dir)
         ckpt.rename(final_dir)
-        _prune(self.run_dir, self.cfg.keep_checkpoints)
+        prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
         return final_dir
 
     def resume(self) -> int:
@@ -270,7 +266,7 @@ class DiVETrainer:
     # -- training ---------------------------------------------------------------------------------
     def training_loss(self, step: int, micro: int) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
-        g = step_generator(cfg.seed, step)
+        g = step_generator(cfg.seed, 3, step)
         n = 2 * self.num_images if cfg.hflip else self.num_images
         idx_all = torch.randint(0, n, (cfg.batch_size,), generator=g)
         t_all = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)

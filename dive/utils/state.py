@@ -8,6 +8,7 @@ written before its JSON, whose presence marks a complete checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,17 @@ def latest_checkpoint(run_dir: str | Path, prefix: str = "checkpoint-") -> Path 
         if (p / "state.json").exists() and step > best_step:
             best, best_step = p, step
     return best
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, prefix: str = "checkpoint-") -> None:
+    """Delete all but the `keep` newest `checkpoint-N` folders of a run."""
+    ckpts = sorted(Path(run_dir).glob(f"{prefix}*"), key=lambda p: int(p.name[len(prefix):]))
+    for p in ckpts[:-keep] if keep > 0 else ckpts:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The generator of one training step, from (seed, stage, step) alone: resumes need no RNG state."""
+    import numpy as np
+
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0]))
