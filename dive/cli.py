@@ -203,6 +203,13 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    from dive.train.trainer import package_checkpoint
+
+    print(f"packaged: {package_checkpoint(args.src, args.dst)}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -280,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attention", help="per-token cross-attention maps of one generated image (figure + summary)")
     add_dataclass_arguments(p, AttentionConfig)
     p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("package", help="copy a run's checkpoint without training state, with reference images")
+    p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
+    p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
+    p.set_defaults(func=_cmd_package)
 
     from dive.generate.grid import GridConfig
 

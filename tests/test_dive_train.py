@@ -102,3 +102,13 @@ def test_two_cpu_processes(micro_base, tiny_world_dir, micro_dive_run, tmp_path)
     check_checkpoint_dir(run / "final")
     # two halves of the same global batch average to the single-process gradient
     assert losses(run) == pytest.approx(losses(micro_dive_run), rel=1e-4)
+
+
+def test_package_checkpoint_adds_references(micro_dive_run, tmp_path):
+    from dive.checkpoint import reference_path
+    from dive.train.trainer import package_checkpoint
+
+    out = package_checkpoint(micro_dive_run / "checkpoint-6", tmp_path / "pkg")
+    assert not list(out.glob("state.*"))
+    table = TokenTable.load(out / TOKENS_FILE)
+    assert all(reference_path(out, t.token).exists() for t in table.identities)

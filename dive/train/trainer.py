@@ -394,5 +394,24 @@ def write_references(checkpoint: Path, ts: TrainingSet, per_identity: int = 3) -
         save_image(reference_path(checkpoint, t.token), Image.fromarray(np.concatenate(ims, axis=1)), quality=90)
 
 
+def package_checkpoint(src: Path, dst: Path) -> Path:
+    """Copy a run's checkpoint-N (or final) without its training state, adding reference images:
+    the form in which checkpoints are shipped. The training data named in its dive.json must be at hand."""
+    from dive.checkpoint import check_checkpoint_dir
+
+    src, dst = Path(src), Path(dst)
+    cfg = json.loads((check_checkpoint_dir(src) / "dive.json").read_text())["config"]
+    vi, ext = load_sources(Path(cfg["data"]), cfg.get("data_format"), cfg.get("external"), cfg.get("external_format"))
+    ts = build_training_set(vi, ext, min_images=cfg["min_images"], granularity=cfg["granularity"],
+                            camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"])
+    if ts.table.to_dict() != TokenTable.load(src / TOKENS_FILE).to_dict():
+        raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("state.*"))
+    write_references(dst, ts)
+    return check_checkpoint_dir(dst)
+
+
 def train_dive(cfg: DiVETrainConfig, progress: bool = True) -> Path:
     return DiVETrainer(cfg, progress=progress).train()
