@@ -210,6 +210,13 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_studio_latency(args: argparse.Namespace) -> int:
+    from dive.studio.bench import first_image_latency
+
+    print(json.dumps(first_image_latency(repeats=args.repeats), indent=2))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -292,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
     p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
     p.set_defaults(func=_cmd_package)
+
+    p = sub.add_parser("studio-latency", help="time the studio's first Generate (4 images, default settings)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=_cmd_studio_latency)
 
     from dive.generate.grid import GridConfig
 

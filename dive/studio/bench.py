@@ -1,0 +1,50 @@
+"""`dive studio-latency`: how long the first Generate takes once the studio is up (default
+settings: 4 images, 25 steps, guidance 1), measured as a user's client sees it."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+
+def first_image_latency(data: Path | None = None, repeats: int = 3) -> dict:
+    import sys
+
+    from gradio_client import Client
+
+    from dive.studio.service import REPO_ROOT, Studio
+
+    if str(REPO_ROOT) not in sys.path:  # app.py lives at the repository root
+        sys.path.insert(0, str(REPO_ROOT))
+    from app import build_app
+
+    studio = Studio(data or Path(tempfile.mkdtemp(prefix="dive-studio-")))
+    labels = [c.label for c in studio.checkpoints()]
+    if not labels:
+        raise ValueError("no shipped checkpoint to time")
+    ck = next((c for c in labels if "dive-demo" in c), labels[0])
+    t0 = time.perf_counter()
+    table = studio.generator(ck)[0].table  # what `python app.py` does before serving
+    load_s = time.perf_counter() - t0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(studio)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        idt = studio.identity_choices(table)[0][1]
+        cam = studio.camera_choices(table)[0][1]
+        times = []
+        for k in range(repeats):
+            t = time.perf_counter()
+            gallery, _, msg, _ = client.predict(ck, idt, cam, k, False, 25, 1.0, 4, api_name="/generate")
+            times.append(time.perf_counter() - t)
+            if len(gallery) != 4:
+                raise RuntimeError(f"generate returned {len(gallery)} images: {msg}")
+    finally:
+        demo.close()
+    return {"checkpoint": ck, "load_seconds": round(load_s, 2), "first_request_s": round(times[0], 2),
+            "all_requests_s": [round(t, 2) for t in times], "images": 4, "steps": 25, "guidance": 1.0}
