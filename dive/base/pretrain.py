@@ -15,7 +15,6 @@ Every step's randomness (batch, noise, timesteps, dropout) comes from a generato
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,13 +37,14 @@ from dive.base.models import (
 )
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
-from dive.utils.io import save_image, write_json
+from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     load_training_state,
     prune_checkpoints,
     save_training_state,
     step_generator,
+    warmup_cosine,
 )
 
 PREVIEW_PROMPTS = (
@@ -89,13 +89,7 @@ def load_web_pool(data: Path, max_images: int, height: int, width: int) -> tuple
         pool = pool[:max_images]
     if not pool:
         raise ValueError(f"{data}: the web pool is empty")
-    images = torch.empty((len(pool), 3, height, width), dtype=torch.uint8)
-    for i, (path, _) in enumerate(tqdm(pool, desc="loading web pool", unit="img", leave=False)):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (width, height):
-                raise ValueError(f"{path}: image is {im.size[1]}x{im.size[0]}, the model expects {height}x{width}")
-            images[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+    images = load_rgb_tensor([p for p, _ in pool], height, width, desc="loading web pool")
     return images, [c for _, c in pool]
 
 
@@ -187,10 +181,7 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 64, progress: bool = 
 
 
 def lr_at(cfg: BasePretrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
 
 
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

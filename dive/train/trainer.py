@@ -14,7 +14,6 @@ curve; checkpoints hold LoRA, embedding rows, optimizer state and the step.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,13 +28,14 @@ from tqdm import tqdm
 from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
-from dive.utils.io import save_image, write_json
+from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
     read_training_state,
     save_training_state,
     step_generator,
+    warmup_cosine,
 )
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -77,22 +77,8 @@ class DiVETrainConfig:
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many steps of this invocation; for tests"})
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def load_images(records, height: int, width: int) -> torch.Tensor:
-    out = torch.empty((len(records), 3, height, width), dtype=torch.uint8)
-    for i, r in enumerate(tqdm(records, desc="loading images", unit="img", leave=False)):
-        with Image.open(r.path) as im:
-            im = im.convert("RGB")
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.Resampling.BICUBIC)
-            out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
-    return out
+    return load_rgb_tensor([r.path for r in records], height, width, resize=True)
 
 
 @torch.no_grad()
@@ -310,7 +296,7 @@ class DiVETrainer:
         t0, done = time.time(), 0
         loss_value = float("nan")
         for step in bar:
-            factor = lr_factor(step, cfg.warmup, cfg.steps)
+            factor = warmup_cosine(step, cfg.warmup, cfg.steps)
             for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base_lr * factor
             total = 0.0

@@ -75,3 +75,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def load_rgb_tensor(paths, height: int, width: int, *, resize: bool = False, desc: str = "loading images"):
+    """Images as one uint8 tensor (N, 3, height, width). A wrong size is resized when `resize`,
+    otherwise an error naming the file."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    paths = list(paths)
+    out = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                if not resize:
+                    raise ValueError(f"{path}: image is {im.size[1]}x{im.size[0]}, expected {height}x{width}")
+                im = im.resize((width, height), Image.Resampling.BICUBIC)
+            out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+    return out

@@ -126,3 +126,13 @@ def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
     import numpy as np
 
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step]).generate_state(1)[0]))
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to `floor`."""
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
