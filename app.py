@@ -222,7 +222,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                             g_allcam = gr.Button("Same identity, every camera")
                             g_manyid = gr.Button("Same camera, many identities")
                     with gr.Column(scale=3):
-                        g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False)
+                        g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False,
+                                         elem_id="reference-image")
                         g_msg = gr.Markdown()
                         g_gallery = gr.Gallery(label="Generated", columns=8, height=330, object_fit="contain")
                         g_zip = gr.File(label="Download images (zip)")
@@ -281,8 +282,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                 timer = gr.Timer(2.0)
 
         token_outs = [ck_status, g_id, g_cam, a_id, a_cam, e_list, e_cams]
-        demo.load(token_updates, [ckpt], token_outs, api_visibility="private")
-        ckpt.change(token_updates, [ckpt], token_outs, api_visibility="private")
+        # the identity picker's value is set by these handlers, so the reference follows explicitly
+        demo.load(token_updates, [ckpt], token_outs, api_visibility="private").then(
+            reference, [ckpt, g_id], [g_ref], api_visibility="private")
+        ckpt.change(token_updates, [ckpt], token_outs, api_visibility="private").then(
+            reference, [ckpt, g_id], [g_ref], api_visibility="private")
         refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], api_visibility="private")
         g_id.change(reference, [ckpt, g_id], [g_ref], api_visibility="private")
         g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n],
