@@ -38,3 +38,23 @@ def test_cli_reid_eval_features(tmp_path, capsys):
 
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["rank1"] == 100.0 and len(res["per_trial"]) == 3
+
+
+def test_every_command_help_renders(capsys):
+    """Help texts with '%' once crashed argparse; every command's --help must render."""
+    import pytest
+
+    from dive.cli import build_parser
+
+    parser = build_parser()
+    groups = parser._subparsers._group_actions[0].choices
+    commands = []
+    for name, sub in groups.items():
+        nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+        commands += [[name, c] for c in nested[0].choices] if nested else [[name]]
+    assert len(commands) > 15
+    for cmd in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*cmd, "--help"])
+        assert exit_info.value.code == 0, cmd
+    assert "10%" in capsys.readouterr().out  # e.g. dive train's warm-up help, unescaped for the reader
