@@ -241,6 +241,14 @@ def _cmd_attention(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _add_stage(sub, name: str, help_text: str, config_cls: type, func) -> argparse.ArgumentParser:
+    """A command whose options are exactly its stage's config dataclass."""
+    p = sub.add_parser(name, help=help_text)
+    add_dataclass_arguments(p, config_cls)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dive.data.inspect import InspectConfig
     from dive.data.synthvi.build import SynthConfig
@@ -251,9 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True)
 
     data = sub.add_parser("data", help="prepare and look at datasets").add_subparsers(dest="command", required=True)
-    p = data.add_parser("synth", help="write a procedural SynthVI world (VI set, external set, web pool)")
-    add_dataclass_arguments(p, SynthConfig)
-    p.set_defaults(func=_cmd_data_synth)
+    _add_stage(data, "synth", "write a procedural SynthVI world (VI set, external set, web pool)", SynthConfig, _cmd_data_synth)
     p = data.add_parser("hash", help="one digest over every file's path and sha256 (determinism checks)")
     p.add_argument("root", type=Path)
     p.set_defaults(func=_cmd_data_hash)
@@ -271,15 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dive.train.trainer import DiVETrainConfig
 
-    p = sub.add_parser("train", help="DiVE fine-tuning: identity tokens + camera tokens + UNet LoRA (resumable)")
-    add_dataclass_arguments(p, DiVETrainConfig)
-    p.set_defaults(func=_cmd_train)
+    _add_stage(sub, "train", "DiVE fine-tuning: identity tokens + camera tokens + UNet LoRA (resumable)", DiVETrainConfig, _cmd_train)
 
     from dive.generate.run import GenerateConfig
 
-    p = sub.add_parser("generate", help="identities x camera tokens x N images with a DiVE checkpoint (resumable, shardable)")
-    add_dataclass_arguments(p, GenerateConfig)
-    p.set_defaults(func=_cmd_generate)
+    _add_stage(sub, "generate", "identities x camera tokens x N images with a DiVE checkpoint (resumable, shardable)", GenerateConfig, _cmd_generate)
 
     from dive.export import ExportConfig
 
@@ -291,9 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dive.generate.attention import AttentionConfig
 
-    p = sub.add_parser("attention", help="per-token cross-attention maps of one generated image (figure + summary)")
-    add_dataclass_arguments(p, AttentionConfig)
-    p.set_defaults(func=_cmd_attention)
+    _add_stage(sub, "attention", "per-token cross-attention maps of one generated image (figure + summary)", AttentionConfig, _cmd_attention)
 
     p = sub.add_parser("package", help="copy a run's checkpoint without training state, with reference images")
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
@@ -306,15 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dive.generate.grid import GridConfig
 
-    p = sub.add_parser("grid", help="identities x infrared cameras: real visible images, then generated infrared")
-    add_dataclass_arguments(p, GridConfig)
-    p.set_defaults(func=_cmd_grid)
+    _add_stage(sub, "grid", "identities x infrared cameras: real visible images, then generated infrared", GridConfig, _cmd_grid)
 
     from dive.train.bench_speed import TrainBenchConfig
 
-    p = sub.add_parser("train-bench", help="training speed: our DiVE step vs a plain diffusers-recipe loop")
-    add_dataclass_arguments(p, TrainBenchConfig)
-    p.set_defaults(func=_cmd_train_bench)
+    _add_stage(sub, "train-bench", "training speed: our DiVE step vs a plain diffusers-recipe loop", TrainBenchConfig, _cmd_train_bench)
 
     reid = sub.add_parser("reid", help="visible-infrared ReID training and evaluation").add_subparsers(dest="command", required=True)
     p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")
@@ -345,9 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_reid_run)
     from dive.reid.baselines import BaselinesConfig
 
-    p = reid.add_parser("baselines", help="AGW, AGW+CAJ and AGW + external RGB over several seeds (mean ± spread)")
-    add_dataclass_arguments(p, BaselinesConfig)
-    p.set_defaults(func=_cmd_reid_baselines)
+    _add_stage(reid, "baselines", "AGW, AGW+CAJ and AGW + external RGB over several seeds (mean ± spread)", BaselinesConfig, _cmd_reid_baselines)
     p = reid.add_parser("test", help="evaluate a trained run folder on the test ids (report.json/.md + CMC plot)")
     p.add_argument("run", type=Path, help="a run folder written by `dive reid train`")
     add_dataclass_arguments(p, ReIDDataConfig)
