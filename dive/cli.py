@@ -238,6 +238,52 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from dive.metrics.quality import MetricsConfig, quality_report, summary_lines
+
+    cfg = dataclass_from_args(MetricsConfig, args)
+    report = quality_report(cfg)
+    print("\n".join(summary_lines(report)))
+    print(f"  written: {cfg.out / 'metrics.json'}, {cfg.out / 'metrics.md'} and "
+          f"{sum(len(s.get('plots', {})) for s in report['sources'].values())} plots in {cfg.out}")
+    return 0
+
+
+def _cmd_baseline_grayscale(args: argparse.Namespace) -> int:
+    from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
+
+    cfg = dataclass_from_args(GrayscaleConfig, args)
+    out = run_grayscale(cfg)
+    print(f"grayscale baseline written to {out} (images/, manifest.jsonl, generate.json)")
+    print(f"next: dive export --data {cfg.data} --synthetic {out} --out OUT")
+    return 0
+
+
+def _cmd_baseline_cyclegan_train(args: argparse.Namespace) -> int:
+    from dive.baselines.cyclegan import GENERATOR_CONFIG, CycleGANTrainConfig, train_cyclegan
+
+    cfg = dataclass_from_args(CycleGANTrainConfig, args)
+    run = train_cyclegan(cfg)
+    if (run / GENERATOR_CONFIG).exists():
+        meta = json.loads((run / GENERATOR_CONFIG).read_text())
+        print(f"CycleGAN generator written to {run} (generator.safetensors + generator.json; "
+              f"{meta['steps']} steps, {meta['seconds_per_step']} s/step)")
+        print(f"next: dive baseline cyclegan apply --generator {run} --data {cfg.data} --out OUT")
+    else:
+        print(f"stopped before the last step; resume with the same command (run folder {run})")
+    return 0
+
+
+def _cmd_baseline_cyclegan_apply(args: argparse.Namespace) -> int:
+    from dive.baselines.cyclegan import CycleGANApplyConfig, apply_cyclegan
+
+    cfg = dataclass_from_args(CycleGANApplyConfig, args)
+    out = apply_cyclegan(cfg)
+    print(f"CycleGAN baseline written to {out} (images/, manifest.jsonl, generate.json)")
+    print(f"next: dive export --data {cfg.data} --synthetic {out} --out OUT")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -295,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_stage(sub, "attention", "per-token cross-attention maps of one generated image (figure + summary)", AttentionConfig, _cmd_attention)
 
+    from dive.metrics.quality import MetricsConfig
+
+    p = sub.add_parser("metrics", help="quality of generated infrared images: FD to real IR, identity distances, "
+                                       "Rank-1 against real visible, t-SNE (metrics.json/.md + plots)")
+    add_dataclass_arguments(p, MetricsConfig, skip=("synthetic", "out"))
+    p.add_argument("--synthetic", type=Path, nargs="+", action="extend", required=True, metavar="DIR",
+                   help=MetricsConfig.__dataclass_fields__["synthetic"].metadata["help"])
+    p.add_argument("--out", type=Path, required=True, help="output folder: metrics.json, metrics.md, plots")
+    p.set_defaults(func=_cmd_metrics)
+
     p = sub.add_parser("package", help="copy a run's checkpoint without training state, with reference images")
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
     p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
@@ -311,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     from dive.train.bench_speed import TrainBenchConfig
 
     _add_stage(sub, "train-bench", "training speed: our DiVE step vs a plain diffusers-recipe loop", TrainBenchConfig, _cmd_train_bench)
+
+    from dive.baselines.cyclegan import CycleGANApplyConfig, CycleGANTrainConfig
+    from dive.baselines.grayscale import GrayscaleConfig
+
+    baseline = sub.add_parser("baseline", help="comparison baselines: synthetic infrared images of the external ids "
+                              "(folders for `dive export --synthetic`)").add_subparsers(dest="command", required=True)
+    _add_stage(baseline, "grayscale", "grayscale copies of the external ids' visible images, N per infrared camera",
+               GrayscaleConfig, _cmd_baseline_grayscale)
+    cyclegan = baseline.add_parser("cyclegan", help="unpaired visible->infrared CycleGAN: train on the VI set, then "
+                                   "apply to the external ids").add_subparsers(dest="action", required=True)
+    _add_stage(cyclegan, "train", "train the translator on the VI training images (resumable)", CycleGANTrainConfig,
+               _cmd_baseline_cyclegan_train)
+    _add_stage(cyclegan, "apply", "translate the external ids' visible images, N per infrared camera",
+               CycleGANApplyConfig, _cmd_baseline_cyclegan_apply)
 
     reid = sub.add_parser("reid", help="visible-infrared ReID training and evaluation").add_subparsers(dest="command", required=True)
     p = reid.add_parser("eval", help="score features or a distance matrix with a standard protocol")

@@ -40,3 +40,44 @@ def test_pretrained_base_loads_in_plain_diffusers(micro_base):
     meta = json.loads((micro_base / "dive_base.json").read_text())
     assert meta["trained_by"] == "dive base pretrain" and meta["parameters"]["unet"] > 0
     assert (micro_base / "tokenizer" / "merges.txt").exists()
+
+
+def test_v_prediction_loss_targets_velocity_and_recovers_x0():
+    from dive.base.models import training_scheduler
+    from dive.utils.diffusion import diffusion_loss, diffusion_target, min_snr_weights
+
+    sched = training_scheduler("v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 8, 16, 8, generator=g), torch.randn(4, 8, 16, 8, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    v = diffusion_target(sched, x0, noise, t)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = sched.add_noise(x0, noise, t)
+    # a perfect v prediction gives x0 back without the 1/sqrt(alpha_bar) blow-up of epsilon
+    assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * v, x0, atol=1e-4)
+    assert diffusion_loss(sched, v, x0, noise, t, snr_gamma=5.0).item() < 1e-10
+    w = min_snr_weights(sched, t, 5.0)
+    assert w[0] < w[-1] <= 1.0  # low-noise steps are down-weighted
+    eps_sched = training_scheduler("epsilon")
+    assert torch.equal(diffusion_target(eps_sched, x0, noise, t), noise)
+
+
+def test_standardized_latents_keep_reconstructions_and_are_unit_normal():
+    from dive.base.models import TinySDConfig, build_vae
+    from dive.base.pretrain import standardize_latents
+
+    torch.manual_seed(0)
+    vae = build_vae(TinySDConfig()).eval()
+    x = torch.rand(6, 3, 128, 64) * 2 - 1
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        before = vae.decode(post.mean).sample
+        mean, std = standardize_latents(vae, post.mean, post.std)
+        after_post = vae.encode(x).latent_dist
+        after = vae.decode(after_post.mean).sample
+    assert vae.config.scaling_factor == 1.0
+    assert torch.allclose(after_post.mean, mean, atol=1e-4)
+    assert torch.allclose(after_post.std, std, atol=1e-5)
+    assert torch.allclose(mean.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(mean.std(dim=(0, 2, 3)), torch.ones(8), atol=1e-4)
+    assert (after - before).abs().max() < 1e-3

@@ -29,6 +29,7 @@ class TinySDConfig:
     vae_channels: tuple[int, int, int, int] = field(default=(16, 32, 64, 64), metadata={"help": "VAE block channels (4 blocks = 8x)"})
     latent_channels: int = field(default=8, metadata={"help": "VAE latent channels"})
     norm_groups: int = field(default=16, metadata={"help": "group-norm groups in the VAE and UNet"})
+    prediction_type: str = field(default="v_prediction", metadata={"help": "UNet target: v_prediction or epsilon (see dive/utils/diffusion.py)"})
 
 
 def build_text_encoder(cfg: TinySDConfig, tokenizer):
@@ -85,40 +86,41 @@ def build_unet(cfg: TinySDConfig):
     )
 
 
-def scheduler_config() -> dict:
-    """SD 1.x's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
+def scheduler_config(prediction_type: str = "v_prediction") -> dict:
+    """SD 1.x's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps); the tiny base
+    predicts v (SD 2.x style) - see dive/utils/diffusion.py for why."""
     return dict(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         steps_offset=1,
     )
 
 
-def training_scheduler():
+def training_scheduler(prediction_type: str = "v_prediction"):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**scheduler_config(), clip_sample=False)
+    return DDPMScheduler(**scheduler_config(prediction_type), clip_sample=False)
 
 
-def sampling_scheduler():
+def sampling_scheduler(prediction_type: str = "v_prediction"):
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(**scheduler_config(), algorithm_type="dpmsolver++", solver_order=2)
+    return DPMSolverMultistepScheduler(**scheduler_config(prediction_type), algorithm_type="dpmsolver++", solver_order=2)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet) -> Path:
+def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet, prediction_type: str = "v_prediction") -> Path:
     """Save in diffusers' layout (safetensors) so `StableDiffusionPipeline.from_pretrained` loads it."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)

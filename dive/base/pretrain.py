@@ -37,6 +37,7 @@ from dive.base.models import (
 )
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
+from dive.utils.diffusion import diffusion_loss
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
@@ -175,6 +176,29 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 64, progress: bool = 
     return torch.cat(means), torch.cat(stds)
 
 
+@torch.no_grad()
+def standardize_latents(vae, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a per-channel standardisation of the latents into the VAE's 1x1 quant convs.
+
+    The raw latent channels had means up to 1.3 and stds from 0.4 to 1.3 (one global scaling
+    factor cannot fix both); after folding, every channel has mean 0 and std 1, `scaling_factor`
+    is 1 and `StableDiffusionPipeline` needs nothing new (SD 1.x pipelines apply no shift).
+    Returns the posterior means / stds in the new latent space.
+    """
+    mu = mean.mean(dim=(0, 2, 3))
+    sigma = mean.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    c = len(mu)
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    q.weight[:c] /= sigma[:, None, None, None]
+    q.bias[:c] = (q.bias[:c] - mu) / sigma
+    q.bias[c:] -= 2 * sigma.log()  # log-variance
+    pq.bias += (pq.weight[:, :, 0, 0] * mu[None, :]).sum(1)
+    pq.weight *= sigma[None, :, None, None]
+    vae.register_to_config(scaling_factor=1.0)
+    shape = (1, c, 1, 1)
+    return (mean - mu.view(shape)) / sigma.view(shape), std / sigma.view(shape)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage 2: UNet + text encoder
 # ---------------------------------------------------------------------------------------------
@@ -184,21 +208,15 @@ def lr_at(cfg: BasePretrainConfig, step: int) -> float:
     return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
 
 
-def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    ac = scheduler.alphas_cumprod[timesteps]
-    snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / snr
-
-
 @torch.no_grad()
 def preview_grid(tokenizer, text_encoder, vae, unet, prompts, *, seed: int, height: int, width: int, steps: int = 20,
-                 guidance: float = 3.0) -> Image.Image:
+                 guidance: float = 3.0, prediction_type: str = "v_prediction") -> Image.Image:
     from diffusers import StableDiffusionPipeline
 
     from dive.base.models import sampling_scheduler
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sampling_scheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=sampling_scheduler(prediction_type), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
@@ -223,8 +241,8 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
     vae = train_vae(cfg, images, log, progress)
     vae.requires_grad_(False)
     mean, std = encode_latents(vae, images, progress=progress)
-    scaling = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=scaling)
+    mean, std = standardize_latents(vae, mean, std)
+    scaling = vae.config.scaling_factor
 
     ids = tokenizer(captions, padding="max_length", max_length=cfg.model.max_length, truncation=True,
                     return_tensors="pt").input_ids
@@ -235,7 +253,7 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
     unet = build_unet(cfg.model)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    noise_sched = training_scheduler()
+    noise_sched = training_scheduler(cfg.model.prediction_type)
     stage_dir = run_dir / "unet"
     start = 0
     ckpt = latest_checkpoint(stage_dir)
@@ -259,10 +277,7 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
         cap[drop] = empty
         hidden = text_encoder(cap)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        if cfg.snr_gamma > 0:
-            per = per * snr_weights(noise_sched, t, cfg.snr_gamma)
-        loss = per.mean()
+        loss = diffusion_loss(noise_sched, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -281,13 +296,15 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
             unet.eval()
             text_encoder.eval()
             grid = preview_grid(tokenizer, text_encoder, vae, unet, PREVIEW_PROMPTS, seed=cfg.seed,
-                                height=cfg.model.height, width=cfg.model.width)
+                                height=cfg.model.height, width=cfg.model.width,
+                                prediction_type=cfg.model.prediction_type)
             save_image(run_dir / "previews" / f"step-{step + 1:06d}.png", grid)
             unet.train()
             text_encoder.train()
     unet.eval()
     text_encoder.eval()
-    out = save_base(cfg.out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet)
+    out = save_base(cfg.out, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet,
+                    prediction_type=cfg.model.prediction_type)
     for name in ("vocab.json", "merges.txt"):  # the classic slow-tokenizer files, for older loaders
         shutil.copy(tok_dir / name, out / "tokenizer" / name)
     write_json(out / "dive_base.json", {

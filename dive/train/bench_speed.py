@@ -56,7 +56,8 @@ def reference_loop(trainer: DiVETrainer, images: torch.Tensor, steps: int, warmu
         noisy = sched.add_noise(lat, noise, t)
         hidden = te(trainer.ids[idx])[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred, noise)
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(lat, noise, t)
+        loss = F.mse_loss(pred, target)
         loss.backward()
         opt.step()
         opt.zero_grad()

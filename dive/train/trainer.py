@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
+from dive.utils.diffusion import diffusion_loss
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
@@ -273,12 +274,7 @@ class DiVETrainer:
         dev = acc.device
         hidden = self.text_encoder(ids.to(dev))[0]
         pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
-        per = F.mse_loss(pred.float(), noise.to(dev), reduction="none").mean(dim=(1, 2, 3))
-        if cfg.snr_gamma > 0:
-            ac = self.noise_scheduler.alphas_cumprod[t]
-            snr = ac / (1 - ac)
-            per = per * (torch.clamp(snr, max=cfg.snr_gamma) / snr).to(dev)
-        return per.mean()
+        return diffusion_loss(self.noise_scheduler, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
 
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator

@@ -1,0 +1,205 @@
+"""Comparison baselines (`dive baseline grayscale`, `dive baseline cyclegan train|apply`): folders
+`dive export` reads, grey pixels, deterministic seeded training, bitwise resume, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from dive.baselines.common import SETTINGS_FILE, assign_sources, load_baseline_inputs, select_external_ids
+from dive.baselines.cyclegan import (GENERATOR_CONFIG, GENERATOR_WEIGHTS, CycleGANApplyConfig, CycleGANTrainConfig,
+                                     apply_cyclegan, train_cyclegan)
+from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
+from dive.cli import main
+from dive.data.registry import load_dataset
+from dive.export.sources import read_synthetic_source
+
+N = 3
+#: a translator of a few thousand parameters on 32x16 images: seconds, not minutes
+TINY_GAN = dict(height=32, width=16, g_width=4, g_blocks=1, d_width=4, d_layers=1, batch_size=2, pool_size=3,
+                steps=4, save_every=2, log_every=1)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ext_ids(tiny_world_dir) -> list[int]:
+    ds = load_dataset("synthvi", tiny_world_dir)
+    counts = Counter(r.pid for r in ds.records if r.dataset == "synthvi_ext" and r.split == "train" and r.pid > 0)
+    return sorted(pid for pid, n in counts.items() if n >= 12)
+
+
+def check_source(folder: Path, ids: list[int], n: int, size: tuple[int, int], baseline: str):
+    src = read_synthetic_source(folder, 0)
+    assert len(src.rows) == len(ids) * 2 * n
+    assert Counter(r.camid for r in src.rows) == {3: len(ids) * n, 6: len(ids) * n}
+    assert {r.modality for r in src.rows} == {"infrared"}
+    assert {r.dataset for r in src.rows} == {"synthvi_ext"}
+    assert sorted({r.pid for r in src.rows}) == ids
+    assert src.settings["baseline"] == baseline and src.settings["cameras_selected"] == [3, 6]
+    for r in src.rows:
+        assert r.meta["identity_token"] == f"<synthvi_ext-{r.pid:04d}>"
+        with Image.open(r.path) as im:
+            assert im.mode == "RGB" and im.size == (size[1], size[0])
+    return src
+
+
+# ---------------------------------------------------------------------------------------------
+# grayscale
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grayscale_folder_is_an_export_source(tiny_world_dir, ext_ids, tmp_path):
+    assert ext_ids, "the tiny world should have external ids with 12+ images"
+    before = tree_hashes(tiny_world_dir / "external")
+    out = run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "gray", n=N), progress=False)
+    src = check_source(out, ext_ids, N, (128, 64), "grayscale")
+    for r in src.rows:
+        px = np.asarray(Image.open(r.path))
+        assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()
+        assert px.std() > 0  # a real image, not a flat fill
+    # each output is the luminance of its source image (the one the row names)
+    r = src.rows[0]
+    source = tiny_world_dir / "external" / json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["source_path"]
+    with Image.open(source) as im:
+        expect = np.asarray(im.convert("RGB").resize((64, 128), Image.Resampling.BICUBIC).convert("L"))
+    assert np.array_equal(np.asarray(Image.open(r.path))[..., 0], expect)
+    assert tree_hashes(tiny_world_dir / "external") == before  # inputs untouched
+
+    # deterministic: a second folder has the same bytes; the same command again is allowed
+    again = run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "gray2", n=N), progress=False)
+    assert tree_hashes(again) == tree_hashes(out)
+    run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=out, n=N), progress=False)
+    assert tree_hashes(out) == tree_hashes(again)
+    # another seed chooses other source images; a smaller n rewrites the folder without stale images
+    other = run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "gray3", n=N, seed=1), progress=False)
+    assert tree_hashes(other) != tree_hashes(out)
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=out, n=2), progress=False)
+    run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=out, n=2, force=True), progress=False)
+    check_source(out, ext_ids, 2, (128, 64), "grayscale")
+    assert len(list((out / "images").rglob("*.png"))) == len(ext_ids) * 2 * 2
+
+
+def test_source_assignment_and_selection(tiny_world_dir, ext_ids):
+    inputs = load_baseline_inputs(tiny_world_dir)
+    assert inputs.infrared_cameras == (3, 6) and inputs.external_dataset == "synthvi_ext"
+    assert [pid for _, pid in select_external_ids(inputs.external_records, min_images=12)] == ext_ids
+    assert len(select_external_ids(inputs.external_records, min_images=0, top_k=2)) == 2
+    recs = [r for r in inputs.external_records if r.pid == ext_ids[0]]
+    a = assign_sources(recs, (3, 6), 5, seed=0)
+    assert a == assign_sources(list(reversed(recs)), (3, 6), 5, seed=0)  # order of the input does not matter
+    assert [(c, i) for c, i, _ in a] == [(c, i) for c in (3, 6) for i in range(5)]
+    assert len({r.path for _, _, r in a}) == min(10, len(recs))  # no repeat before every image is used
+
+
+def test_errors_name_the_path(tiny_world_dir, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        run_grayscale(GrayscaleConfig(data=missing, out=tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="overlaps"):
+        run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tiny_world_dir / "gray"), progress=False)
+    assert not (tiny_world_dir / "gray").exists()
+    with pytest.raises(ValueError, match="no external training id has at least 1000"):
+        run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "o", min_images=1000), progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "busy"), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"generator\.json: missing"):
+        apply_cyclegan(CycleGANApplyConfig(generator=tmp_path / "busy", data=tiny_world_dir, out=tmp_path / "o2"),
+                       progress=False)
+    # the command line: one line naming the path, exit status 2
+    assert main(["baseline", "grayscale", "--data", str(missing), "--out", str(tmp_path / "o3")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_cli_grayscale(tiny_world_dir, ext_ids, tmp_path, capsys):
+    out = tmp_path / "cli-gray"
+    assert main(["baseline", "grayscale", "--data", str(tiny_world_dir), "--out", str(out), "--n", "1",
+                 "--cameras", "6", "--top-k", "1"]) == 0
+    assert "dive export" in capsys.readouterr().out
+    src = read_synthetic_source(out, 0)
+    assert len(src.rows) == 1 and src.rows[0].camid == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# CycleGAN
+# ---------------------------------------------------------------------------------------------
+
+
+def final_state(run: Path) -> dict:
+    return load_file(str(run / f"checkpoint-{TINY_GAN['steps']}" / "state.safetensors"))
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].equal(b[k]), k
+
+
+@pytest.fixture(scope="module")
+def gan_run(tiny_world_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cyclegan") / "run"
+    return train_cyclegan(CycleGANTrainConfig(data=tiny_world_dir, out=out, **TINY_GAN), progress=False)
+
+
+def test_cyclegan_trains_deterministically(gan_run, tiny_world_dir, tmp_path):
+    assert (gan_run / GENERATOR_WEIGHTS).is_file() and (gan_run / GENERATOR_CONFIG).is_file()
+    meta = json.loads((gan_run / GENERATOR_CONFIG).read_text())
+    assert meta["generator"] == {"width": 4, "blocks": 1, "downsamples": 2}
+    assert (meta["height"], meta["width"], meta["steps"]) == (32, 16, 4)
+    log = [json.loads(x) for x in (gan_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(r[k]) for r in log for k in ("loss_g", "loss_d", "loss_cycle", "loss_identity"))
+    assert log[-1]["lr"] < log[0]["lr"]  # linear decay over the second half
+    # whole state (4 networks, 2 Adam states, 2 pools) is a function of the seed
+    again = train_cyclegan(CycleGANTrainConfig(data=tiny_world_dir, out=tmp_path / "again", **TINY_GAN), progress=False)
+    assert_same_state(final_state(gan_run), final_state(again))
+    assert (again / GENERATOR_WEIGHTS).read_bytes() == (gan_run / GENERATOR_WEIGHTS).read_bytes()
+    other = train_cyclegan(CycleGANTrainConfig(data=tiny_world_dir, out=tmp_path / "other", **(TINY_GAN | {"seed": 1})),
+                           progress=False)
+    assert (other / GENERATOR_WEIGHTS).read_bytes() != (gan_run / GENERATOR_WEIGHTS).read_bytes()
+
+
+def test_cyclegan_resume_is_bitwise(gan_run, tiny_world_dir, tmp_path):
+    cfg = CycleGANTrainConfig(data=tiny_world_dir, out=tmp_path / "resumed", **(TINY_GAN | {"stop_after": 3}))
+    run = train_cyclegan(cfg, progress=False)  # killed after step 3: checkpoint-2 is the last complete state
+    assert not (run / GENERATOR_CONFIG).exists()
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    cfg.stop_after = 0
+    train_cyclegan(cfg, progress=False)
+    assert_same_state(final_state(gan_run), final_state(run))
+    assert (run / GENERATOR_WEIGHTS).read_bytes() == (gan_run / GENERATOR_WEIGHTS).read_bytes()
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
+                       for x in (p / "log.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(gan_run)  # the loss curve continues exactly, no duplicate rows
+    with pytest.raises(ValueError, match="other settings"):
+        train_cyclegan(CycleGANTrainConfig(data=tiny_world_dir, out=run, **(TINY_GAN | {"lr": 1e-3})), progress=False)
+
+
+def test_cyclegan_apply_writes_a_source(gan_run, tiny_world_dir, ext_ids, tmp_path):
+    cfg = CycleGANApplyConfig(generator=gan_run, data=tiny_world_dir, out=tmp_path / "cg", n=N)
+    out = apply_cyclegan(cfg, progress=False)
+    src = check_source(out, ext_ids, N, (32, 16), "cyclegan")
+    weights_hash = hashlib.sha256((gan_run / GENERATOR_WEIGHTS).read_bytes()).hexdigest()
+    assert {r.meta["checkpoint_hash"] for r in src.rows} == {weights_hash}
+    assert json.loads((out / SETTINGS_FILE).read_text())["checkpoint_hash"] == weights_hash
+    # same generator, same seed: the same bytes; same source images as the grayscale baseline
+    again = apply_cyclegan(CycleGANApplyConfig(generator=gan_run, data=tiny_world_dir, out=tmp_path / "cg2", n=N),
+                           progress=False)
+    assert tree_hashes(again) == tree_hashes(out)
+    gray = run_grayscale(GrayscaleConfig(data=tiny_world_dir, out=tmp_path / "gray", n=N), progress=False)
+    rows = lambda p: {json.loads(x)["path"]: json.loads(x)["source_path"]  # noqa: E731
+                      for x in (p / "manifest.jsonl").read_text().splitlines()}
+    assert rows(gray) == rows(out)
