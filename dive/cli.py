@@ -196,6 +196,16 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import run_bench
+
+    result = run_bench(dataclass_from_args(BenchConfig, args))
+    claims = [t["claim"]["holds"] for k, t in result["tables"].items() if k.startswith("main-")]
+    print(f"tables: {args.out / 'tables.md'} (+ tables.json, plots); paper's claim holds: {all(claims)}")
+    return 0
+
+
 def _cmd_grid(args: argparse.Namespace) -> int:
     from dive.generate.grid import GridConfig, identity_grid
 
@@ -367,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dive.train.bench_speed import TrainBenchConfig
 
     _add_stage(sub, "train-bench", "training speed: our DiVE step vs a plain diffusers-recipe loop", TrainBenchConfig, _cmd_train_bench)
+
+    from dive.bench.config import BenchConfig
+
+    _add_stage(sub, "bench", "the paper's tables in miniature: generate, baselines, export, ReID, metrics",
+               BenchConfig, _cmd_bench)
 
     from dive.baselines.cyclegan import CycleGANApplyConfig, CycleGANTrainConfig
     from dive.baselines.grayscale import GrayscaleConfig

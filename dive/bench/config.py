@@ -1,0 +1,70 @@
+"""`dive bench` settings: one dataclass, and the `--quick` toy preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: a toy world for `dive bench --quick` (a few identities, a few images each)
+QUICK_WORLD = dict(vi_train_ids=8, vi_val_ids=2, vi_test_ids=6, vi_images_per_camera=(2, 3), ext_ids=10,
+                   ext_median_images=6.0, ext_image_range=(4, 10), ext_test_ids=2, web_images=16)
+
+
+@dataclass
+class BenchConfig:
+    """The paper's tables in miniature. CPU defaults (stated in every report): 6 generated images per
+    infrared camera (paper 18), ReID as `dive reid run`'s defaults, 3 ReID seeds for Tables 1/2 and
+    1 for the ablations; the DiVE ablation checkpoints are trained by the bench when not shipped."""
+
+    out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
+    data: Path = field(default=Path("data/synthvi"), metadata={"help": "SynthVI world (built with --world-seed when missing)"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
+    base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "diffusers base folder"})
+    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo"), metadata={
+        "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing)"})
+    modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality"), metadata={
+        "help": "Table 3: one token per modality (trained by the bench when missing)"})
+    ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only"), metadata={
+        "help": "Table 3: VI images of the infrared modality only (trained by the bench when missing)"})
+    dive_steps: int = field(default=3000, metadata={"help": "steps of a DiVE checkpoint the bench has to train"})
+    min_images: int = field(default=12, metadata={"help": "external ids expanded: at least this many images (paper: >11)"})
+    n_per_camera: int = field(default=6, metadata={"help": "generated images per id and infrared camera (paper: 18)"})
+    gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale"})
+    gen_seed: int = field(default=0, metadata={"help": "generation / baseline seed"})
+    cyclegan_steps: int = field(default=1300, metadata={"help": "CycleGAN baseline training steps"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "ReID seeds of Tables 1/2"})
+    ablation_seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "ReID seeds of Tables 3 and 5"})
+    methods: tuple[str, ...] = field(default=("agw", "caj"), metadata={"help": "ReID recipes of Tables 1/2"})
+    id_counts: tuple[int, ...] = field(default=(64, 128), metadata={
+        "help": "Table 5: expanded-id counts besides 0 and all (nested random subsets)"})
+    reid_epochs: int = field(default=0, metadata={"help": "ReID epochs (0: dive reid run's default)"})
+    reid_batches_per_epoch: int = field(default=0, metadata={"help": "ReID batches per epoch (0: default)"})
+    reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
+    threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
+    quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
+
+    def __post_init__(self) -> None:
+        for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        self.seeds, self.ablation_seeds = tuple(self.seeds), tuple(self.ablation_seeds)
+        self.methods, self.id_counts = tuple(self.methods), tuple(self.id_counts)
+        if not self.seeds:
+            raise ValueError("seeds: at least one ReID seed is needed")
+        bad = set(self.methods) - {"agw", "caj"}
+        if bad:
+            raise ValueError(f"methods: unknown ReID recipe(s) {sorted(bad)}; expected agw and/or caj")
+
+
+def quick_config(cfg: BenchConfig) -> BenchConfig:
+    """The toy-size version of `cfg`: its own tiny world and DiVE checkpoints inside `out`, so a
+    quick run never reads or writes the full-size ones (only the shipped base is shared)."""
+    out = cfg.out
+    return dataclasses.replace(
+        cfg, data=out / "world", checkpoint=None, modality_checkpoint=None, ir_only_checkpoint=None,
+        dive_steps=12, min_images=4, n_per_camera=2, gen_steps=8, cyclegan_steps=12, seeds=(0,),
+        ablation_seeds=(0,), methods=("agw",), id_counts=(3,), reid_epochs=2, reid_batches_per_epoch=6,
+    )

@@ -1,0 +1,308 @@
+"""`dive bench`: the paper's Tables 1/2, 3, 5 and 6 on SynthVI, composed from the stages.
+
+Stages (each resumable: a finished stage's output is reused when the bench is rerun):
+world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant -> comparison
+baselines (grayscale, CycleGAN) -> one export per training set -> ReID runs (in parallel, one
+thread each) -> quality metrics -> tables (Markdown + JSON) and plots under `out/`.
+
+Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
+reid/<train set>-<method>-seed<s>, metrics, tables.md, tables.json, *.png, bench.json}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dive.bench.config import QUICK_WORLD, BenchConfig, quick_config
+from dive.bench.tables import write_tables
+from dive.utils.config import config_to_dict
+from dive.utils.io import write_json
+
+#: DiVE variants of Table 3: (name, DiVETrainConfig overrides, BenchConfig field of its checkpoint)
+DIVE_VARIANTS = (
+    ("camera", {}, "checkpoint"),
+    ("modality", {"granularity": "modality"}, "modality_checkpoint"),
+    ("ir-only", {"vi_modalities": "infrared"}, "ir_only_checkpoint"),
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+
+def ensure_world(cfg: BenchConfig) -> Path:
+    from dive.data.registry import detect_format
+    from dive.data.synthvi.build import SynthConfig, build_world
+
+    if cfg.data.exists() and (cfg.data / "synthvi.json").exists():
+        fmt = detect_format(cfg.data)
+        if fmt != "synthvi":
+            raise ValueError(f"{cfg.data}: the bench needs a SynthVI world; found a {fmt} folder")
+        return cfg.data
+    if cfg.data.exists() and any(cfg.data.iterdir()):
+        raise FileExistsError(f"{cfg.data}: not a SynthVI world (no synthvi.json) and not empty; "
+                              "give --data a world or a new folder")
+    sizes = QUICK_WORLD if cfg.quick else {}
+    _log(f"building the SynthVI world (seed {cfg.world_seed}) in {cfg.data}")
+    build_world(SynthConfig(out=cfg.data, seed=cfg.world_seed, force=True, **sizes), progress=not cfg.quick)
+    return cfg.data
+
+
+def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
+    """Each DiVE variant's checkpoint: the given folder, or one trained (and packaged) here."""
+    from dive.checkpoint import check_checkpoint_dir
+    from dive.train.trainer import DiVETrainConfig, train_dive
+
+    found: dict[str, Path] = {}
+    for name, overrides, attr in DIVE_VARIANTS:
+        given = getattr(cfg, attr)
+        if given is not None and given.exists():
+            found[name] = check_checkpoint_dir(given)
+            continue
+        run = cfg.out / "dive" / name
+        if not (run / "final" / "dive.json").exists():
+            _log(f"training the DiVE '{name}' checkpoint ({cfg.dive_steps} steps) in {run}"
+                 + (f" ({given} does not exist)" if given is not None else ""))
+            tcfg = DiVETrainConfig(base=cfg.base, data=cfg.data, out=run, steps=cfg.dive_steps,
+                                   min_images=cfg.min_images, seed=0, threads=cfg.threads,
+                                   save_every=max(1, min(500, cfg.dive_steps)), preview_every=0,
+                                   warmup=min(100, cfg.dive_steps // 4), **overrides)
+            train_dive(tcfg, progress=not cfg.quick)
+        found[name] = check_checkpoint_dir(run / "final")
+    return found
+
+
+def _generation_done(out: Path) -> bool:
+    return (out / "manifest.jsonl").exists() and (out / "generate.json").exists()
+
+
+def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[str, Path]:
+    from dive.generate.run import GenerateConfig, generate
+
+    torch.set_num_threads(cfg.threads)
+    folders = {}
+    for name, ckpt in checkpoints.items():
+        out = cfg.out / "synthetic" / f"dive-{name}"
+        if not _generation_done(out):
+            _log(f"generating with DiVE '{name}' -> {out}")
+            generate(GenerateConfig(base=cfg.base, checkpoint=ckpt, out=out, min_images=cfg.min_images,
+                                    n=cfg.n_per_camera, steps=cfg.gen_steps, guidance=cfg.guidance, seed=cfg.gen_seed),
+                     progress=not cfg.quick)
+        folders[f"dive-{name}"] = out
+    return folders
+
+
+def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
+    from dive.baselines.cyclegan import CycleGANApplyConfig, CycleGANTrainConfig, apply_cyclegan, train_cyclegan
+    from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
+
+    folders = {}
+    gray = cfg.out / "synthetic" / "grayscale"
+    if not (gray / "manifest.jsonl").exists():
+        _log(f"grayscale baseline -> {gray}")
+        run_grayscale(GrayscaleConfig(data=cfg.data, out=gray, min_images=cfg.min_images, n=cfg.n_per_camera,
+                                      seed=cfg.gen_seed), progress=not cfg.quick)
+    folders["grayscale"] = gray
+    run = cfg.out / "cyclegan"
+    if not (run / "generator.safetensors").exists():
+        _log(f"training the CycleGAN baseline ({cfg.cyclegan_steps} steps) in {run}")
+        train_cyclegan(CycleGANTrainConfig(data=cfg.data, out=run, steps=cfg.cyclegan_steps, seed=cfg.gen_seed,
+                                           save_every=max(1, min(250, cfg.cyclegan_steps))), progress=not cfg.quick)
+    cg = cfg.out / "synthetic" / "cyclegan"
+    if not (cg / "manifest.jsonl").exists():
+        _log(f"CycleGAN baseline -> {cg}")
+        apply_cyclegan(CycleGANApplyConfig(generator=run, data=cfg.data, out=cg, min_images=cfg.min_images,
+                                           n=cfg.n_per_camera, seed=cfg.gen_seed), progress=not cfg.quick)
+    folders["cyclegan"] = cg
+    return folders
+
+
+def subset_source(src: Path, dst: Path, count: int, seed: int) -> Path:
+    """A synthetic folder holding the images of `count` of `src`'s identities (a seeded, nested
+    choice: the first `count` of one fixed permutation), hard-linked, for Table 5."""
+    if (dst / "manifest.jsonl").exists():
+        return dst
+    rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    keys = sorted({(r["dataset"], int(r["pid"])) for r in rows})
+    order = np.random.default_rng(seed).permutation(len(keys))
+    keep = {keys[i] for i in order[:count]}
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kept = [r for r in rows if (r["dataset"], int(r["pid"])) in keep]
+    for r in kept:
+        target = tmp / r["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / r["path"], target)
+        except OSError:
+            shutil.copy2(src / r["path"], target)
+    for extra in ("generate.json",):
+        if (src / extra).exists():
+            shutil.copy2(src / extra, tmp / extra)
+    (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def _count_ids(folder: Path) -> int:
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    return len({(r["dataset"], int(r["pid"])) for r in rows})
+
+
+def export_all(cfg: BenchConfig, sources: dict[str, Path]) -> dict[str, Path]:
+    """One SYSU-layout export per expanded training set (+ the external-RGB-only one)."""
+    from dive.export.sysu import ExportConfig, export_dataset
+
+    exports = {}
+    for name, folder in sources.items():
+        out = cfg.out / "exports" / name
+        if not (out / "export.json").exists():
+            _log(f"export {name} -> {out}")
+        export_dataset(ExportConfig(data=cfg.data, out=out, synthetic=(folder,)), progress=False)
+        exports[name] = out
+    out = cfg.out / "exports" / "external-rgb"
+    export_dataset(ExportConfig(data=cfg.data, out=out, external_ids="all", min_external_images=cfg.min_images),
+                   progress=False)
+    exports["external-rgb"] = out
+    return exports
+
+
+def _reid_job(args: tuple) -> tuple[str, dict]:
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+    from dive.reid.train import ReIDTrainConfig
+
+    key, data, fmt, run, method, seed, overrides = args
+    report_path = Path(run) / "report.json"
+    if report_path.exists():
+        return key, json.loads(report_path.read_text())
+    tcfg = ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
+    return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), tcfg, ReIDEvalConfig())
+
+
+def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
+    overrides = {}
+    if cfg.reid_epochs:
+        overrides["epochs"] = cfg.reid_epochs
+        overrides["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
+        overrides["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
+    if cfg.reid_batches_per_epoch:
+        overrides["batches_per_epoch"] = cfg.reid_batches_per_epoch
+    sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
+    main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera")
+    jobs = []
+    for train_set in main:
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                jobs.append((train_set, method, seed))
+    ablations = ["dive-modality", "dive-ir-only"] + [n for n in sets if n.startswith("dive-camera-k")]
+    for train_set in ablations:
+        for seed in cfg.ablation_seeds:
+            jobs.append((train_set, "agw", seed))
+    for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
+        if seed not in cfg.seeds:
+            jobs += [("baseline", "agw", seed), ("dive-camera", "agw", seed)]
+    out = []
+    for train_set, method, seed in dict.fromkeys(jobs):
+        data, fmt = sets[train_set]
+        run = cfg.out / "reid" / f"{train_set}-{method}-seed{seed}"
+        out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed, overrides))
+    return out
+
+
+def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:
+    reports: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        path = Path(job[3]) / "report.json"
+        if path.exists():
+            reports[job[0]] = json.loads(path.read_text())
+        else:
+            todo.append(job)
+    if not todo:
+        return reports
+    _log(f"ReID: {len(todo)} runs to do ({len(reports)} reused), {cfg.reid_workers} in parallel")
+    bar = tqdm(total=len(todo), desc="reid runs")
+    if cfg.reid_workers <= 1:
+        for job in todo:
+            key, rep = _reid_job(job)
+            reports[key] = rep
+            bar.update()
+    else:
+        with ProcessPoolExecutor(cfg.reid_workers, mp_context=get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_reid_job, job) for job in todo]):
+                key, rep = fut.result()
+                reports[key] = rep
+                bar.update()
+    bar.close()
+    return reports
+
+
+def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]) -> dict:
+    """Table 6: FD to real IR and identity Rank-1, with the VI-only AGW model (seed 0 of the
+    first seed list) as the feature extractor: it never saw an external identity."""
+    from dive.metrics.quality import quality_report
+
+    out = cfg.out / "metrics"
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    extractor = Path(reports[f"baseline|agw|{cfg.seeds[0]}"]["run"])
+    _log(f"quality metrics (features: {extractor}) -> {out}")
+    return quality_report(real_ir=cfg.data, synthetic=tuple(sources.values()), reid_run=extractor, out=out,
+                          progress=False, tsne=not cfg.quick)
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole bench
+# ------------------------------------------------------------------------------------------------
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    t0 = time.time()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        s = time.time()
+        res = fn(*a)
+        timings[name] = round(time.time() - s, 1)
+        return res
+
+    timed("world", ensure_world, cfg)
+    checkpoints = timed("dive checkpoints", ensure_checkpoints, cfg)
+    sources = timed("generation", generate_variants, cfg, checkpoints)
+    sources |= timed("comparison baselines", comparison_baselines, cfg)
+    table5 = {}
+    for k in cfg.id_counts:
+        table5[f"dive-camera-k{k}"] = subset_source(sources["dive-camera"], cfg.out / "synthetic" / f"dive-camera-k{k}",
+                                                    k, cfg.gen_seed)
+    exports = timed("exports", export_all, cfg, sources | table5)
+    reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
+    metrics = timed("metrics", quality, cfg, sources, reports)
+    timings["total"] = round(time.time() - t0, 1)
+    id_counts = {"baseline": 0, "dive-camera": _count_ids(sources["dive-camera"])}
+    id_counts |= {name: _count_ids(folder) for name, folder in table5.items()}
+    result = write_tables(cfg, reports, metrics, id_counts, timings)
+    write_json(cfg.out / "bench.json", {"config": config_to_dict(cfg), "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+                                        "timings_s": timings})
+    _log(f"done in {timings['total']:.0f} s: {cfg.out / 'tables.md'}")
+    return result
+
