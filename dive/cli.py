@@ -197,12 +197,32 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from dive.generate.bench import GenerateBenchConfig
+
+    _add_stage(sub, "generate-bench", "generation throughput: ours vs a plain diffusers loop; attention overhead",
+               GenerateBenchConfig, _cmd_generate_bench)
+
     from dive.bench.config import BenchConfig
     from dive.bench.run import run_bench
 
     result = run_bench(dataclass_from_args(BenchConfig, args))
     claims = [t["claim"]["holds"] for k, t in result["tables"].items() if k.startswith("main-")]
     print(f"tables: {args.out / 'tables.md'} (+ tables.json, plots); paper's claim holds: {all(claims)}")
+    return 0
+
+
+def _cmd_generate_bench(args: argparse.Namespace) -> int:
+    from dive.generate.bench import GenerateBenchConfig, generate_bench
+
+    res = generate_bench(dataclass_from_args(GenerateBenchConfig, args))
+    print(f"ours: {res['ours_images_per_s']} images/s | plain diffusers loop: {res['plain_diffusers_images_per_s']} "
+          f"images/s | ratio {res['ratio']} ({res['images']} images, batch {res['batch_size']}, {res['steps']} steps, "
+          f"guidance {res['guidance']}, {res['threads']} threads, best of {res['repeats']})")
+    if "attention" in res:
+        a = res["attention"]
+        print(f"attention recording on: {a['recorded_s']} s vs off {a['plain_s']} s for {a['n']} images: "
+              f"overhead {a['overhead_pct']}% (same images: {a['identical']})")
+    print(json.dumps(res))
     return 0
 
 

@@ -114,3 +114,14 @@ def test_sharded_generation_covers_every_job_once(micro_base, micro_dive_run, ge
     for rel in tree(ref):  # other batch compositions: equal up to float rounding
         a, b = np.asarray(Image.open(out / rel), dtype=int), np.asarray(Image.open(ref / rel), dtype=int)
         assert np.abs(a - b).max() <= 1
+
+
+def test_generate_bench_times_ours_and_plain_diffusers(micro_base, micro_dive_run):
+    from dive.generate.bench import GenerateBenchConfig, generate_bench
+
+    res = generate_bench(GenerateBenchConfig(base=micro_base, checkpoint=micro_dive_run / "final", n=6, batch_size=4,
+                                             steps=3, repeats=1, threads=1))
+    assert res["images"] == 6
+    assert res["ours_images_per_s"] > 0 and res["plain_diffusers_images_per_s"] > 0
+    assert res["ratio"] == round(res["ours_images_per_s"] / res["plain_diffusers_images_per_s"], 4)
+    assert res["attention"]["identical"] and res["attention"]["records"] > 0

@@ -1,0 +1,86 @@
+"""`dive generate-bench`: our generator's throughput vs a plain diffusers pipeline loop, and the
+cost of attention recording.
+
+The reference is what a diffusers user writes by hand: `StableDiffusionPipeline.from_pretrained`,
+`load_lora_weights` + `load_textual_inversion` on the checkpoint, `fuse_lora()`, DPM-Solver++,
+then `pipe(prompts, generator=...)` per batch. Both draw the same prompts, batch size and steps;
+timed alternately, best of `repeats`, after one warm-up batch each.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class GenerateBenchConfig:
+    base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "diffusers base folder"})
+    checkpoint: Path = field(default=Path("checkpoints/dive-demo"), metadata={"help": "DiVE checkpoint"})
+    n: int = field(default=64, metadata={"help": "images per timed run"})
+    batch_size: int = field(default=16, metadata={"help": "images per forward pass (both loops)"})
+    steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
+    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale"})
+    repeats: int = field(default=3, metadata={"help": "timed runs of each loop (best is kept)"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    attention: bool = field(default=True, metadata={"help": "also time attention recording on (all layers and steps)"})
+
+
+def _plain_pipeline(base: Path, checkpoint: Path):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.load_lora_weights(str(checkpoint))
+    emb = load_file(str(Path(checkpoint) / "learned_embeds.safetensors"))
+    pipe.load_textual_inversion(list(emb.values()), token=list(emb))
+    pipe.fuse_lora()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_bench(cfg: GenerateBenchConfig) -> dict:
+    from dive.generate.attention import attention_overhead
+    from dive.generate.pipeline import GenerationRequest, load_generator
+    from dive.generate.run import select_cameras, select_identities
+
+    torch.set_num_threads(cfg.threads)
+    gen = load_generator(cfg.base, cfg.checkpoint)
+    plain = _plain_pipeline(cfg.base, cfg.checkpoint)
+    ids = [t.token for t in select_identities(gen.table, min_images=0)]
+    cams = select_cameras(gen.table, "infrared")
+    per = max(1, -(-cfg.n // max(1, len(ids) * len(cams))))  # distinct prompts, as in a real run
+    jobs = GenerationRequest(ids, cams, n=per, steps=cfg.steps, guidance=cfg.guidance).jobs(gen.table)[: cfg.n]
+    batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+
+    def ours():
+        for b in batches:
+            gen.render(b, steps=cfg.steps, guidance=cfg.guidance)
+
+    def reference():
+        for b in batches:
+            gens = [torch.Generator().manual_seed(j.seed) for j in b]
+            plain([j.prompt for j in b], height=gen.height, width=gen.width, num_inference_steps=cfg.steps,
+                  guidance_scale=cfg.guidance, generator=gens, output_type="np")
+
+    gen.render(batches[0][:2], steps=2)
+    plain([batches[0][0].prompt], height=gen.height, width=gen.width, num_inference_steps=2, output_type="np")
+    t_ours, t_ref = [], []
+    for _ in range(max(1, cfg.repeats)):
+        for fn, acc in ((ours, t_ours), (reference, t_ref)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    res = {"images": len(jobs), "batch_size": cfg.batch_size, "steps": cfg.steps, "guidance": cfg.guidance,
+           "threads": cfg.threads, "repeats": cfg.repeats,
+           "ours_images_per_s": round(len(jobs) / min(t_ours), 3),
+           "plain_diffusers_images_per_s": round(len(jobs) / min(t_ref), 3)}
+    res["ratio"] = round(res["ours_images_per_s"] / res["plain_diffusers_images_per_s"], 4)
+    if cfg.attention:
+        res["attention"] = attention_overhead(gen, n=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance,
+                                              repeats=cfg.repeats)
+    return res
