@@ -197,11 +197,6 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from dive.generate.bench import GenerateBenchConfig
-
-    _add_stage(sub, "generate-bench", "generation throughput: ours vs a plain diffusers loop; attention overhead",
-               GenerateBenchConfig, _cmd_generate_bench)
-
     from dive.bench.config import BenchConfig
     from dive.bench.run import run_bench
 
@@ -397,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     from dive.train.bench_speed import TrainBenchConfig
 
     _add_stage(sub, "train-bench", "training speed: our DiVE step vs a plain diffusers-recipe loop", TrainBenchConfig, _cmd_train_bench)
+
+    from dive.generate.bench import GenerateBenchConfig
+
+    _add_stage(sub, "generate-bench", "generation throughput: ours vs a plain diffusers loop; attention overhead",
+               GenerateBenchConfig, _cmd_generate_bench)
 
     from dive.bench.config import BenchConfig
 
