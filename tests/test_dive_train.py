@@ -40,6 +40,12 @@ def test_token_table_selection(tiny_world_dir):
     tm = build_training_set(vi, ext, min_images=3, granularity="modality")
     assert sorted(c.modality for c in tm.table.cameras) == ["infrared", "visible"]
     assert all(p.startswith("a ") and p.endswith(" person") for p in ts.prompts)
+    # camera modes: learned rows (default) vs frozen strings that only the LoRA reads (the paper)
+    frozen = build_training_set(vi, ext, min_images=3, seed=0, camera_mode="string").table
+    assert ts.table.camera_mode == "embedding" and all(c.learned for c in ts.table.cameras)
+    assert not any(c.learned for c in frozen.cameras)
+    assert set(frozen.learned_tokens) == {t.token for t in frozen.identities}
+    assert [c.token for c in frozen.cameras] == [c.token for c in ts.table.cameras]
 
 
 def test_only_new_embedding_rows_change(micro_base, micro_dive_run):
@@ -48,7 +54,9 @@ def test_only_new_embedding_rows_change(micro_base, micro_dive_run):
     before = CLIPTextModel.from_pretrained(micro_base / "text_encoder").get_input_embeddings().weight
     table = TokenTable.load(micro_dive_run / "final" / TOKENS_FILE)
     emb = load_file(str(micro_dive_run / "final" / EMBEDS_FILE))
-    assert set(emb) == set(table.learned_tokens) and len(emb) == len(table.identities)
+    learned_cameras = [c for c in table.cameras if c.learned]
+    assert table.camera_mode == "embedding" and len(learned_cameras) == len(table.cameras) > 0  # the default
+    assert set(emb) == set(table.learned_tokens) and len(emb) == len(table.identities) + len(learned_cameras)
     # the trained text encoder's original rows are the base's rows exactly: rebuild from a checkpoint
     cfg = json.loads((micro_dive_run / "config.json").read_text())
     trainer = DiVETrainer(DiVETrainConfig(**{**cfg, "out": micro_dive_run, "steps": 6}), progress=False)

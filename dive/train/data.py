@@ -48,7 +48,7 @@ def load_sources(vi: Path, vi_format: str | None = None, external: Path | None =
 
 
 def build_training_set(vi_records: list[Record], ext_records: list[Record], *, min_images: int = 12,
-                       granularity: str = "camera", camera_mode: str = "string", vi_modalities: str = "both",
+                       granularity: str = "camera", camera_mode: str = "embedding", vi_modalities: str = "both",
                        seed: int = 0) -> TrainingSet:
     """Select the records, make one identity token per person and one camera token per camera
     (or per modality with `granularity="modality"`), and write each record's prompt."""

@@ -55,7 +55,7 @@ class DiVETrainConfig:
     external_format: str | None = field(default=None, metadata={"help": "layout of --external (auto-detected)"})
     min_images: int = field(default=12, metadata={"help": "external ids need at least this many images"})
     granularity: str = field(default="camera", metadata={"help": "one token per camera or per modality", "choices": ["camera", "modality"]})
-    camera_mode: str = field(default="string", metadata={"help": "camera tokens: frozen strings read by the LoRA, or learned embeddings", "choices": ["string", "embedding"]})
+    camera_mode: str = field(default="embedding", metadata={"help": "camera tokens: learned embeddings (also read by the LoRA; measured better, see README) or frozen strings read by the LoRA only (the paper)", "choices": ["string", "embedding"]})
     vi_modalities: str = field(default="both", metadata={"help": "VI images used: both modalities or infrared only (ablation)", "choices": ["both", "infrared"]})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
