@@ -52,3 +52,13 @@ def test_quick_bench_rerun_reuses_finished_stages(quick_bench):
     assert before and {p: p.stat().st_mtime_ns for p in before} == before
     timings = json.loads((out / "bench.json").read_text())["timings_s"]
     assert timings["reid"] < 5 and timings["dive checkpoints"] < 5
+
+
+def test_quick_bench_refuses_a_folder_made_with_other_checkpoints(quick_bench):
+    out, _, cmd = quick_bench
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert set(inputs["checkpoints"]) == {"camera", "modality", "ir-only"}
+    inputs["checkpoints"]["camera"] = "0" * 16  # as if the DiVE checkpoint had been retrained
+    (out / "inputs.json").write_text(json.dumps(inputs))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode != 0 and "use a new --out" in res.stderr

@@ -268,6 +268,25 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
                           progress=False, tsne=not cfg.quick)
 
 
+def check_inputs(cfg: BenchConfig, checkpoints: dict[str, Path]) -> None:
+    """Finished stages are reused on a rerun, so a rerun must see the same base and checkpoints:
+    their hashes are recorded in inputs.json on the first run and compared on every later one."""
+    from dive.checkpoint import checkpoint_hash
+    from dive.utils.io import sha256_file
+
+    unet = next((cfg.base / "unet").glob("*.safetensors"), None)
+    now = {"base_unet_sha256": sha256_file(unet) if unet else None,
+           "checkpoints": {k: checkpoint_hash(v) for k, v in sorted(checkpoints.items())}}
+    path = cfg.out / "inputs.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != now:
+            raise ValueError(f"{path}: this bench folder was made with another base or DiVE checkpoint "
+                             f"(recorded {old}, now {now}); its finished stages would be stale: use a new --out")
+    else:
+        write_json(path, now)
+
+
 # ------------------------------------------------------------------------------------------------
 # the whole bench
 # ------------------------------------------------------------------------------------------------
@@ -288,6 +307,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     timed("world", ensure_world, cfg)
     checkpoints = timed("dive checkpoints", ensure_checkpoints, cfg)
+    check_inputs(cfg, checkpoints)
     sources = timed("generation", generate_variants, cfg, checkpoints)
     sources |= timed("comparison baselines", comparison_baselines, cfg)
     table5 = {}
