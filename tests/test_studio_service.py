@@ -63,6 +63,7 @@ def test_training_run_stops_and_survives_restart(studio_dirs):
     t0 = time.time()
     stopped = studio.runs.stop(rec.id)
     elapsed = time.time() - t0
+    print(f"\nStop: process gone and run marked stopped in {elapsed:.2f} s")
     assert stopped.status == "stopped" and elapsed < 5.0
     with pytest.raises(ProcessLookupError):
         os.kill(rec.pid, 0)  # the process is gone
