@@ -120,3 +120,15 @@ def test_package_checkpoint_adds_references(micro_dive_run, tmp_path):
     assert not list(out.glob("state.*"))
     table = TokenTable.load(out / TOKENS_FILE)
     assert all(reference_path(out, t.token).exists() for t in table.identities)
+
+
+def test_embedding_max_norm_bounds_learned_rows(micro_base, tiny_world_dir, tmp_path):
+    from dive.train.trainer import train_dive
+
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", steps=2, batch_size=4,
+                          min_images=3, save_every=2, preview_every=0, rank=4, embedding_lr=0.5,
+                          embedding_max_norm=0.05)
+    final = train_dive(cfg, progress=False)
+    emb = load_file(str(final / EMBEDS_FILE))
+    norms = torch.stack([v.norm() for v in emb.values()])
+    assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0

@@ -63,6 +63,8 @@ class DiVETrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate (paper: 5e-5 at 400k steps)"})
     embedding_lr: float = field(default=5e-3, metadata={"help": "learning rate of the token embeddings"})
+    embedding_max_norm: float = field(default=0.0, metadata={
+        "help": "after each step, shrink learned token rows longer than this (0: off); the base's word rows have norm ~0.25-0.3"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps, then cosine decay to 10%"})
     rank: int = field(default=32, metadata={"help": "LoRA rank (paper: 128); alpha = rank"})
     init_word: str = field(default="person", metadata={"help": "word whose embedding initialises identity tokens"})
@@ -307,6 +309,10 @@ class DiVETrainer:
                 total += loss.detach().float() / cfg.grad_accum
             with torch.no_grad():  # belt and braces: original vocabulary rows never change
                 emb[: self.orig_vocab] = self.frozen_rows.to(emb.device, emb.dtype)
+                if cfg.embedding_max_norm > 0:
+                    rows = emb[self.new_ids]
+                    scale = (cfg.embedding_max_norm / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                    emb[self.new_ids] = rows * scale
             loss_value = float(acc.reduce(total.to(acc.device), reduction="mean"))
             if acc.is_main_process:
                 with open(log_path, "a") as f:
