@@ -7,7 +7,6 @@ import concurrent.futures as cf
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest

@@ -45,6 +45,7 @@ from dive.utils.state import (
     prune_checkpoints,
     save_training_state,
     step_generator,
+    truncate_log,
     warmup_cosine,
 )
 
@@ -103,15 +104,6 @@ def _append_log(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _truncate_log(path: Path, stage: str, after_step: int) -> None:
-    """On resume, drop log rows written after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if r["stage"] != stage or r["step"] <= after_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage 1: VAE
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +117,7 @@ def train_vae(cfg: BasePretrainConfig, images: torch.Tensor, log: Path, progress
     ckpt = latest_checkpoint(stage_dir)
     if ckpt is not None:
         start = load_training_state(ckpt, modules={"vae": vae}, optimizer=opt)["step"]
-        _truncate_log(log, "vae", start)
+        truncate_log(log, start, keep=lambda row: row.get("stage") != "vae")
     vae.train()
     N, _, H, W = images.shape
     crop = cfg.vae_crop if cfg.vae_crop and cfg.vae_crop <= min(H, W) else 0
@@ -259,7 +251,7 @@ def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
     ckpt = latest_checkpoint(stage_dir)
     if ckpt is not None:
         start = load_training_state(ckpt, modules={"unet": unet, "text_encoder": text_encoder}, optimizer=opt)["step"]
-        _truncate_log(log, "unet", start)
+        truncate_log(log, start, keep=lambda row: row.get("stage") != "unet")
     unet.train()
     text_encoder.train()
     N = len(images)

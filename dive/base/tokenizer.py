@@ -11,7 +11,6 @@ strings.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path

@@ -33,10 +33,9 @@ import numpy as np
 
 from dive.checkpoint import identity_token_name
 from dive.data.records import Modality, Record
-from dive.data.registry import detect_format, load_dataset
+from dive.data.registry import EXTERNAL_FORMATS, detect_format, load_dataset, load_external
 from dive.utils.io import write_json, write_text
 
-EXTERNAL_FORMATS = ("market1501", "cuhk03_np")
 SYSU_INFRARED = (3, 6)
 SETTINGS_FILE = "generate.json"  # the name `dive.export.sources.read_synthetic_source` reads
 MANIFEST_FILE = "manifest.jsonl"
@@ -88,11 +87,8 @@ def load_baseline_inputs(data: Path, fmt: str = "auto", external: Path | None = 
         vi_name = vi_recs[0].dataset if vi_recs else fmt
         if external is not None:
             ext_root = Path(external)
-            ext_fmt = detect_format(ext_root) if external_format == "auto" else external_format
-            if ext_fmt not in EXTERNAL_FORMATS:
-                raise ValueError(f"{ext_root}: format {ext_fmt!r} is not an external visible dataset; "
-                                 f"expected one of {', '.join(EXTERNAL_FORMATS)}")
-            ext_recs = _external_train(load_dataset(ext_fmt, ext_root).records)
+            ext_fmt, ext_ds = load_external(ext_root, external_format)
+            ext_recs = _external_train(ext_ds.records)
             ext_name = ext_fmt
             protected.append(ext_root)
     if need_external and ext_root is None:

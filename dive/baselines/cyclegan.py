@@ -48,10 +48,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -66,8 +64,10 @@ from dive.baselines.common import (base_settings, finish_out, load_baseline_inpu
 from dive.data.records import Modality, Record
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, save_image, sha256_file, write_json
+from dive.utils.threads import torch_threads
 from dive.utils.state import (latest_checkpoint, load_training_state, optimizer_from_flat, optimizer_to_flat,
-                              prune_checkpoints, read_training_state, save_training_state, step_generator)
+                              prune_checkpoints, read_training_state, save_training_state, step_generator,
+                              truncate_log)
 
 GENERATOR_WEIGHTS = "generator.safetensors"
 GENERATOR_CONFIG = "generator.json"
@@ -233,17 +233,6 @@ class CycleGANTrainConfig:
 RESUMABLE_KEYS = ("out", "save_every", "keep_checkpoints", "log_every", "stop_after", "threads")
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    prev = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 def lr_factor(step: int, steps: int, decay_from: float) -> float:
     """Constant, then linear decay to 0 (CycleGAN's schedule)."""
     start = int(round(decay_from * steps))
@@ -377,22 +366,6 @@ class CycleGAN:
                 "loss_identity": loss_idt.item(), "loss_d": float(loss_d.item()), "lr": cfg.lr * factor}
 
 
-def _truncate_log(path: Path, after_step: int) -> None:
-    """Drop log rows written after the checkpoint a run resumes from (the curve then continues)."""
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a row cut by a kill
-        if row.get("step", 0) <= after_step:
-            rows.append(row)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _comparable(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in RESUMABLE_KEYS}
 
@@ -419,7 +392,7 @@ def train_cyclegan(cfg: CycleGANTrainConfig, *, progress: bool = True) -> Path:
         return run  # finished earlier
     write_json(config_path, {"config": cfg_dict, "data": data_meta})
 
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         visible = load_images(vis_recs, cfg.height, cfg.width, "visible images", progress)
         infrared = load_images(ir_recs, cfg.height, cfg.width, "infrared images", progress)
         model = CycleGAN(cfg)
@@ -428,7 +401,7 @@ def train_cyclegan(cfg: CycleGANTrainConfig, *, progress: bool = True) -> Path:
         if ckpt is not None:
             meta = model.load(ckpt)
             start, train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-        _truncate_log(run / "log.jsonl", start)
+        truncate_log(run / "log.jsonl", start)
         log = open(run / "log.jsonl", "a")
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="cyclegan", disable=not progress)
         done, t0 = 0, time.perf_counter()
@@ -564,7 +537,7 @@ def apply_cyclegan(cfg: CycleGANApplyConfig, *, progress: bool = True) -> Path:
         else:
             groups.append([job])
     bar = tqdm(total=len(jobs), desc="cyclegan apply", unit="img", disable=not progress)
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         for group in groups:
             sources = sorted({j.source.path for j in group})
             images = torch.stack([rgb_tensor(p, height, width) for p in sources])

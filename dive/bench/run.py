@@ -189,9 +189,6 @@ def _reid_job(args: tuple) -> tuple[str, dict]:
     from dive.reid.train import ReIDTrainConfig
 
     key, data, fmt, run, method, seed, overrides = args
-    report_path = Path(run) / "report.json"
-    if report_path.exists():
-        return key, json.loads(report_path.read_text())
     tcfg = ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
     return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), tcfg, ReIDEvalConfig())
 

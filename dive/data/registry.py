@@ -119,6 +119,20 @@ def detect_format(root: str | Path) -> str:
     raise DatasetLayoutError(root, f"ambiguous layout, matches {matches}; name one with --format")
 
 
+#: layouts of an external (visible-only) dataset that expansion draws new identities from
+EXTERNAL_FORMATS = ("market1501", "cuhk03_np")
+
+
+def load_external(root: str | Path, fmt: str = "auto") -> tuple[str, Dataset]:
+    """An external visible dataset: its format (detected when "auto") and the loaded dataset."""
+    root = Path(root)
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    if fmt not in EXTERNAL_FORMATS:
+        raise ValueError(f"{root}: format {fmt!r} is not an external visible dataset; "
+                         f"expected one of {', '.join(EXTERNAL_FORMATS)}")
+    return fmt, load_dataset(fmt, root)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in `folder`, sorted by name (deterministic order everywhere)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -23,13 +23,12 @@ from pathlib import Path, PurePosixPath
 
 from dive.data.readers.sysu_mm01 import SYSU_SPLIT_FILES, read_id_file
 from dive.data.records import Modality, Record
-from dive.data.registry import DatasetLayoutError, detect_format, load_dataset
+from dive.data.registry import DatasetLayoutError, detect_format, load_dataset, load_external
 
 SYNTHETIC_REQUIRED = ("path", "dataset", "pid", "camid", "modality")
 SYNTHETIC_OPTIONAL = ("identity_token", "camera_token", "index", "prompt", "negative_prompt", "seed", "steps",
                       "guidance", "scheduler", "checkpoint_hash")
 VI_FORMATS = ("synthvi", "sysu_mm01")
-EXTERNAL_FORMATS = ("market1501", "cuhk03_np")
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,7 @@ def load_inputs(data: Path, fmt: str = "auto", external: Path | None = None,
         ext_root, ext_fmt, ext_name, ext_recs = None, None, None, []
         if external is not None:
             ext_root = Path(external)
-            ext_fmt = detect_format(ext_root) if external_format == "auto" else external_format
-            if ext_fmt not in EXTERNAL_FORMATS:
-                raise ValueError(f"{ext_root}: format {ext_fmt!r} is not an external visible dataset; "
-                                 f"expected one of {', '.join(EXTERNAL_FORMATS)}")
-            ext_ds = load_dataset(ext_fmt, ext_root)
+            ext_fmt, ext_ds = load_external(ext_root, external_format)
             ext_recs, ext_name = list(ext_ds.records), ext_fmt
             protected.append(ext_root)
     split_ids = {s: read_id_file(vi_root / "exp" / f"{s}_id.txt") for s in SYSU_SPLIT_FILES}

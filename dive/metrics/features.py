@@ -24,9 +24,8 @@ sha256, which layer); every metrics report stores that description.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dive.utils.io import sha256_file
+from dive.utils.threads import torch_threads
 
 REID_FEATURES = ("pooled", "bnneck")
 
@@ -45,18 +45,6 @@ class FeatureExtractor(Protocol):
 
     def __call__(self, paths: Sequence[str], infrared: Sequence[bool], *, progress: bool = False,
                  desc: str = "features") -> np.ndarray: ...
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` torch CPU threads (0: leave torch's setting), restored afterwards."""
-    prev = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _batches(n: int, size: int, progress: bool, desc: str):

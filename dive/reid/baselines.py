@@ -47,7 +47,7 @@ def aggregate(reports: list[dict]) -> dict:
 
 
 def format_table(rows: dict[str, dict], seeds: tuple[int, ...]) -> str:
-    lines = [f"| method | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |",
+    lines = ["| method | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |",
              "|---|---|---|---|---|"]
     for label, agg in rows.items():
         cells = [f"{agg[f'{p}/{k}']['mean']:.2f} ± {agg[f'{p}/{k}']['std']:.2f}" for p, k in METRICS]

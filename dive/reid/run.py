@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from dive.data.records import Modality, Record, summarize
 from dive.data.registry import detect_format, load_dataset
@@ -30,6 +29,7 @@ from dive.reid.protocols import METRIC_KEYS
 from dive.reid.train import ReIDTrainConfig, load_checkpoint, train_reid
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, write_json, write_text
+from dive.utils.threads import torch_threads
 
 TRAIN_SETS = ("vi", "vi+ext-rgb")
 
@@ -194,15 +194,10 @@ def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
     data = data or load_reid_data(data_cfg)
     model, meta = load_checkpoint(run)
     t0 = time.perf_counter()
-    prev_threads = torch.get_num_threads()
-    if eval_cfg.eval_threads > 0:
-        torch.set_num_threads(eval_cfg.eval_threads)
-    try:
+    with torch_threads(eval_cfg.eval_threads):
         results = evaluate_model(model, data.test, list(eval_cfg.protocols), trials=eval_cfg.trials,
                                  seed=eval_cfg.eval_seed, split="test", flip=eval_cfg.flip,
                                  batch_size=eval_cfg.eval_batch_size)
-    finally:
-        torch.set_num_threads(prev_threads)
     eval_seconds = round(time.perf_counter() - t0, 2)
     train_meta = {k: meta[k] for k in ("model_spec", "num_classes", "train_images", "train_images_infrared",
                                        "visible_only_ids", "parameters", "epoch", "selected_by", "timing",

@@ -61,6 +61,7 @@ from dive.reid.sampler import IdentitySampler
 from dive.reid.transforms import AugmentConfig, augment_batch, load_images
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, sha256_file, write_json
+from dive.utils.threads import torch_threads
 
 CHECKPOINT_FORMAT = "dive-reid-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -229,15 +230,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TwoStreamReID, dict]:
 @contextmanager
 def _runtime(cfg: ReIDTrainConfig) -> Iterator[None]:
     prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(bool(cfg.deterministic))
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-        torch.set_num_threads(prev_threads)
+    with torch_threads(cfg.threads):
+        torch.use_deterministic_algorithms(bool(cfg.deterministic))
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev_det)
 
 
 class _Log:

@@ -159,7 +159,7 @@ class RunManager:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line being written right now
-            out.append((int(row["step"]) + (0 if row.get("stage", "unet") != "vae" else 0), float(row["loss"])))
+            out.append((int(row["step"]), float(row["loss"])))
         return out
 
     @staticmethod

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -36,6 +35,7 @@ from dive.utils.state import (
     read_training_state,
     save_training_state,
     step_generator,
+    truncate_log,
     warmup_cosine,
 )
 
@@ -247,9 +247,8 @@ class DiVETrainer:
         optimizer_from_flat(opt, tensors, meta["optimizer"])
         # drop log rows written after this checkpoint so the curve continues exactly
         log = self.run_dir / "loss.jsonl"
-        if log.exists() and self.accelerator.is_main_process:
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-            log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= meta["step"]))
+        if self.accelerator.is_main_process:
+            truncate_log(log, meta["step"])
         return int(meta["step"])
 
     # -- training ---------------------------------------------------------------------------------

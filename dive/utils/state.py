@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -119,6 +119,25 @@ def prune_checkpoints(run_dir: str | Path, keep: int, prefix: str = "checkpoint-
     ckpts = sorted(Path(run_dir).glob(f"{prefix}*"), key=lambda p: int(p.name[len(prefix):]))
     for p in ckpts[:-keep] if keep > 0 else ckpts:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def truncate_log(path: str | Path, after_step: int, *, keep: Callable[[dict], bool] | None = None) -> None:
+    """On resume, drop the JSONL log rows written after the checkpoint resumed from, so the loss
+    curve continues exactly; a row cut by a kill is dropped too. `keep(row)` marks rows kept
+    whatever their step (another stage's rows, for instance)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (keep is not None and keep(row)) or row.get("step", 0) <= after_step:
+            rows.append(row)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def step_generator(seed: int, stage: int, step: int) -> torch.Generator:

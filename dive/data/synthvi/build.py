@@ -32,7 +32,6 @@ from dive.data.synthvi.world import (
     EXTERNAL_CAMERAS,
     VI_CAMERAS,
     WEB_SCENES,
-    CameraSpec,
     Identity,
     sample_identities,
     sample_identity,
