@@ -81,3 +81,19 @@ def test_standardized_latents_keep_reconstructions_and_are_unit_normal():
     assert torch.allclose(mean.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-4)
     assert torch.allclose(mean.std(dim=(0, 2, 3)), torch.ones(8), atol=1e-4)
     assert (after - before).abs().max() < 1e-3
+
+
+def test_text_time_embedding_feeds_a_pooled_caption_to_every_block():
+    """The option adds diffusers' own `addition_embed_type="text"`: computed from
+    encoder_hidden_states inside the UNet, so a change of text alone changes the timestep
+    embedding (with cross-attention removed from the picture)."""
+    from dive.base.models import TinySDConfig, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(TinySDConfig(unet_channels=(16, 16, 32), unet_head_dim=4, text_width=32, norm_groups=8))
+    assert unet.config.addition_embed_type == "text"
+    a, b = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    assert not torch.allclose(unet.add_embedding(a), unet.add_embedding(b))
+    plain = build_unet(TinySDConfig(unet_channels=(16, 16, 32), unet_head_dim=4, text_width=32, norm_groups=8,
+                                    text_time_embedding=False))
+    assert plain.config.addition_embed_type is None and getattr(plain, "add_embedding", None) is None

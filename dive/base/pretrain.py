@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,14 @@ class BasePretrainConfig:
     preview_every: int = field(default=500, metadata={"help": "fixed-seed preview grid every N UNet steps (0: off)"})
     max_images: int = field(default=0, metadata={"help": "use only the first N web images (0: all)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    text_time_embedding: bool = field(default=True, metadata={
+        "help": "pooled-text pathway into the UNet's timestep embedding (sets model.text_time_embedding; "
+                "the shipped base was trained without it: --no-text-time-embedding)"})
     model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if self.model.text_time_embedding != self.text_time_embedding:
+            self.model = replace(self.model, text_time_embedding=self.text_time_embedding)
 
 
 def load_web_pool(data: Path, max_images: int, height: int, width: int) -> tuple[torch.Tensor, list[str]]:
