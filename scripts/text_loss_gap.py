@@ -8,6 +8,8 @@ the text is (a caption or a learned identity token).
     python scripts/text_loss_gap.py base runs/base-tte
     # a DiVE checkpoint: external images with their own identity token vs the next identity's
     python scripts/text_loss_gap.py dive checkpoints/dive-demo [BASE]
+    # the ceiling: how much of the latent variance identity explains
+    python scripts/text_loss_gap.py variance [BASE]
 
 Reference: identity alone explains ~29% of the latent variance of SynthVI's external images
 (pixel-aligned identity means over 40 ids), so a model that used identity fully would lose up to
@@ -83,7 +85,8 @@ def read(path, size=(64, 128)) -> np.ndarray:
 
 def main() -> None:
     torch.set_num_threads(2)
-    kind, path = sys.argv[1], Path(sys.argv[2])
+    kind = sys.argv[1]
+    path = Path(sys.argv[2] if len(sys.argv) > 2 else "checkpoints/tiny-sd-base")
     if kind == "base":
         caps = [json.loads(line) for line in open("data/synthvi/web/captions.jsonl")][-64:]
         images = np.stack([read(Path("data/synthvi/web") / c["file"]) for c in caps])
@@ -109,8 +112,28 @@ def main() -> None:
 
         gaps(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config),
              np.stack(images), right, wrong)
+    elif kind == "variance":
+        from diffusers import AutoencoderKL
+
+        from dive.data.registry import load_dataset
+
+        vae = AutoencoderKL.from_pretrained(path / "vae").eval()
+        ext = [r for r in load_dataset("synthvi", "data/synthvi").records if r.dataset == "synthvi_ext" and r.split == "train"]
+        pids = sorted({r.pid for r in ext})[:40]
+        lats, labels = [], []
+        with torch.no_grad():
+            for p in pids:
+                recs = [r for r in ext if r.pid == p][:12]
+                x = torch.tensor(np.stack([read(r.path) for r in recs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+                lats.append(vae.encode(x).latent_dist.mean)
+                labels += [p] * len(recs)
+        lat, labels = torch.cat(lats), np.array(labels)
+        total = ((lat - lat.mean(0)) ** 2).mean().item()
+        within = np.mean([((lat[labels == p] - lat[labels == p].mean(0)) ** 2).mean().item() for p in pids])
+        print(f"latent variance {total:.3f}, within-identity {within:.3f}: identity explains {100 * (1 - within / total):.1f}% "
+              f"({len(pids)} external ids, up to 12 images each, pixel-aligned means)")
     else:
-        raise SystemExit("usage: text_loss_gap.py base|dive PATH [BASE]")
+        raise SystemExit("usage: text_loss_gap.py base|dive|variance PATH [BASE]")
 
 
 if __name__ == "__main__":
