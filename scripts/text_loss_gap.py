@@ -10,6 +10,8 @@ the text is (a caption or a learned identity token).
     python scripts/text_loss_gap.py dive checkpoints/dive-demo [BASE]
     # the ceiling: how much of the latent variance identity explains
     python scripts/text_loss_gap.py variance [BASE]
+    # where the base's cross-attention goes: mean probability per text position (25 steps, all layers)
+    python scripts/text_loss_gap.py attention [BASE]
 
 Reference: identity alone explains ~29% of the latent variance of SynthVI's external images
 (pixel-aligned identity means over 40 ids), so a model that used identity fully would lose up to
@@ -132,8 +134,20 @@ def main() -> None:
         within = np.mean([((lat[labels == p] - lat[labels == p].mean(0)) ** 2).mean().item() for p in pids])
         print(f"latent variance {total:.3f}, within-identity {within:.3f}: identity explains {100 * (1 - within / total):.1f}% "
               f"({len(pids)} external ids, up to 12 images each, pixel-aligned means)")
+    elif kind == "attention":
+        from dive.generate.attention import record_attention
+        from dive.generate.pipeline import ImageJob, load_generator
+
+        gen = load_generator(path)
+        prompt = "a photo of a average medium person, seen from the front, wearing a red shirt and blue pants and black shoes"
+        with record_attention(gen.pipe) as store:
+            gen.render([ImageJob("", "", 0, 1, prompt)], steps=25, guidance=1.0)
+        mass = torch.stack([v.mean(dim=(0, 2, 3)) for v in store.records.values()]).mean(0)
+        ids = gen.pipe.tokenizer(prompt).input_ids
+        words = gen.pipe.tokenizer.convert_ids_to_tokens(ids)
+        print(" | ".join(f"{w}:{100 * mass[j]:.1f}%" for j, w in enumerate(words)) + f" | padding:{100 * mass[len(ids):].sum():.1f}%")
     else:
-        raise SystemExit("usage: text_loss_gap.py base|dive|variance PATH [BASE]")
+        raise SystemExit("usage: text_loss_gap.py base|dive|variance|attention PATH [BASE]")
 
 
 if __name__ == "__main__":
