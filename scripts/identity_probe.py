@@ -3,7 +3,10 @@ identity set (the K external ids with the most images + the first K VI ids, or v
 visited many times, then scores generated IR against grayscale copies on the same external ids
 (identity Rank-1 with the VI-only AGW model, `dive metrics`).
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [-- extra dive-train options as key=value]
+    OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
+
+keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base), or
+any `dive train` option (DiVETrainConfig field).
 """
 import sys
 from collections import Counter
@@ -22,7 +25,8 @@ guidance = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
 extra = dict(a.split("=", 1) for a in sys.argv[5:])
 k_vi = int(extra.pop("vi_k", k))
 repeat = int(extra.pop("repeat", 1))
-base, data, reid = Path("checkpoints/tiny-sd-base"), Path("data/synthvi"), Path("runs/reid-baselines/agw-seed0")
+base = Path(extra.pop("base", "checkpoints/tiny-sd-base"))
+data, reid = Path("data/synthvi"), Path("runs/reid-baselines/agw-seed0")
 
 vi, ext = load_sources(data)
 counts = Counter(r.pid for r in ext)

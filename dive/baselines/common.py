@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,33 @@ from dive.utils.io import write_json, write_text
 SYSU_INFRARED = (3, 6)
 SETTINGS_FILE = "generate.json"  # the name `dive.export.sources.read_synthetic_source` reads
 MANIFEST_FILE = "manifest.jsonl"
+
+
+@dataclass(kw_only=True)
+class BaselineSelection:
+    """What every baseline reads and writes: the inputs, which external ids and infrared cameras,
+    how many images each. Baseline configs add their own settings to it."""
+
+    data: Path = field(metadata={"help": "a SynthVI world, a VI dataset (with --external), or a Market-1501 / "
+                                         "CUHK03-NP folder alone (then infrared cameras 3 and 6)"})
+    out: Path = field(metadata={"help": "output folder (new, or an earlier output of this command)"})
+    format: str = field(default="auto", metadata={"help": "layout of --data (auto: detected)"})
+    external: Path | None = field(default=None, metadata={
+        "help": "external visible dataset (Market-1501 or CUHK03-NP) when --data is a VI dataset"})
+    external_format: str = field(default="auto", metadata={
+        "help": "layout of --external", "choices": ["auto", "market1501", "cuhk03_np"]})
+    min_images: int = field(default=12, metadata={"help": "only external ids with at least this many training images"})
+    top_k: int = field(default=0, metadata={"help": "then keep the K ids with the most images (0: all)"})
+    cameras: tuple[int, ...] = field(default=(), metadata={
+        "help": "infrared cameras to write (default: the VI set's infrared cameras, SYSU 3 and 6)"})
+    n: int = field(default=18, metadata={"help": "images per identity and infrared camera (paper: 18)"})
+    seed: int = field(default=0, metadata={"help": "seed of the choice and order of source images"})
+    force: bool = field(default=False, metadata={"help": "overwrite an earlier output made with other settings"})
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.external = Path(self.external) if self.external is not None else None
+        self.cameras = tuple(int(c) for c in (self.cameras or ()))
 
 
 @dataclass

@@ -59,8 +59,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dive.baselines.common import (base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out,
-                                   read_rgb)
+from dive.baselines.common import (BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs,
+                                   prepare_out, read_rgb)
 from dive.data.records import Modality, Record
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, save_image, sha256_file, write_json
@@ -479,33 +479,17 @@ def load_generator(path: Path) -> tuple[ResnetGenerator, dict]:
     return gen, meta
 
 
-@dataclass
-class CycleGANApplyConfig:
+@dataclass(kw_only=True)
+class CycleGANApplyConfig(BaselineSelection):
     """Translate the external identities' visible images with a trained CycleGAN generator."""
 
     generator: Path = field(metadata={"help": "a `dive baseline cyclegan train` run folder (generator.safetensors + .json)"})
-    data: Path = field(metadata={"help": "a SynthVI world, a VI dataset (with --external), or a Market-1501 / "
-                                         "CUHK03-NP folder alone (then infrared cameras 3 and 6)"})
-    out: Path = field(metadata={"help": "output folder (new, or an earlier output of this command)"})
-    format: str = field(default="auto", metadata={"help": "layout of --data (auto: detected)"})
-    external: Path | None = field(default=None, metadata={
-        "help": "external visible dataset (Market-1501 or CUHK03-NP) when --data is a VI dataset"})
-    external_format: str = field(default="auto", metadata={
-        "help": "layout of --external", "choices": ["auto", "market1501", "cuhk03_np"]})
-    min_images: int = field(default=12, metadata={"help": "only external ids with at least this many training images"})
-    top_k: int = field(default=0, metadata={"help": "then keep the K ids with the most images (0: all)"})
-    cameras: tuple[int, ...] = field(default=(), metadata={
-        "help": "infrared cameras to write (default: the VI set's infrared cameras, SYSU 3 and 6)"})
-    n: int = field(default=18, metadata={"help": "images per identity and infrared camera (paper: 18)"})
-    seed: int = field(default=0, metadata={"help": "seed of the choice and order of source images"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (0: torch's default)"})
-    force: bool = field(default=False, metadata={"help": "overwrite an earlier output made with other settings"})
 
     def __post_init__(self) -> None:
-        self.generator, self.data, self.out = Path(self.generator), Path(self.data), Path(self.out)
-        self.external = Path(self.external) if self.external is not None else None
-        self.cameras = tuple(int(c) for c in (self.cameras or ()))
+        super().__post_init__()
+        self.generator = Path(self.generator)
         if self.batch_size < 1:
             raise ValueError(f"batch-size must be positive; got {self.batch_size}")
 

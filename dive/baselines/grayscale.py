@@ -18,36 +18,19 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dive.baselines.common import base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out, read_rgb
+from dive.baselines.common import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out, read_rgb
 from dive.utils.io import save_image
 
 
 @dataclass
-class GrayscaleConfig:
+class GrayscaleConfig(BaselineSelection):
     """Grayscale copies of the external identities' visible images, per infrared camera."""
 
-    data: Path = field(metadata={"help": "a SynthVI world, a VI dataset (with --external), or a Market-1501 / "
-                                         "CUHK03-NP folder alone (then infrared cameras 3 and 6)"})
-    out: Path = field(metadata={"help": "output folder (new, or an earlier output of this command)"})
-    format: str = field(default="auto", metadata={"help": "layout of --data (auto: detected)"})
-    external: Path | None = field(default=None, metadata={
-        "help": "external visible dataset (Market-1501 or CUHK03-NP) when --data is a VI dataset"})
-    external_format: str = field(default="auto", metadata={
-        "help": "layout of --external", "choices": ["auto", "market1501", "cuhk03_np"]})
-    min_images: int = field(default=12, metadata={"help": "only external ids with at least this many training images"})
-    top_k: int = field(default=0, metadata={"help": "then keep the K ids with the most images (0: all)"})
-    cameras: tuple[int, ...] = field(default=(), metadata={
-        "help": "infrared cameras to write (default: the VI set's infrared cameras, SYSU 3 and 6)"})
-    n: int = field(default=18, metadata={"help": "images per identity and infrared camera (paper: 18)"})
-    seed: int = field(default=0, metadata={"help": "seed of the choice and order of source images"})
     height: int = field(default=128, metadata={"help": "output image height"})
     width: int = field(default=64, metadata={"help": "output image width"})
-    force: bool = field(default=False, metadata={"help": "overwrite an earlier output made with other settings"})
 
     def __post_init__(self) -> None:
-        self.data, self.out = Path(self.data), Path(self.out)
-        self.external = Path(self.external) if self.external is not None else None
-        self.cameras = tuple(int(c) for c in (self.cameras or ()))
+        super().__post_init__()
         if self.height < 1 or self.width < 1:
             raise ValueError(f"height and width must be positive; got {self.height}x{self.width}")
 

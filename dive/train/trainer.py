@@ -232,7 +232,9 @@ class DiVETrainer:
         from dive.utils.state import optimizer_from_flat
 
         ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        if ckpt is None:  # a run killed before its first checkpoint starts over: drop its rows
+            if self.accelerator.is_main_process:
+                truncate_log(self.run_dir / "loss.jsonl", 0)
             return 0
         tensors, meta = read_training_state(ckpt)
         saved_table = TokenTable.load(ckpt / TOKENS_FILE)
