@@ -42,7 +42,7 @@ from dive.base.models import (
 )
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
-from dive.utils.diffusion import diffusion_loss
+from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
@@ -169,21 +169,6 @@ def train_vae(cfg: BasePretrainConfig, images: torch.Tensor, log: Path, progress
             prune_checkpoints(stage_dir, 2)
     vae.eval()
     return vae
-
-
-@torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, batch: int = 64, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image and of its mirror: (2N, C, h, w) each."""
-    means, stds = [], []
-    for flip in (False, True):
-        for i in tqdm(range(0, len(images), batch), desc=f"encoding{' (mirrored)' if flip else ''}", disable=not progress, leave=False):
-            x = to_unit(images[i : i + batch])
-            if flip:
-                x = x.flip(-1)
-            post = vae.encode(x).latent_dist
-            means.append(post.mean)
-            stds.append(post.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
-from dive.utils.diffusion import diffusion_loss
+from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
@@ -82,20 +82,6 @@ class DiVETrainConfig:
 
 def load_images(records, height: int, width: int) -> torch.Tensor:
     return load_rgb_tensor([r.path for r in records], height, width, resize=True)
-
-
-@torch.no_grad()
-def encode_latents(vae, images: torch.Tensor, device, dtype, batch: int = 64, flip: bool = True):
-    means, stds = [], []
-    for mirrored in ((False, True) if flip else (False,)):
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].to(device=device, dtype=dtype).div(127.5).sub(1.0)
-            if mirrored:
-                x = x.flip(-1)
-            post = vae.encode(x).latent_dist
-            means.append(post.mean.float().cpu())
-            stds.append(post.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
 
 
 def add_tokens(tokenizer, text_encoder, tokens: list[str], init_words: list[str]) -> torch.Tensor:
@@ -185,7 +171,7 @@ class DiVETrainer:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.height, self.width = h * scale, w * scale
         images = load_images(training_set.records, self.height, self.width)
-        self.mean, self.std = encode_latents(self.vae, images, dev, torch.float32, flip=cfg.hflip)
+        self.mean, self.std = encode_latents(self.vae, images, device=dev, flip=cfg.hflip, progress=progress)
         self.num_images = len(images)
         self.ids = self.tokenizer(training_set.prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt").input_ids

@@ -39,3 +39,23 @@ def diffusion_loss(scheduler, pred: torch.Tensor, latents: torch.Tensor, noise: 
     if snr_gamma > 0:
         per = per * min_snr_weights(scheduler, timesteps, snr_gamma).to(per.device)
     return per.mean()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, *, device="cpu", dtype=torch.float32, batch: int = 64, flip: bool = True,
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and stds (float32, CPU) of uint8 (N, 3, H, W) images, then of their mirror
+    images when `flip`: (2N, C, h, w) each, mirrors second. Done once per run (the VAE is frozen)."""
+    from tqdm import tqdm
+
+    means, stds = [], []
+    for mirrored in ((False, True) if flip else (False,)):
+        for i in tqdm(range(0, len(images), batch), desc="encoding latents" + (" (mirrored)" if mirrored else ""),
+                      disable=not progress, leave=False):
+            x = images[i : i + batch].to(device=device, dtype=dtype).div(127.5).sub(1.0)
+            if mirrored:
+                x = x.flip(-1)
+            post = vae.encode(x).latent_dist
+            means.append(post.mean.float().cpu())
+            stds.append(post.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
