@@ -5,17 +5,19 @@
 #     grayscale copies of their visible images, both scored by `dive metrics` with the VI-only AGW
 #     model (identity Rank-1 against the ids' real visible images, FD to real IR).
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
+#   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
 set -euo pipefail
 CKPT=${1:-checkpoints/dive-demo}
 OUT=${2:-runs/evaluate-demo}
 N=${3:-2}
 REID=${REID:-runs/reid-baselines/agw-seed0}
 BASE=${BASE:-checkpoints/tiny-sd-base}
+GUIDANCE=${GUIDANCE:-1}
 export OMP_WAIT_POLICY=PASSIVE
 if [ ! -f "$REID/model.safetensors" ]; then
   dive reid run --data data/synthvi --out "$REID" --seed 0
 fi
-dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2
-dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N"
+dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE"
+dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE"
 dive baseline grayscale --data data/synthvi --out "$OUT/grayscale" --n "$N"
 dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"

@@ -125,3 +125,25 @@ def test_generate_bench_times_ours_and_plain_diffusers(micro_base, micro_dive_ru
     assert res["ours_images_per_s"] > 0 and res["plain_diffusers_images_per_s"] > 0
     assert res["ratio"] == round(res["ours_images_per_s"] / res["plain_diffusers_images_per_s"], 4)
     assert res["attention"]["identical"] and res["attention"]["records"] > 0
+
+
+def test_identity_grid_columns_follow_the_chosen_cameras(micro_base, micro_dive_run, gen, tmp_path):
+    """Default: real images, then N per infrared camera; `cameras="all"` adds every visible camera,
+    `which="vi"` takes rows from the VI set's identities."""
+    from PIL import Image
+
+    from dive.generate.grid import GridConfig, identity_grid
+
+    ckpt = micro_dive_run / "final"
+    H, W, table = gen.height, gen.width, gen.table
+    n_ir, n_all = len(table.infrared_cameras()), len(table.cameras)
+    assert 0 < n_ir < n_all
+    ir = Image.open(identity_grid(GridConfig(base=micro_base, checkpoint=ckpt, out=tmp_path / "ir.png", identities=2,
+                                             n=1, steps=2)))
+    assert ir.size == (3 * W + 6 + n_ir * W, 16 + 2 * H)
+    every = Image.open(identity_grid(GridConfig(base=micro_base, checkpoint=ckpt, out=tmp_path / "all.png", identities=2,
+                                                n=1, steps=2, cameras="all", which="vi")))
+    assert every.size == (3 * W + 6 + n_all * W, 16 + 2 * H)
+    ext_rows = np.asarray(ir)[16:, :3 * W]
+    vi_rows = np.asarray(every)[16:, :3 * W]
+    assert not np.array_equal(ext_rows, vi_rows)  # other identities' real images

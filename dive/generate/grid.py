@@ -1,5 +1,6 @@
 """`dive grid`: identities x cameras at a glance: each row an identity's real visible images, then
-one generated image per infrared camera token (the same images `dive generate` makes)."""
+generated images per infrared camera token (the same images `dive generate` makes), or per
+every camera token with `--cameras all`."""
 
 from __future__ import annotations
 
@@ -20,8 +21,14 @@ class GridConfig:
     base: Path = field(metadata={"help": "diffusers SD-1.x folder"})
     checkpoint: Path = field(metadata={"help": "DiVE checkpoint folder"})
     out: Path = field(default=Path("runs/grid.png"), metadata={"help": "PNG to write"})
-    identities: int = field(default=8, metadata={"help": "rows: external identities with the most images"})
-    n: int = field(default=2, metadata={"help": "generated images per infrared camera"})
+    identities: int = field(default=8, metadata={"help": "rows: the identities with the most images"})
+    which: str = field(default="external", metadata={
+        "help": "rows from the external ids (never seen in infrared) or the VI set's ids (seen in both)",
+        "choices": ["external", "vi"]})
+    n: int = field(default=2, metadata={"help": "generated images per camera"})
+    cameras: str = field(default="infrared", metadata={
+        "help": "columns: the infrared camera tokens, or every camera token (visible ones too: does the token "
+                "keep identity in the light it was trained on?)", "choices": ["infrared", "all"]})
     seed: int = field(default=0, metadata={"help": "generation seed"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=1.0, metadata={"help": "guidance scale"})
@@ -30,8 +37,8 @@ class GridConfig:
 def identity_grid(cfg: GridConfig) -> Path:
     gen = load_generator(cfg.base, cfg.checkpoint)
     table = gen.table
-    ids = select_identities(table, which="external", min_images=0, top_k=cfg.identities)
-    cams = table.infrared_cameras()
+    ids = select_identities(table, which=cfg.which, min_images=0, top_k=cfg.identities)
+    cams = table.infrared_cameras() if cfg.cameras == "infrared" else list(table.cameras)
     req = GenerationRequest([t.token for t in ids], [c.token for c in cams], n=cfg.n, seed=cfg.seed, steps=cfg.steps,
                             guidance=cfg.guidance)
     jobs = req.jobs(table)
@@ -50,7 +57,10 @@ def identity_grid(cfg: GridConfig) -> Path:
     d = ImageDraw.Draw(header)
     d.text((2, 2), "real visible", fill=(0, 0, 0))
     for k, c in enumerate(cams):
-        d.text((3 * W + 6 + k * cfg.n * W + 2, 2), f"IR cam{c.camid} ({c.token})", fill=(0, 0, 0))
+        ir = c.modality == "infrared"
+        name = (f"{c.dataset.split('_')[-1]}{c.camid}{' IR' if ir else ''}" if cfg.cameras == "all"
+                else f"IR cam{c.camid} ({c.token})")
+        d.text((3 * W + 6 + k * cfg.n * W + 2, 2), name, fill=(0, 0, 0))
     out = Image.fromarray(np.concatenate([np.asarray(header), grid], axis=0))
     save_image(cfg.out, out)
     return Path(cfg.out)
