@@ -8,6 +8,8 @@ the text is (a caption or a learned identity token).
     python scripts/text_loss_gap.py base runs/base-tte
     # a DiVE checkpoint: external images with their own identity token vs the next identity's
     python scripts/text_loss_gap.py dive checkpoints/dive-demo [BASE]
+    # the same on the VI set's infrared images (ids the checkpoint saw in infrared)
+    python scripts/text_loss_gap.py dive-ir checkpoints/dive-demo [BASE]
     # the ceiling: how much of the latent variance identity explains
     python scripts/text_loss_gap.py variance [BASE]
     # where the base's cross-attention goes: mean probability per text position (25 steps, all layers)
@@ -94,18 +96,22 @@ def main() -> None:
         images = np.stack([read(Path("data/synthvi/web") / c["file"]) for c in caps])
         right = [c["caption"] for c in caps]
         gaps(*base_models(path), images, right, right[1:] + right[:1])
-    elif kind == "dive":
+    elif kind in ("dive", "dive-ir"):
+        from dive.data.records import Modality
         from dive.data.registry import load_dataset
         from dive.generate.pipeline import load_generator
 
         base = sys.argv[3] if len(sys.argv) > 3 else "checkpoints/tiny-sd-base"
         gen = load_generator(base, path)
         table, pipe = gen.table, gen.pipe
-        ext = [i for i in table.identities if not any(c.dataset == i.dataset and c.modality == "infrared" for c in table.cameras)][:16]
+        has_ir = {c.dataset for c in table.cameras if c.modality == "infrared"}
+        ext = [i for i in table.identities if (i.dataset in has_ir) == (kind == "dive-ir")][:16]
         ds = load_dataset("synthvi", "data/synthvi")
         images, right, wrong = [], [], []
         for j, ident in enumerate(ext):
-            for r in [r for r in ds.records if r.dataset == ident.dataset and r.pid == ident.pid][:4]:
+            recs = [r for r in ds.records if r.dataset == ident.dataset and r.pid == ident.pid
+                    and (kind == "dive" or r.modality == Modality.INFRARED)]
+            for r in recs[:4]:
                 cam = table.camera(r.dataset, r.camid).token
                 images.append(read(r.path))
                 right.append(table.prompt(ident.token, cam))
@@ -147,7 +153,7 @@ def main() -> None:
         words = gen.pipe.tokenizer.convert_ids_to_tokens(ids)
         print(" | ".join(f"{w}:{100 * mass[j]:.1f}%" for j, w in enumerate(words)) + f" | padding:{100 * mass[len(ids):].sum():.1f}%")
     else:
-        raise SystemExit("usage: text_loss_gap.py base|dive|variance|attention PATH [BASE]")
+        raise SystemExit("usage: text_loss_gap.py base|dive|dive-ir|variance|attention PATH [BASE]")
 
 
 if __name__ == "__main__":
