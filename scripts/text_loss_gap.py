@@ -10,8 +10,9 @@ the text is (a caption or a learned identity token).
     python scripts/text_loss_gap.py dive checkpoints/dive-demo [BASE]
     # the same on the VI set's infrared images (ids the checkpoint saw in infrared)
     python scripts/text_loss_gap.py dive-ir checkpoints/dive-demo [BASE]
-    # the ceiling: how much of the latent variance identity explains
+    # the ceiling: how much of the latent variance identity explains (external visible / VI infrared images)
     python scripts/text_loss_gap.py variance [BASE]
+    python scripts/text_loss_gap.py variance-ir [BASE]
     # where the base's cross-attention goes: mean probability per text position (25 steps, all layers)
     python scripts/text_loss_gap.py attention [BASE]
 
@@ -120,13 +121,17 @@ def main() -> None:
 
         gaps(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config),
              np.stack(images), right, wrong)
-    elif kind == "variance":
+    elif kind in ("variance", "variance-ir"):
         from diffusers import AutoencoderKL
 
         from dive.data.registry import load_dataset
 
         vae = AutoencoderKL.from_pretrained(path / "vae").eval()
-        ext = [r for r in load_dataset("synthvi", "data/synthvi").records if r.dataset == "synthvi_ext" and r.split == "train"]
+        recs_all = load_dataset("synthvi", "data/synthvi").records
+        if kind == "variance":  # the external ids' visible images
+            ext = [r for r in recs_all if r.dataset == "synthvi_ext" and r.split == "train"]
+        else:  # the VI set's infrared training images, one camera at a time would be fairer; both here
+            ext = [r for r in recs_all if r.dataset == "synthvi_vi" and r.split == "train" and r.modality.value == "infrared"]
         pids = sorted({r.pid for r in ext})[:40]
         lats, labels = [], []
         with torch.no_grad():
@@ -138,8 +143,9 @@ def main() -> None:
         lat, labels = torch.cat(lats), np.array(labels)
         total = ((lat - lat.mean(0)) ** 2).mean().item()
         within = np.mean([((lat[labels == p] - lat[labels == p].mean(0)) ** 2).mean().item() for p in pids])
+        what = "external ids, visible images" if kind == "variance" else "VI ids, infrared images of both IR cameras"
         print(f"latent variance {total:.3f}, within-identity {within:.3f}: identity explains {100 * (1 - within / total):.1f}% "
-              f"({len(pids)} external ids, up to 12 images each, pixel-aligned means)")
+              f"({len(pids)} {what}, up to 12 images each, pixel-aligned means)")
     elif kind == "attention":
         from dive.generate.attention import record_attention
         from dive.generate.pipeline import ImageJob, load_generator
@@ -153,7 +159,7 @@ def main() -> None:
         words = gen.pipe.tokenizer.convert_ids_to_tokens(ids)
         print(" | ".join(f"{w}:{100 * mass[j]:.1f}%" for j, w in enumerate(words)) + f" | padding:{100 * mass[len(ids):].sum():.1f}%")
     else:
-        raise SystemExit("usage: text_loss_gap.py base|dive|dive-ir|variance|attention PATH [BASE]")
+        raise SystemExit("usage: text_loss_gap.py base|dive|dive-ir|variance|variance-ir|attention PATH [BASE]")
 
 
 if __name__ == "__main__":
