@@ -32,7 +32,9 @@ vi, ext = load_sources(data)
 counts = Counter(r.pid for r in ext)
 keep_ext = set(sorted((p for p in counts if counts[p] >= 12), key=lambda p: (-counts[p], p))[:k])
 keep_vi = set(sorted({r.pid for r in vi})[:k_vi])
-ts = build_training_set([r for r in vi if r.pid in keep_vi], [r for r in ext if r.pid in keep_ext])
+# options that shape the training set go to it too (the trainer is handed the set, not the config)
+shape = {key: extra[key] for key in ("granularity", "camera_mode", "vi_modalities") if key in extra}
+ts = build_training_set([r for r in vi if r.pid in keep_vi], [r for r in ext if r.pid in keep_ext], **shape)
 if repeat > 1:  # the identity token written N times: N times its share of the (near-uniform) cross-attention
     ts.table.template = ts.table.template.replace("{identity}", " ".join(["{identity}"] * repeat))
     id_of = {(t.dataset, t.pid): t.token for t in ts.table.identities}

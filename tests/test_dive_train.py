@@ -132,3 +132,30 @@ def test_embedding_max_norm_bounds_learned_rows(micro_base, tiny_world_dir, tmp_
     emb = load_file(str(final / EMBEDS_FILE))
     norms = torch.stack([v.norm() for v in emb.values()])
     assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0
+
+
+def test_infrared_share_sets_the_infrared_fraction_of_batches():
+    from dive.train.trainer import draw_indices
+
+    N, infrared = 100, torch.arange(80, 100)  # 20% infrared, like SynthVI
+    g = torch.Generator().manual_seed(0)
+    plain = torch.cat([draw_indices(g, 32, N, hflip=True) for _ in range(200)])
+    assert plain.min() >= 0 and plain.max() < 2 * N
+    assert abs(((plain % N) >= 80).float().mean().item() - 0.2) < 0.03
+    g = torch.Generator().manual_seed(0)
+    half = torch.cat([draw_indices(g, 32, N, hflip=True, infrared=infrared, infrared_share=0.5) for _ in range(200)])
+    assert abs(((half % N) >= 80).float().mean().item() - 0.5) < 0.03
+    assert abs((half >= N).float().mean().item() - 0.5) < 0.03  # mirrors still half the time
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(draw_indices(g1, 32, N, hflip=False, infrared=infrared, infrared_share=0.5),
+                       draw_indices(g2, 32, N, hflip=False, infrared=infrared, infrared_share=0.5))
+    with pytest.raises(ValueError, match="infrared"):
+        draw_indices(g1, 32, N, hflip=False, infrared=torch.arange(0), infrared_share=0.5)
+
+
+def test_infrared_share_is_refused_without_infrared_images(micro_base, tiny_world_dir, tmp_path):
+    vi, ext = load_sources(tiny_world_dir)
+    ts = build_training_set([r for r in vi if r.modality.value == "visible"], ext, min_images=1)
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", infrared_share=0.5)
+    with pytest.raises(ValueError, match="0 infrared images"):
+        DiVETrainer(cfg, training_set=ts, progress=False)

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
+from dive.data.records import Modality
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
@@ -57,6 +58,10 @@ class DiVETrainConfig:
     granularity: str = field(default="camera", metadata={"help": "one token per camera or per modality", "choices": ["camera", "modality"]})
     camera_mode: str = field(default="embedding", metadata={"help": "camera tokens: learned embeddings (also read by the LoRA; measured better, see README) or frozen strings read by the LoRA only (the paper)", "choices": ["string", "embedding"]})
     vi_modalities: str = field(default="both", metadata={"help": "VI images used: both modalities or infrared only (ablation)", "choices": ["both", "infrared"]})
+    infrared_share: float = field(default=0.0, metadata={
+        "help": "fraction of each batch drawn from the infrared images (0: uniform over all images, ~20% infrared "
+                "in SynthVI); identity tokens shared with the far more common visible images learned to ignore "
+                "infrared (see checkpoints/README.md)"})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "images per optimizer step (all processes, all accumulation)"})
@@ -82,6 +87,27 @@ class DiVETrainConfig:
 
 def load_images(records, height: int, width: int) -> torch.Tensor:
     return load_rgb_tensor([r.path for r in records], height, width, resize=True)
+
+
+def draw_indices(g: torch.Generator, batch: int, num_images: int, *, hflip: bool, infrared: torch.Tensor | None = None,
+                 infrared_share: float = 0.0) -> torch.Tensor:
+    """One batch of latent indices in [0, 2N) with hflip (mirror of image i = i + N), else [0, N).
+    With `infrared_share` > 0, each slot is an infrared image (indices in `infrared`) with that
+    probability and one of the other images otherwise."""
+    n = 2 * num_images if hflip else num_images
+    if not infrared_share:
+        return torch.randint(0, n, (batch,), generator=g)
+    if infrared is None or not 0 < len(infrared) < num_images:
+        raise ValueError("infrared_share needs both infrared and other images in the training set")
+    is_ir = torch.zeros(num_images, dtype=torch.bool)
+    is_ir[infrared] = True
+    other = (~is_ir).nonzero().flatten()
+    pick_ir = torch.rand(batch, generator=g) < infrared_share
+    idx = torch.where(pick_ir, infrared[torch.randint(0, len(infrared), (batch,), generator=g)],
+                      other[torch.randint(0, len(other), (batch,), generator=g)])
+    if hflip:
+        idx = idx + num_images * torch.randint(0, 2, (batch,), generator=g)
+    return idx
 
 
 def add_tokens(tokenizer, text_encoder, tokens: list[str], init_words: list[str]) -> torch.Tensor:
@@ -173,6 +199,13 @@ class DiVETrainer:
         images = load_images(training_set.records, self.height, self.width)
         self.mean, self.std = encode_latents(self.vae, images, device=dev, flip=cfg.hflip, progress=progress)
         self.num_images = len(images)
+        self.infrared_index = torch.tensor([i for i, r in enumerate(training_set.records) if r.modality is Modality.INFRARED],
+                                           dtype=torch.long)
+        if not 0.0 <= cfg.infrared_share < 1.0:
+            raise ValueError(f"infrared_share must be in [0, 1); got {cfg.infrared_share}")
+        if cfg.infrared_share and not 0 < len(self.infrared_index) < self.num_images:
+            raise ValueError(f"infrared_share {cfg.infrared_share}: the training set has {len(self.infrared_index)} "
+                             f"infrared images of {self.num_images}; it needs both kinds")
         self.ids = self.tokenizer(training_set.prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt").input_ids
         self.empty_ids = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -243,8 +276,8 @@ class DiVETrainer:
     def training_loss(self, step: int, micro: int) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
         g = step_generator(cfg.seed, 3, step)
-        n = 2 * self.num_images if cfg.hflip else self.num_images
-        idx_all = torch.randint(0, n, (cfg.batch_size,), generator=g)
+        idx_all = draw_indices(g, cfg.batch_size, self.num_images, hflip=cfg.hflip, infrared=self.infrared_index,
+                               infrared_share=cfg.infrared_share)
         t_all = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         drop_all = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
         eps_shape = (cfg.batch_size, *self.mean.shape[1:])
