@@ -196,16 +196,17 @@ class DiVETrainer:
         w = int(self.unet.config.sample_size[1] if isinstance(self.unet.config.sample_size, (list, tuple)) else self.unet.config.sample_size)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.height, self.width = h * scale, w * scale
-        images = load_images(training_set.records, self.height, self.width)
-        self.mean, self.std = encode_latents(self.vae, images, device=dev, flip=cfg.hflip, progress=progress)
-        self.num_images = len(images)
+        # checked before the minutes of image loading and encoding
         self.infrared_index = torch.tensor([i for i, r in enumerate(training_set.records) if r.modality is Modality.INFRARED],
                                            dtype=torch.long)
         if not 0.0 <= cfg.infrared_share < 1.0:
             raise ValueError(f"infrared_share must be in [0, 1); got {cfg.infrared_share}")
-        if cfg.infrared_share and not 0 < len(self.infrared_index) < self.num_images:
+        if cfg.infrared_share and not 0 < len(self.infrared_index) < len(training_set.records):
             raise ValueError(f"infrared_share {cfg.infrared_share}: the training set has {len(self.infrared_index)} "
-                             f"infrared images of {self.num_images}; it needs both kinds")
+                             f"infrared images of {len(training_set.records)}; it needs both kinds")
+        images = load_images(training_set.records, self.height, self.width)
+        self.mean, self.std = encode_latents(self.vae, images, device=dev, flip=cfg.hflip, progress=progress)
+        self.num_images = len(images)
         self.ids = self.tokenizer(training_set.prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt").input_ids
         self.empty_ids = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length,
