@@ -62,6 +62,19 @@ def test_each_image_regenerates_alone(gen):
     assert not np.array_equal(batch[0], batch[1])
 
 
+def test_negative_prompt_template_uses_each_images_camera(gen):
+    """'{camera}' in the negative prompt becomes each image's own camera token (identity-only guidance)."""
+    table = gen.table
+    cams = [c.token for c in table.infrared_cameras()]
+    jobs = GenerationRequest([table.identities[0].token], cams, n=1, seed=2, steps=4).jobs(table)
+    templated = gen.render(jobs, steps=4, guidance=3.0, negative_prompt="a {camera} photo of person")
+    for job, image in zip(jobs, templated):
+        explicit = gen.render([job], steps=4, guidance=3.0, negative_prompt=f"a {job.camera} photo of person")[0]
+        assert np.abs(image.astype(int) - explicit).max() <= 1
+    plain = gen.render(jobs[:1], steps=4, guidance=3.0, negative_prompt="a photo of person")[0]
+    assert np.abs(templated[0].astype(int) - plain).max() > 1  # the camera in the negative branch matters
+
+
 def test_identity_selection(gen):
     table = gen.table
     ext = select_identities(table, which="external", min_images=1)

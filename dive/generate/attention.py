@@ -850,7 +850,9 @@ class AttentionConfig:
     index: int = field(default=0, metadata={"help": "image index, as in `dive generate` (same seed -> same image)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1: off)"})
-    negative_prompt: str = field(default="", metadata={"help": "negative prompt (used when guidance > 1)"})
+    negative_prompt: str = field(default="", metadata={
+        "help": "negative prompt (used when guidance > 1); {camera} / {identity} become each image's tokens: "
+                "'a {camera} photo of person' guides along the identity only"})
     layers: str = field(default="all", metadata={"help": "cross-attention layers: all, or comma-separated down, mid, up, 1/k (resolution), names"})
     step_range: str = field(default="all", metadata={"help": "sampling steps averaged: all, 'a:b' (indices, b exclusive) or fractions '0:0.5'"})
     mask: str = field(default="border", metadata={"help": "person mask for the summary", "choices": list(MASK_METHODS)})

@@ -32,6 +32,8 @@ class GridConfig:
     seed: int = field(default=0, metadata={"help": "generation seed"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=1.0, metadata={"help": "guidance scale"})
+    negative_prompt: str = field(default="", metadata={
+        "help": "negative prompt (guidance > 1); {camera} / {identity} become each image's tokens"})
 
 
 def identity_grid(cfg: GridConfig) -> Path:
@@ -40,9 +42,10 @@ def identity_grid(cfg: GridConfig) -> Path:
     ids = select_identities(table, which=cfg.which, min_images=0, top_k=cfg.identities)
     cams = table.infrared_cameras() if cfg.cameras == "infrared" else list(table.cameras)
     req = GenerationRequest([t.token for t in ids], [c.token for c in cams], n=cfg.n, seed=cfg.seed, steps=cfg.steps,
-                            guidance=cfg.guidance)
+                            guidance=cfg.guidance, negative_prompt=cfg.negative_prompt)
     jobs = req.jobs(table)
-    images = np.concatenate([gen.render(jobs[i : i + 16], steps=cfg.steps, guidance=cfg.guidance)
+    images = np.concatenate([gen.render(jobs[i : i + 16], steps=cfg.steps, guidance=cfg.guidance,
+                                        negative_prompt=cfg.negative_prompt)
                              for i in range(0, len(jobs), 16)])
     H, W = gen.height, gen.width
     per_row = len(cams) * cfg.n

@@ -55,6 +55,14 @@ class GenerationRequest:
         return out
 
 
+def negative_for(template: str, job: ImageJob) -> str:
+    """The negative prompt of one image: `{camera}` / `{identity}` in `template` become the job's
+    tokens. "a {camera} photo of person" then makes guidance push along the identity token only
+    (the camera's look is in both branches), instead of along camera + identity against "".
+    """
+    return template.replace("{camera}", job.camera).replace("{identity}", job.identity)
+
+
 @dataclass
 class Generator:
     pipe: object
@@ -77,7 +85,7 @@ class Generator:
                         generator=g, dtype=torch.float32)
             for g in gens
         ]).to(self.device, self.dtype)
-        neg = [negative_prompt] * len(jobs) if (negative_prompt and guidance > 1.0) else None
+        neg = [negative_for(negative_prompt, j) for j in jobs] if (negative_prompt and guidance > 1.0) else None
         out = self.pipe(
             [j.prompt for j in jobs], height=self.height, width=self.width, num_inference_steps=steps,
             guidance_scale=guidance, negative_prompt=neg, latents=latents, output_type="np",

@@ -47,7 +47,9 @@ class GenerateConfig:
     seed: int = field(default=0, metadata={"help": "global seed; each image's seed derives from (seed, identity, camera, index)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1: off)"})
-    negative_prompt: str = field(default="", metadata={"help": "negative prompt (used when guidance > 1)"})
+    negative_prompt: str = field(default="", metadata={
+        "help": "negative prompt (used when guidance > 1); {camera} / {identity} become each image's tokens: "
+                "'a {camera} photo of person' guides along the identity only"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
