@@ -284,6 +284,16 @@ def _cmd_baseline_grayscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline_oracle(args: argparse.Namespace) -> int:
+    from dive.baselines.oracle import OracleConfig, run_oracle
+
+    cfg = dataclass_from_args(OracleConfig, args)
+    out = run_oracle(cfg)
+    print(f"oracle (true infrared renders, a ceiling) written to {out} (images/, manifest.jsonl, generate.json)")
+    print(f"next: dive metrics --synthetic GENERATED {out} --real-ir {cfg.data} --reid-run RUN --out OUT")
+    return 0
+
+
 def _cmd_baseline_cyclegan_train(args: argparse.Namespace) -> int:
     from dive.baselines.cyclegan import GENERATOR_CONFIG, CycleGANTrainConfig, train_cyclegan
 
@@ -405,11 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dive.baselines.cyclegan import CycleGANApplyConfig, CycleGANTrainConfig
     from dive.baselines.grayscale import GrayscaleConfig
+    from dive.baselines.oracle import OracleConfig
 
     baseline = sub.add_parser("baseline", help="comparison baselines: synthetic infrared images of the external ids "
                               "(folders for `dive export --synthetic`)").add_subparsers(dest="command", required=True)
     _add_stage(baseline, "grayscale", "grayscale copies of the external ids' visible images, N per infrared camera",
                GrayscaleConfig, _cmd_baseline_grayscale)
+    _add_stage(baseline, "oracle", "SynthVI only: the external ids' true infrared images from the world's renderer "
+               "(the ceiling of the identity metrics, not a method)", OracleConfig, _cmd_baseline_oracle)
     cyclegan = baseline.add_parser("cyclegan", help="unpaired visible->infrared CycleGAN: train on the VI set, then "
                                    "apply to the external ids").add_subparsers(dest="action", required=True)
     _add_stage(cyclegan, "train", "train the translator on the VI training images (resumable)", CycleGANTrainConfig,

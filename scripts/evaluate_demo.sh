@@ -3,9 +3,11 @@
 #  1. a grid: rows = external identities, columns = real visible images, then generated IR per IR camera;
 #  2. identity check: generated IR of every external id with >= 12 images (N per IR camera) vs
 #     grayscale copies of their visible images, both scored by `dive metrics` with the VI-only AGW
-#     model (identity Rank-1 against the ids' real visible images, FD to real IR).
+#     model (identity Rank-1 against the ids' real visible images, FD to real IR), with the world's
+#     own infrared renders of those ids (`dive baseline oracle`) as the ceiling a perfect generator reaches.
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
 #   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
+#   GUIDANCE=4 NEGATIVE='a {camera} photo of person' bash ...  (guidance along the identity token only)
 set -euo pipefail
 CKPT=${1:-checkpoints/dive-demo}
 OUT=${2:-runs/evaluate-demo}
@@ -13,11 +15,13 @@ N=${3:-2}
 REID=${REID:-runs/reid-baselines/agw-seed0}
 BASE=${BASE:-checkpoints/tiny-sd-base}
 GUIDANCE=${GUIDANCE:-1}
+NEGATIVE=${NEGATIVE:-}   # e.g. 'a {camera} photo of person': guidance along the identity token only
 export OMP_WAIT_POLICY=PASSIVE
 if [ ! -f "$REID/model.safetensors" ]; then
   dive reid run --data data/synthvi --out "$REID" --seed 0
 fi
-dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE"
-dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE"
+dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 dive baseline grayscale --data data/synthvi --out "$OUT/grayscale" --n "$N"
-dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"
+dive baseline oracle --data data/synthvi --out "$OUT/oracle" --n "$N"   # true IR renders: the ceiling
+dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"

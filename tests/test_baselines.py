@@ -17,6 +17,7 @@ from dive.baselines.common import SETTINGS_FILE, assign_sources, load_baseline_i
 from dive.baselines.cyclegan import (GENERATOR_CONFIG, GENERATOR_WEIGHTS, CycleGANApplyConfig, CycleGANTrainConfig,
                                      apply_cyclegan, train_cyclegan)
 from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
+from dive.baselines.oracle import OracleConfig, run_oracle
 from dive.cli import main
 from dive.data.registry import load_dataset
 from dive.export.sources import read_synthetic_source
@@ -131,6 +132,39 @@ def test_cli_grayscale(tiny_world_dir, ext_ids, tmp_path, capsys):
     assert "dive export" in capsys.readouterr().out
     src = read_synthetic_source(out, 0)
     assert len(src.rows) == 1 and src.rows[0].camid == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# oracle (the world's own infrared renders: the ceiling of the identity metrics)
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_image(paths) -> np.ndarray:
+    return np.mean([np.asarray(Image.open(p).convert("L").resize((64, 128)), dtype=np.float64) for p in paths], axis=0)
+
+
+def test_oracle_renders_the_ids_in_the_infrared_cameras(tiny_world_dir, ext_ids, tmp_path):
+    out = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "oracle", n=N), progress=False)
+    src = check_source(out, ext_ids, N, (128, 64), "oracle")
+    for r in src.rows:
+        px = np.asarray(Image.open(r.path))
+        assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()  # infrared: no colour
+    # each camera's images sit on that camera's own background: their mean image is nearer the
+    # mean of the world's real infrared images of the same camera than of the other one
+    real = {c: _mean_image(sorted((tiny_world_dir / "vi" / f"cam{c}").rglob("*.jpg"))) for c in (3, 6)}
+    for c, other in ((3, 6), (6, 3)):
+        ours = _mean_image([r.path for r in src.rows if r.camid == c])
+        assert np.abs(ours - real[c]).mean() < np.abs(ours - real[other]).mean()
+    # people differ: two ids' images are not the same picture
+    a, b = ({r.pid: r.path for r in src.rows if r.camid == 3 and r.meta["index"] == 0}[p] for p in ext_ids[:2])
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    again = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "oracle2", n=N), progress=False)
+    assert tree_hashes(again) == tree_hashes(out)  # seeded: same bytes
+    other = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "oracle3", n=N, seed=1), progress=False)
+    assert tree_hashes(other) != tree_hashes(out)
+    # only a SynthVI world has a renderer: a Market-layout folder is refused, naming it
+    with pytest.raises(ValueError, match="SynthVI identities only"):
+        run_oracle(OracleConfig(data=tiny_world_dir / "external", out=tmp_path / "o4"), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     assert 0 <= main["dive-camera"]["sysu-all/rank1"]["mean"] <= 100
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
-    assert set(tables["quality"]) == {"dive-camera", "dive-modality", "dive-ir-only", "grayscale", "cyclegan"}
+    assert set(tables["quality"]) == {"dive-camera", "dive-modality", "dive-ir-only", "grayscale", "cyclegan", "oracle"}
+    assert not (out / "exports" / "oracle").exists()  # the ceiling is measured, never trained on
     assert "Table 1: AGW" in stdout and "Table 6" in (out / "tables.md").read_text()
     # every export is a SYSU-MM01 tree our own reader accepts, with a manifest row per synthetic image
     syn = [json.loads(x) for x in (out / "synthetic" / "dive-camera" / "manifest.jsonl").read_text().splitlines()]

@@ -6,8 +6,11 @@
 - `dive baseline cyclegan train` / `apply` (`dive.baselines.cyclegan`): a small unpaired
   visible->infrared CycleGAN trained on the VI set's training images, then applied to the
   external identities' visible images.
+- `dive baseline oracle` (`dive.baselines.oracle`, SynthVI worlds only): the external identities'
+  true infrared images from the world's own renderer: not a method but the ceiling of the identity
+  metrics (what a perfect generator would score).
 
-Both select the same identities (external training ids with at least `--min-images` images, as
+All select the same identities (external training ids with at least `--min-images` images, as
 `dive generate` selects identity tokens) and the same source image for every output
 (`dive.baselines.common.assign_sources`), so they differ only in the translation. Output folder::
 

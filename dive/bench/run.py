@@ -3,7 +3,8 @@
 Stages (each resumable: a finished stage's output is reused when the bench is rerun):
 world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant -> comparison
 baselines (grayscale, CycleGAN) -> one export per training set -> ReID runs (in parallel, one
-thread each) -> quality metrics -> tables (Markdown + JSON) and plots under `out/`.
+thread each) -> quality metrics (plus the oracle's true infrared renders, as the ceiling) ->
+tables (Markdown + JSON) and plots under `out/`.
 
 Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
 reid/<train set>-<method>-seed<s>, metrics, tables.md, tables.json, *.png, bench.json}.
@@ -132,6 +133,19 @@ def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
     return folders
 
 
+def oracle_source(cfg: BenchConfig) -> Path:
+    """The external ids' true infrared renders (`dive baseline oracle`): Table 6's ceiling row,
+    never a ReID training set."""
+    from dive.baselines.oracle import OracleConfig, run_oracle
+
+    out = cfg.out / "synthetic" / "oracle"
+    if not (out / "manifest.jsonl").exists():
+        _log(f"oracle (true infrared renders, the metrics' ceiling) -> {out}")
+        run_oracle(OracleConfig(data=cfg.data, out=out, min_images=cfg.min_images, n=cfg.n_per_camera,
+                                seed=cfg.gen_seed), progress=not cfg.quick)
+    return out
+
+
 def subset_source(src: Path, dst: Path, count: int, seed: int) -> Path:
     """A synthetic folder holding the images of `count` of `src`'s identities (a seeded, nested
     choice: the first `count` of one fixed permutation), hard-linked, for Table 5."""
@@ -258,7 +272,9 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
 
     out = cfg.out / "metrics"
     if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+        done = json.loads((out / "metrics.json").read_text())
+        if set(done.get("sources", {})) >= set(sources):
+            return done
     extractor = Path(reports[f"baseline|agw|{cfg.seeds[0]}"]["run"])
     _log(f"quality metrics (features: {extractor}) -> {out}")
     return quality_report(real_ir=cfg.data, synthetic=tuple(sources.values()), reid_run=extractor, out=out,
@@ -313,7 +329,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                                                     k, cfg.gen_seed)
     exports = timed("exports", export_all, cfg, sources | table5)
     reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
-    metrics = timed("metrics", quality, cfg, sources, reports)
+    oracle = timed("oracle", oracle_source, cfg)
+    metrics = timed("metrics", quality, cfg, sources | {"oracle": oracle}, reports)
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": _count_ids(sources["dive-camera"])}
     id_counts |= {name: _count_ids(folder) for name, folder in table5.items()}

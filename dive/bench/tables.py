@@ -22,7 +22,8 @@ ABLATION_ROWS = (
     ("dive-camera", "DiVE, one token per camera"),
 )
 GENERATORS = (("dive-camera", "DiVE"), ("cyclegan", "CycleGAN"), ("grayscale", "grayscale"),
-              ("dive-modality", "DiVE (token per modality)"), ("dive-ir-only", "DiVE (IR-only training)"))
+              ("dive-modality", "DiVE (token per modality)"), ("dive-ir-only", "DiVE (IR-only training)"),
+              ("oracle", "oracle: true IR renders (ceiling, not a method)"))
 _HEAD = "| {} | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |\n|---|---|---|---|---|"
 
 

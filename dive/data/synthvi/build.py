@@ -190,13 +190,18 @@ _WORKER: dict = {}
 _N_WEB_STRIPS_PER_SCENE = 4
 
 
+def background_strip(seed: int, kind: str, scene: str, n: int, height: int, width: int) -> np.ndarray:
+    """The world's background strip `n` of `scene` for `kind` (vi: n is the camera): the same
+    array the world's images of that camera were cut from."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _DATASET_CODES["bg"], hash_str(kind), hash_str(scene), n]))
+    return scene_strip(scene, height, width, rng)
+
+
 def _strip(key: tuple) -> np.ndarray:
     cache = _WORKER["strips"]
     if key not in cache:
         cfg: SynthConfig = _WORKER["cfg"]
-        kind, scene, n = key
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _DATASET_CODES["bg"], hash_str(kind), hash_str(scene), n]))
-        cache[key] = scene_strip(scene, cfg.height, cfg.width, rng)
+        cache[key] = background_strip(cfg.seed, *key, cfg.height, cfg.width)
     return cache[key]
 
 

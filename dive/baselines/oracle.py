@@ -1,0 +1,76 @@
+"""`dive baseline oracle`: the external identities' TRUE infrared images, drawn by the SynthVI
+world's own renderer in the VI set's infrared cameras.
+
+Only a SynthVI world can give them: it keeps every identity's attributes (`identities.json`) and
+its generator config (`synthvi.json`), so the renderer can put an external person, never filmed in
+infrared, in front of infrared camera 3 or 6 (that camera's background strip, gain, blur, noise;
+garments at their NIR brightness = dye reflectance x material, which a visible image cannot show).
+This is a ceiling, not a method: the identity Rank-1 and Fréchet distance a perfect generator would
+reach with the same ReID features. It tells how far a generator is from what the metric can give,
+and it is never one of the comparison training sets.
+
+Same selection and folder as the other baselines (`dive.baselines.common`); each image's pose,
+crop and noise come from (world seed, --seed, pid, camera, index), so the output is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dive.baselines.common import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out
+from dive.utils.io import save_image
+
+
+@dataclass
+class OracleConfig(BaselineSelection):
+    """True infrared renders of the external identities (SynthVI worlds only)."""
+
+
+def _load_world(data: Path) -> tuple[dict, dict]:
+    summary_path, ids_path = data / "synthvi.json", data / "identities.json"
+    for p in (summary_path, ids_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing; the oracle needs a SynthVI world built by `dive data synth` "
+                                    "(a real dataset has no renderer to ask)")
+    return json.loads(summary_path.read_text())["config"], json.loads(ids_path.read_text())["external"]
+
+
+def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
+    from dive.data.synthvi.build import background_strip
+    from dive.data.synthvi.render import render_image
+    from dive.data.synthvi.world import VI_CAMERAS, Identity
+
+    inputs = load_baseline_inputs(cfg.data, cfg.format, cfg.external, cfg.external_format)
+    if inputs.data_format != "synthvi":
+        raise ValueError(f"{cfg.data}: a {inputs.data_format} dataset; the oracle renders SynthVI identities only")
+    world, people = _load_world(cfg.data)
+    H, W, world_seed = int(world["height"]), int(world["width"]), int(world["seed"])
+    jobs, keys, cams = plan_jobs(inputs, min_images=cfg.min_images, top_k=cfg.top_k, cameras=cfg.cameras, n=cfg.n,
+                                 seed=cfg.seed, baseline="oracle")
+    bad = [c for c in cams if c not in VI_CAMERAS or not VI_CAMERAS[c].infrared]
+    if bad:
+        raise ValueError(f"cameras {bad}: not infrared cameras of the SynthVI world "
+                         f"(infrared: {sorted(c for c, s in VI_CAMERAS.items() if s.infrared)})")
+    settings = base_settings("oracle", inputs, cams, keys, min_images=cfg.min_images, top_k=cfg.top_k, n=cfg.n,
+                             seed=cfg.seed, height=H, width=W, world_seed=world_seed,
+                             transform="SynthVI renderer: the identity's attributes in the infrared camera "
+                                       "(a ceiling, not a method)")
+    prepare_out(cfg.out, settings, inputs.protected, cfg.force)
+    strips = {c: background_strip(world_seed, "vi", VI_CAMERAS[c].scene, c, H, W) for c in cams}
+    for job in tqdm(jobs, desc="oracle", unit="img", disable=not progress):
+        r = job.row
+        key = str(r["pid"])
+        if key not in people:
+            raise KeyError(f"{cfg.data / 'identities.json'}: no external identity {key}")
+        rng = np.random.default_rng(np.random.SeedSequence([world_seed, cfg.seed, 4242, r["pid"], r["camid"], r["index"]]))
+        img = render_image(Identity.from_dict(people[key]), VI_CAMERAS[r["camid"]], strips[r["camid"]], rng,
+                           height=H, width=W)
+        save_image(cfg.out / job.rel, Image.fromarray(img))
+        r |= {"height": H, "width": W}
+    return finish_out(cfg.out, jobs)
