@@ -11,6 +11,13 @@ A checkpoint folder holds::
                                       without any side file (the authors' code regenerated its camera
                                       strings at random and lost them)
     dive.json                         how it was trained (base model, config, step)
+    text_encoder_lora.safetensors     only with `dive train --text-rank R` (an experiment, off by
+                                      default): a LoRA on the text encoder's attention as plain
+                                      {module.lora_A, module.lora_B} tensors, merged into the text
+                                      encoder's weights by `load_into_pipeline`. A separate file
+                                      because diffusers reads text-encoder LoRA keys through
+                                      transformers' `load_adapter`, which needs peft >= 0.22 (the
+                                      registry here has 0.21.2): vanilla diffusers ignores this file
 
 Training, generation, export and the studio import this module; none of them imports the trainer.
 """
@@ -30,6 +37,7 @@ TOKENS_FILE = "tokens.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
 META_FILE = "dive.json"
+TEXT_LORA_FILE = "text_encoder_lora.safetensors"
 REFERENCES_DIR = "references"  # optional: a strip of real images per identity (the studio shows it)
 DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
 CAMERA_MODES = ("string", "embedding", "both")
@@ -190,15 +198,18 @@ def is_checkpoint_dir(directory: str | Path) -> bool:
 def checkpoint_hash(directory: str | Path) -> str:
     """Short content hash of the weights and token table: recorded in every exported manifest."""
     h = hashlib.sha256()
-    for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE):
-        h.update((Path(directory) / name).read_bytes())
+    for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE, TEXT_LORA_FILE):
+        if name != TEXT_LORA_FILE or (Path(directory) / name).exists():
+            h.update((Path(directory) / name).read_bytes())
     return h.hexdigest()[:16]
 
 
 def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict, table: TokenTable, meta: dict,
-                    lora_rank: int, lora_alpha: int, target_modules: Iterable[str]) -> Path:
+                    lora_rank: int, lora_alpha: int, target_modules: Iterable[str],
+                    text_lora: dict | None = None, text_lora_alpha: int = 0) -> Path:
     """Write a DiVE checkpoint. `lora_state`: peft UNet LoRA state dict (diffusers key names are made
-    here); `embeddings`: {token: 1-D tensor}."""
+    here); `embeddings`: {token: 1-D tensor}; `text_lora`: {"<module>.lora_A": (r, in), "<module>.lora_B":
+    (out, r)} of the text encoder, or None."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors.torch import save_file
@@ -223,6 +234,12 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     with atomic_path(directory / EMBEDS_FILE) as tmp:
         save_file({t: embeddings[t].detach().float().contiguous().clone() for t in table.learned_tokens}, str(tmp),
                   metadata={"format": "dive-learned-embeds", "tokens": str(len(table.learned_tokens))})
+    if text_lora:
+        with atomic_path(directory / TEXT_LORA_FILE) as tmp:
+            save_file({k: v.detach().float().contiguous().clone() for k, v in text_lora.items()}, str(tmp),
+                      metadata={"format": "dive-text-lora", "lora_alpha": str(text_lora_alpha)})
+    else:
+        (directory / TEXT_LORA_FILE).unlink(missing_ok=True)
     write_json(directory / META_FILE, meta)
     table.save(directory / TOKENS_FILE)  # last: its presence marks the checkpoint complete
     return directory
@@ -241,4 +258,33 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = "dive
     tokens = table.learned_tokens
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
+    if (directory / TEXT_LORA_FILE).exists():
+        merge_text_lora(pipe.text_encoder, directory / TEXT_LORA_FILE)
     return table
+
+
+def merge_text_lora(text_encoder, path: str | Path) -> None:
+    """Add a `text_encoder_lora.safetensors` into the text encoder's linear weights in place:
+    W += (alpha / r) * B @ A for each listed module (what a fused LoRA computes)."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != "dive-text-lora":
+        raise CheckpointError(f"{path}: not a DiVE text-encoder LoRA (format {meta.get('format')!r})")
+    alpha = float(meta.get("lora_alpha", 0))
+    modules = dict(text_encoder.named_modules())
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    for name in names:
+        a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+        mod = modules.get(name)
+        if a is None or b is None or mod is None or not isinstance(mod, torch.nn.Linear):
+            raise CheckpointError(f"{path}: {name} is not a linear layer of this text encoder with lora_A and lora_B")
+        if tuple(b.shape) != (mod.out_features, a.shape[0]) or a.shape[1] != mod.in_features:
+            raise CheckpointError(f"{path}: {name}: LoRA shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit "
+                                  f"a {mod.in_features}->{mod.out_features} layer")
+        with torch.no_grad():
+            mod.weight += (alpha / a.shape[0]) * (b @ a).to(device=mod.weight.device, dtype=mod.weight.dtype)

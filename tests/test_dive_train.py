@@ -159,3 +159,63 @@ def test_infrared_share_is_refused_without_infrared_images(micro_base, tiny_worl
     cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", infrared_share=0.5)
     with pytest.raises(ValueError, match="0 infrared images"):
         DiVETrainer(cfg, training_set=ts, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the text-encoder LoRA experiment (--text-rank): its own file, merged at load, resumed exactly
+# ---------------------------------------------------------------------------------------------
+
+TEXT_LORA = dict(steps=6, batch_size=4, min_images=3, save_every=3, preview_every=0, rank=4, text_rank=2)
+
+
+@pytest.fixture(scope="module")
+def text_lora_run(micro_base, tiny_world_dir, tmp_path_factory):
+    from dive.train.trainer import train_dive
+
+    run = tmp_path_factory.mktemp("textlora") / "run"
+    train_dive(DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=run, **TEXT_LORA), progress=False)
+    return run
+
+
+def test_text_lora_resumes_exactly_and_is_refused_by_other_settings(micro_base, tiny_world_dir, text_lora_run, tmp_path):
+    from dive.checkpoint import TEXT_LORA_FILE
+    from dive.train.trainer import train_dive
+
+    run = tmp_path / "resumed"
+    common = dict(base=micro_base, data=tiny_world_dir, out=run, **TEXT_LORA)
+    train_dive(DiVETrainConfig(**common, stop_after=4), progress=False)
+    train_dive(DiVETrainConfig(**common), progress=False)  # resumes from checkpoint-3, text LoRA included
+    assert losses(run) == losses(text_lora_run)
+    a = load_file(str(run / "final" / TEXT_LORA_FILE))
+    b = load_file(str(text_lora_run / "final" / TEXT_LORA_FILE))
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().max() > 0 for k in a if k.endswith("lora_B"))  # zero at init: it trained
+    # the UNet LoRA file stays what vanilla diffusers reads: no text-encoder keys in it
+    assert not any(k.startswith("text_encoder") for k in load_file(str(text_lora_run / "final" / LORA_FILE)))
+    with pytest.raises(ValueError, match="text_rank"):
+        train_dive(DiVETrainConfig(**{**common, "text_rank": 0, "steps": 9}), progress=False)
+
+
+def test_text_lora_merged_at_load_matches_the_training_encoder(micro_base, text_lora_run):
+    from dive.generate.pipeline import load_generator
+
+    cfg = json.loads((text_lora_run / "config.json").read_text())
+    trainer = DiVETrainer(DiVETrainConfig(**{**cfg, "out": text_lora_run}), progress=False)
+    trainer.resume()  # the last checkpoint (step 6) = final
+    gen = load_generator(micro_base, text_lora_run / "final")
+    table = gen.table
+    prompt = table.prompt(table.identities[0].token, table.infrared_cameras()[0].token)
+    ids = gen.pipe.tokenizer([prompt], padding="max_length", max_length=gen.pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained = trainer.text_encoder(ids)[0]
+        loaded = gen.pipe.text_encoder(ids)[0]
+    assert torch.allclose(trained, loaded, atol=1e-5)
+    # and without the merge the same tokens would encode differently (the LoRA is not a no-op)
+    trainer_plain = trainer.accelerator.unwrap_model(trainer.text_encoder)
+    for mod in trainer_plain.modules():
+        if hasattr(mod, "disable_adapters") and hasattr(mod, "lora_A"):
+            mod.enable_adapters(False)
+    with torch.no_grad():
+        unmerged = trainer_plain(ids)[0]
+    assert not torch.allclose(unmerged, loaded, atol=1e-5)

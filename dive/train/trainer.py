@@ -41,6 +41,7 @@ from dive.utils.state import (
 )
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass
@@ -72,6 +73,9 @@ class DiVETrainConfig:
         "help": "after each step, shrink learned token rows longer than this (0: off); the base's word rows have norm ~0.25-0.3"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps, then cosine decay to 10%"})
     rank: int = field(default=32, metadata={"help": "LoRA rank (paper: 128); alpha = rank"})
+    text_rank: int = field(default=0, metadata={
+        "help": "experiment: rank of a LoRA on the text encoder's attention (0: off, as the paper: CLIP stays frozen). "
+                "The camera token precedes the identity token, so the encoder could re-map an identity per camera"})
     init_word: str = field(default="person", metadata={"help": "word whose embedding initialises identity tokens"})
     caption_dropout: float = field(default=0.05, metadata={"help": "chance of the empty prompt (keeps guidance usable)"})
     snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting (0: plain MSE)"})
@@ -183,11 +187,22 @@ class DiVETrainer:
         self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
                                          target_modules=list(LORA_TARGETS)))
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([
-            {"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
-            {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0},
-        ])
-        self.base_lrs = [cfg.lr, cfg.embedding_lr]
+        groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
+                  {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0}]
+        if cfg.text_rank < 0:
+            raise ValueError(f"text_rank must be >= 0; got {cfg.text_rank}")
+        if cfg.text_rank:
+            from peft import inject_adapter_in_model
+
+            torch.manual_seed(cfg.seed + 1)
+            inject_adapter_in_model(LoraConfig(r=cfg.text_rank, lora_alpha=cfg.text_rank, init_lora_weights="gaussian",
+                                               target_modules=list(TEXT_LORA_TARGETS)), self.text_encoder)
+            emb.requires_grad_(True)  # peft leaves only adapter weights trainable; the token rows train too
+            if emb is not self.text_encoder.get_input_embeddings().weight:
+                raise RuntimeError("the text-encoder LoRA replaced the token embedding table")
+            groups.append({"params": list(self._text_lora_params().values()), "lr": cfg.lr, "weight_decay": 1e-2})
+        self.optimizer = torch.optim.AdamW(groups)
+        self.base_lrs = [g["lr"] for g in groups]
 
         # data: images -> latents once (frozen VAE), prompts -> token ids once
         dev = acc.device
@@ -221,6 +236,16 @@ class DiVETrainer:
 
         return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet))
 
+    def _text_lora_params(self) -> dict[str, torch.nn.Parameter]:
+        """{"<module>.lora_A": A, "<module>.lora_B": B} of the text encoder (module names of the
+        plain CLIPTextModel, what `dive.checkpoint.merge_text_lora` looks up)."""
+        out = {}
+        for name, mod in self.accelerator.unwrap_model(self.text_encoder).named_modules():
+            if hasattr(mod, "lora_A") and "default" in mod.lora_A:
+                out[f"{name}.lora_A"] = mod.lora_A["default"].weight
+                out[f"{name}.lora_B"] = mod.lora_B["default"].weight
+        return out
+
     def _embeddings(self) -> dict[str, torch.Tensor]:
         emb = self.accelerator.unwrap_model(self.text_encoder).get_input_embeddings().weight.detach().cpu()
         return {t: emb[i] for t, i in zip(self.ts.table.learned_tokens, self.new_ids.tolist())}
@@ -235,11 +260,16 @@ class DiVETrainer:
         meta = {"step": step, "base": str(self.cfg.base), "config": config_to_dict(self.cfg), "loss": loss,
                 "orig_vocab": self.orig_vocab, "height": self.height, "width": self.width}
         emb = self._embeddings()
-        save_training_state(ckpt, modules={"lora": self._lora_state(), "emb": {"rows": torch.stack(list(emb.values()))}},
+        text_lora = {k: v.detach() for k, v in self._text_lora_params().items()} if self.cfg.text_rank else None
+        modules = {"lora": self._lora_state(), "emb": {"rows": torch.stack(list(emb.values()))}}
+        if text_lora:
+            modules["text_lora"] = text_lora
+        save_training_state(ckpt, modules=modules,
                             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                             meta=meta)
         save_checkpoint(ckpt, lora_state=self._lora_state(), embeddings=emb, table=self.ts.table, meta=meta,
-                        lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS)
+                        lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS,
+                        text_lora=text_lora, text_lora_alpha=self.cfg.text_rank)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         ckpt.rename(final_dir)
@@ -262,6 +292,16 @@ class DiVETrainer:
             raise ValueError(f"{ckpt}: its token table differs from this run's data/config; use a new --out")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
         set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
+        text_lora = {k[len("text_lora."):]: v for k, v in tensors.items() if k.startswith("text_lora.")}
+        if bool(text_lora) != bool(self.cfg.text_rank):
+            raise ValueError(f"{ckpt}: {'has' if text_lora else 'has no'} text-encoder LoRA but this run's "
+                             f"text_rank is {self.cfg.text_rank}; use the run's own settings or a new --out")
+        params = self._text_lora_params()
+        if set(text_lora) != set(params) and text_lora:
+            raise ValueError(f"{ckpt}: its text-encoder LoRA modules differ from this run's")
+        with torch.no_grad():
+            for k, v in text_lora.items():
+                params[k].copy_(v)
         emb = self.accelerator.unwrap_model(self.text_encoder).get_input_embeddings().weight
         with torch.no_grad():
             emb[self.new_ids] = tensors["emb.rows"].to(emb.dtype)
