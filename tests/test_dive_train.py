@@ -219,3 +219,24 @@ def test_text_lora_merged_at_load_matches_the_training_encoder(micro_base, text_
     with torch.no_grad():
         unmerged = trainer_plain(ids)[0]
     assert not torch.allclose(unmerged, loaded, atol=1e-5)
+
+
+def test_a_foreign_text_lora_file_is_refused_naming_it(micro_base, text_lora_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from dive.checkpoint import TEXT_LORA_FILE, CheckpointError
+    from dive.generate.pipeline import load_generator
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(text_lora_run / "final", ckpt)
+    tensors = load_file(str(ckpt / TEXT_LORA_FILE))
+    save_file(tensors, str(ckpt / TEXT_LORA_FILE))  # no "dive-text-lora" format tag: someone else's file
+    with pytest.raises(CheckpointError, match=f"{TEXT_LORA_FILE}: not a DiVE text-encoder LoRA"):
+        load_generator(micro_base, ckpt)
+    name = next(k for k in tensors if k.endswith("lora_A"))
+    tensors[name] = torch.zeros(tensors[name].shape[0], 3)  # wrong input width
+    save_file(tensors, str(ckpt / TEXT_LORA_FILE), metadata={"format": "dive-text-lora", "lora_alpha": "2"})
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_generator(micro_base, ckpt)
