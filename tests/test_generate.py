@@ -132,8 +132,15 @@ def test_sharded_generation_covers_every_job_once(micro_base, micro_dive_run, ge
 def test_generate_bench_times_ours_and_plain_diffusers(micro_base, micro_dive_run):
     from dive.generate.bench import GenerateBenchConfig, generate_bench
 
-    res = generate_bench(GenerateBenchConfig(base=micro_base, checkpoint=micro_dive_run / "final", n=6, batch_size=4,
-                                             steps=3, repeats=1, threads=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = generate_bench(GenerateBenchConfig(base=micro_base, checkpoint=micro_dive_run / "final", n=6,
+                                                 batch_size=4, steps=3, repeats=1, threads=1))
+        # its thread count is scoped: later work in the same process (tests, the studio) keeps its own
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert res["images"] == 6
     assert res["ours_images_per_s"] > 0 and res["plain_diffusers_images_per_s"] > 0
     assert res["ratio"] == round(res["ours_images_per_s"] / res["plain_diffusers_images_per_s"], 4)

@@ -42,6 +42,7 @@ from dive.base.models import (
 )
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
+from dive.utils.threads import torch_threads
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
@@ -310,7 +311,11 @@ def preview_grid(tokenizer, text_encoder, vae, unet, prompts, *, seed: int, heig
 
 
 def pretrain(cfg: BasePretrainConfig, *, progress: bool = True) -> Path:
-    torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):  # scoped: a caller's own thread setting comes back afterwards
+        return _pretrain(cfg, progress=progress)
+
+
+def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config_to_dict(cfg) | {"model": config_to_dict(cfg.model)})

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from dive.utils.threads import torch_threads
+
 
 @dataclass
 class GenerateBenchConfig:
@@ -44,11 +46,15 @@ def _plain_pipeline(base: Path, checkpoint: Path):
 
 
 def generate_bench(cfg: GenerateBenchConfig) -> dict:
+    with torch_threads(cfg.threads):  # scoped: a caller's own thread setting comes back afterwards
+        return _generate_bench(cfg)
+
+
+def _generate_bench(cfg: GenerateBenchConfig) -> dict:
     from dive.generate.attention import attention_overhead
     from dive.generate.pipeline import GenerationRequest, load_generator
     from dive.generate.run import select_cameras, select_identities
 
-    torch.set_num_threads(cfg.threads)
     gen = load_generator(cfg.base, cfg.checkpoint)
     plain = _plain_pipeline(cfg.base, cfg.checkpoint)
     ids = [t.token for t in select_identities(gen.table, min_images=0)]

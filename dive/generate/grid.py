@@ -43,10 +43,7 @@ def identity_grid(cfg: GridConfig) -> Path:
     cams = table.infrared_cameras() if cfg.cameras == "infrared" else list(table.cameras)
     req = GenerationRequest([t.token for t in ids], [c.token for c in cams], n=cfg.n, seed=cfg.seed, steps=cfg.steps,
                             guidance=cfg.guidance, negative_prompt=cfg.negative_prompt)
-    jobs = req.jobs(table)
-    images = np.concatenate([gen.render(jobs[i : i + 16], steps=cfg.steps, guidance=cfg.guidance,
-                                        negative_prompt=cfg.negative_prompt)
-                             for i in range(0, len(jobs), 16)])
+    images = np.concatenate([batch for _, batch in gen.iter_batches(req, batch_size=16)])
     H, W = gen.height, gen.width
     per_row = len(cams) * cfg.n
     rows = []

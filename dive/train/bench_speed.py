@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dive.train.trainer import DiVETrainConfig, DiVETrainer, load_images
+from dive.utils.threads import torch_threads
 
 
 @dataclass
@@ -82,7 +83,11 @@ def our_loop(trainer: DiVETrainer, steps: int, warmup: int) -> float:
 
 
 def train_bench(cfg: TrainBenchConfig) -> dict:
-    torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):  # scoped: a caller's own thread setting comes back afterwards
+        return _train_bench(cfg)
+
+
+def _train_bench(cfg: TrainBenchConfig) -> dict:
     tcfg = DiVETrainConfig(base=cfg.base, data=cfg.data, out=cfg.out, batch_size=cfg.batch_size, rank=cfg.rank,
                            steps=cfg.warmup + cfg.steps, cpu=True, preview_every=0)
     trainer = DiVETrainer(tcfg, progress=False)

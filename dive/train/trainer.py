@@ -260,14 +260,15 @@ class DiVETrainer:
         meta = {"step": step, "base": str(self.cfg.base), "config": config_to_dict(self.cfg), "loss": loss,
                 "orig_vocab": self.orig_vocab, "height": self.height, "width": self.width}
         emb = self._embeddings()
-        text_lora = {k: v.detach() for k, v in self._text_lora_params().items()} if self.cfg.text_rank else None
-        modules = {"lora": self._lora_state(), "emb": {"rows": torch.stack(list(emb.values()))}}
+        lora = self._lora_state()
+        text_lora = {k: v.detach() for k, v in self._text_lora_params().items()} or None
+        modules = {"lora": lora, "emb": {"rows": torch.stack(list(emb.values()))}}
         if text_lora:
             modules["text_lora"] = text_lora
         save_training_state(ckpt, modules=modules,
                             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                             meta=meta)
-        save_checkpoint(ckpt, lora_state=self._lora_state(), embeddings=emb, table=self.ts.table, meta=meta,
+        save_checkpoint(ckpt, lora_state=lora, embeddings=emb, table=self.ts.table, meta=meta,
                         lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS,
                         text_lora=text_lora, text_lora_alpha=self.cfg.text_rank)
         if final_dir.exists():
