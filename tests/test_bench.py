@@ -35,7 +35,14 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
     assert set(tables["quality"]) == {"dive-camera", "dive-modality", "dive-ir-only", "grayscale", "cyclegan", "oracle"}
-    assert not (out / "exports" / "oracle").exists()  # the ceiling is measured, never trained on
+    diag = tables["diagnostics"]  # one-seed rows outside the claim: longer baseline, perfect generator
+    assert set(diag) == {"baseline", "baseline-long", "dive-camera", "oracle"}
+    assert "oracle" not in main and "oracle" not in tables["main-agw"]["claim"].get("checks", {}).__repr__()
+    long_cfg = json.loads((out / "reid" / "baseline-long-agw-seed0" / "config.json").read_text())["train"]
+    dive_rep = json.loads((out / "reid" / "dive-camera-agw-seed0" / "report.json").read_text())
+    base_rep = json.loads((out / "reid" / "baseline-agw-seed0" / "report.json").read_text())
+    # AGW's epoch grows with the data: the expanded set trains longer, and so does baseline-long
+    assert long_cfg["batches_per_epoch"] == dive_rep["train"]["batches_per_epoch"] > base_rep["train"]["batches_per_epoch"]
     assert "Table 1: AGW" in stdout and "Table 6" in (out / "tables.md").read_text()
     # every export is a SYSU-MM01 tree our own reader accepts, with a manifest row per synthetic image
     syn = [json.loads(x) for x in (out / "synthetic" / "dive-camera" / "manifest.jsonl").read_text().splitlines()]
@@ -63,3 +70,45 @@ def test_quick_bench_refuses_a_folder_made_with_other_checkpoints(quick_bench):
     (out / "inputs.json").write_text(json.dumps(inputs))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode != 0 and "use a new --out" in res.stderr
+
+
+def test_bench_reid_jobs_budget_and_tables(tmp_path):
+    """Default budget is AGW's epoch (0: grows with the training set); CAJ trains on baseline and
+    + DiVE only; every job of the main table runs 3 seeds."""
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import reid_jobs
+
+    cfg = BenchConfig(out=tmp_path, diagnostics=False)  # (the quick bench covers the diagnostic rows)
+    names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only",
+             "dive-camera-k64")
+    jobs = reid_jobs(cfg, {n: tmp_path / n for n in names})
+    keys = [j[0] for j in jobs]
+    assert len(keys) == len(set(keys))
+    assert {j[6]["batches_per_epoch"] for j in jobs} == {0}
+    caj = {k.split("|")[0] for k in keys if "|caj|" in k}
+    agw = {k.split("|")[0] for k in keys if "|agw|" in k}
+    assert caj == {"baseline", "dive-camera"}
+    assert {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality"} <= agw
+    assert sum(1 for k in keys if k.startswith("grayscale|agw|")) == 3
+
+
+def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
+    """A finished run is reused only if its saved config is this job's recipe: after a budget change
+    the stale report must not reach the tables."""
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import _job_train_config, finished_report, reid_jobs
+    from dive.utils.config import config_to_dict
+
+    cfg = BenchConfig(out=tmp_path, methods=("agw",), seeds=(0,), id_counts=(), diagnostics=False)
+    names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only")
+    job = next(j for j in reid_jobs(cfg, {n: tmp_path / n for n in names}) if j[0] == "baseline|agw|0")
+    run = Path(job[3])
+    run.mkdir(parents=True)
+    assert finished_report(job) is None
+    (run / "report.json").write_text(json.dumps({"run": str(run), "ok": 1}))
+    saved = config_to_dict(_job_train_config(job)) | {"threads": 4, "progress": True}  # not part of the recipe
+    (run / "config.json").write_text(json.dumps({"train": saved}))
+    assert finished_report(job) == {"run": str(run), "ok": 1}
+    saved["batches_per_epoch"] = 100  # the old fixed budget
+    (run / "config.json").write_text(json.dumps({"train": saved}))
+    assert finished_report(job) is None

@@ -3,7 +3,8 @@
 Stages (each resumable: a finished stage's output is reused when the bench is rerun):
 world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant -> comparison
 baselines (grayscale, CycleGAN) -> one export per training set -> ReID runs (in parallel, one
-thread each) -> quality metrics (plus the oracle's true infrared renders, as the ceiling) ->
+thread each; with diagnostics also the oracle's true infrared renders and a longer baseline) ->
+quality metrics (plus the oracle's true infrared renders, as the ceiling) ->
 tables (Markdown + JSON) and plots under `out/`.
 
 Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
@@ -134,8 +135,8 @@ def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
 
 
 def oracle_source(cfg: BenchConfig) -> Path:
-    """The external ids' true infrared renders (`dive baseline oracle`): Table 6's ceiling row,
-    never a ReID training set."""
+    """The external ids' true infrared renders (`dive baseline oracle`): Table 6's ceiling row and,
+    with `diagnostics`, a one-seed ReID row that shows what a perfect generator would add."""
     from dive.baselines.oracle import OracleConfig, run_oracle
 
     out = cfg.out / "synthetic" / "oracle"
@@ -198,34 +199,64 @@ def export_all(cfg: BenchConfig, sources: dict[str, Path]) -> dict[str, Path]:
     return exports
 
 
-def _reid_job(args: tuple) -> tuple[str, dict]:
-    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+def _job_train_config(args: tuple):
     from dive.reid.train import ReIDTrainConfig
 
     key, data, fmt, run, method, seed, overrides = args
-    tcfg = ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
-    return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), tcfg, ReIDEvalConfig())
+    return ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
+
+
+def _reid_job(args: tuple) -> tuple[str, dict]:
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+
+    key, data, fmt = args[:3]
+    return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), _job_train_config(args), ReIDEvalConfig())
+
+
+#: run settings that do not change what a ReID run learns
+_NOT_RECIPE = {"out", "force", "progress", "threads", "eval_threads", "log_every"}
+
+
+def finished_report(job: tuple) -> dict | None:
+    """The report of a finished run of exactly this job's recipe, else None: a rerun after a budget
+    or recipe change must retrain, never mix old runs into new tables."""
+    run = Path(job[3])
+    if not (run / "report.json").exists() or not (run / "config.json").exists():
+        return None
+    saved = json.loads((run / "config.json").read_text()).get("train", {})
+    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
+    if any(saved.get(k) != v for k, v in want.items() if k not in _NOT_RECIPE):
+        return None
+    return json.loads((run / "report.json").read_text())
 
 
 def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
-    overrides = {}
+    overrides = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
     if cfg.reid_epochs:
         overrides["epochs"] = cfg.reid_epochs
         overrides["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
         overrides["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
-    if cfg.reid_batches_per_epoch:
-        overrides["batches_per_epoch"] = cfg.reid_batches_per_epoch
     sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
+    per_set: dict[str, dict] = {}
     main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera")
     jobs = []
-    for train_set in main:
-        for method in cfg.methods:
+    for method in cfg.methods:
+        for train_set in main if method in cfg.comparisons_for else ("baseline", "dive-camera"):
             for seed in cfg.seeds:
                 jobs.append((train_set, method, seed))
     ablations = ["dive-modality", "dive-ir-only"] + [n for n in sets if n.startswith("dive-camera-k")]
     for train_set in ablations:
         for seed in cfg.ablation_seeds:
             jobs.append((train_set, "agw", seed))
+    if cfg.diagnostics:
+        # is a gain only more optimisation? the baseline for as many batches as + DiVE gets;
+        # and what would a perfect generator add? the external ids' true infrared renders
+        per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
+                                    or agw_epoch_batches(*sets["dive-camera"])}
+        sets["baseline-long"] = sets["baseline"]
+        for train_set in ("baseline-long", "oracle"):
+            for seed in cfg.ablation_seeds:
+                jobs.append((train_set, "agw", seed))
     for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
         if seed not in cfg.seeds:
             jobs += [("baseline", "agw", seed), ("dive-camera", "agw", seed)]
@@ -233,17 +264,31 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     for train_set, method, seed in dict.fromkeys(jobs):
         data, fmt = sets[train_set]
         run = cfg.out / "reid" / f"{train_set}-{method}-seed{seed}"
-        out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed, overrides))
+        out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed,
+                    overrides | per_set.get(train_set, {})))
     return out
+
+
+def agw_epoch_batches(data: Path | str, fmt: str) -> int:
+    """AGW's epoch length on a training set: visible training images // (P*K), with `dive reid
+    run`'s default P and K (what `batches_per_epoch=0` resolves to for that set)."""
+    from dive.data.records import Modality
+    from dive.reid.run import ReIDDataConfig, load_reid_data
+    from dive.reid.train import ReIDTrainConfig
+
+    d = ReIDTrainConfig(out=Path("unused"))
+    train = load_reid_data(ReIDDataConfig(data=Path(data), format=fmt)).train
+    visible = sum(1 for r in train if r.modality == Modality.VISIBLE)
+    return max(1, visible // (d.num_ids * d.num_per_modality))
 
 
 def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:
     reports: dict[str, dict] = {}
     todo = []
     for job in jobs:
-        path = Path(job[3]) / "report.json"
-        if path.exists():
-            reports[job[0]] = json.loads(path.read_text())
+        done = finished_report(job)
+        if done is not None:
+            reports[job[0]] = done
         else:
             todo.append(job)
     if not todo:
@@ -327,9 +372,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     for k in cfg.id_counts:
         table5[f"dive-camera-k{k}"] = subset_source(sources["dive-camera"], cfg.out / "synthetic" / f"dive-camera-k{k}",
                                                     k, cfg.gen_seed)
-    exports = timed("exports", export_all, cfg, sources | table5)
-    reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
     oracle = timed("oracle", oracle_source, cfg)
+    exports = timed("exports", export_all, cfg, sources | table5 | ({"oracle": oracle} if cfg.diagnostics else {}))
+    reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
     metrics = timed("metrics", quality, cfg, sources | {"oracle": oracle}, reports)
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": _count_ids(sources["dive-camera"])}
