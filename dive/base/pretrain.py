@@ -42,7 +42,6 @@ from dive.base.models import (
 )
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
-from dive.utils.threads import torch_threads
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
@@ -54,6 +53,7 @@ from dive.utils.state import (
     truncate_log,
     warmup_cosine,
 )
+from dive.utils.threads import torch_threads
 
 PREVIEW_PROMPTS = (
     "a photo of a tall medium person, seen from the front, wearing a red sweater and blue pants and black shoes, with short black hair",
