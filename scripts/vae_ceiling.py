@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dive.utils.diffusion import encode_latents
 from dive.utils.io import load_rgb_tensor, save_image
 
 
@@ -33,11 +34,10 @@ def main(source: str, base: str, out: str, batch: int = 64) -> None:
     vae = AutoencoderKL.from_pretrained(Path(base) / "vae").eval()
     h, w = rows[0]["height"], rows[0]["width"]
     images = load_rgb_tensor([src / r["path"] for r in rows], h, w)
-    torch.manual_seed(0)
     with torch.no_grad():
+        means, _ = encode_latents(vae, images, batch=batch, flip=False, progress=False)
         for i in range(0, len(rows), batch):
-            x = images[i : i + batch].float().div(127.5).sub(1.0)
-            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+            rec = vae.decode(means[i : i + batch]).sample
             arr = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             for r, a in zip(rows[i : i + batch], arr):
                 (dst / r["path"]).parent.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from dive.bench.config import QUICK_WORLD, BenchConfig, quick_config
 from dive.bench.tables import write_tables
 from dive.utils.config import config_to_dict
 from dive.utils.io import write_json
+from dive.utils.threads import torch_threads
 
 #: DiVE variants of Table 3: (name, DiVETrainConfig overrides, BenchConfig field of its checkpoint)
 DIVE_VARIANTS = (
@@ -96,15 +96,15 @@ def _generation_done(out: Path) -> bool:
 def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[str, Path]:
     from dive.generate.run import GenerateConfig, generate
 
-    torch.set_num_threads(cfg.threads)
     folders = {}
     for name, ckpt in checkpoints.items():
         out = cfg.out / "synthetic" / f"dive-{name}"
         if not _generation_done(out):
             _log(f"generating with DiVE '{name}' -> {out}")
-            generate(GenerateConfig(base=cfg.base, checkpoint=ckpt, out=out, min_images=cfg.min_images,
-                                    n=cfg.n_per_camera, steps=cfg.gen_steps, guidance=cfg.guidance, seed=cfg.gen_seed),
-                     progress=not cfg.quick)
+            with torch_threads(cfg.threads):
+                generate(GenerateConfig(base=cfg.base, checkpoint=ckpt, out=out, min_images=cfg.min_images,
+                                        n=cfg.n_per_camera, steps=cfg.gen_steps, guidance=cfg.guidance,
+                                        seed=cfg.gen_seed), progress=not cfg.quick)
         folders[f"dive-{name}"] = out
     return folders
 
@@ -252,7 +252,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
         # is a gain only more optimisation? the baseline for as many batches as + DiVE gets;
         # and what would a perfect generator add? the external ids' true infrared renders
         per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
-                                    or agw_epoch_batches(*sets["dive-camera"])}
+                                    or epoch_batches_of(*sets["dive-camera"])}
         sets["baseline-long"] = sets["baseline"]
         for train_set in ("baseline-long", "oracle"):
             for seed in cfg.ablation_seeds:
@@ -269,17 +269,18 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     return out
 
 
-def agw_epoch_batches(data: Path | str, fmt: str) -> int:
-    """AGW's epoch length on a training set: visible training images // (P*K), with `dive reid
-    run`'s default P and K (what `batches_per_epoch=0` resolves to for that set)."""
+def epoch_batches_of(data: Path | str, fmt: str) -> int:
+    """What `batches_per_epoch=0` resolves to on a training set (AGW's epoch, with `dive reid
+    run`'s default P and K)."""
     from dive.data.records import Modality
     from dive.reid.run import ReIDDataConfig, load_reid_data
+    from dive.reid.sampler import agw_epoch_batches
     from dive.reid.train import ReIDTrainConfig
 
     d = ReIDTrainConfig(out=Path("unused"))
     train = load_reid_data(ReIDDataConfig(data=Path(data), format=fmt)).train
     visible = sum(1 for r in train if r.modality == Modality.VISIBLE)
-    return max(1, visible // (d.num_ids * d.num_per_modality))
+    return agw_epoch_batches(visible, d.num_ids, d.num_per_modality)
 
 
 def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:

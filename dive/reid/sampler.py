@@ -21,6 +21,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 
+def agw_epoch_batches(num_visible: int, num_ids: int, num_per_modality: int) -> int:
+    """AGW's epoch length: the visible training images once, P*K of them per batch (at least 1)."""
+    return max(1, int(num_visible) // (int(num_ids) * int(num_per_modality)))
+
+
 @dataclass(frozen=True)
 class Batch:
     """Indices into the training arrays: visible and infrared images, identity-major order."""
@@ -64,7 +69,7 @@ class IdentitySampler:
         self.num_infrared = int(ir.sum())
         self.visible_only_ids = int(sum(1 for v in self._ir.values() if v.size == 0))
         self.infrared_only_ids = int(sum(1 for v in self._vis.values() if v.size == 0))
-        auto = max(1, self.num_visible // (self.P * self.K))
+        auto = agw_epoch_batches(self.num_visible, self.P, self.K)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch > 0 else auto
 
     def __len__(self) -> int:
