@@ -211,7 +211,6 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     here); `embeddings`: {token: 1-D tensor}; `text_lora`: {"<module>.lora_A": (r, in), "<module>.lora_B":
     (out, r)} of the text encoder, or None."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from safetensors.torch import save_file
 
     from dive.utils.io import atomic_path, write_json
@@ -224,7 +223,10 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     tmp_dir = directory / ".lora_tmp"
     StableDiffusionPipeline.save_lora_weights(
         tmp_dir,
-        unet_lora_layers=convert_state_dict_to_diffusers({k: v.detach().contiguous() for k, v in lora_state.items()}),
+        # peft's own key names (lora_A / lora_B), which diffusers loads as they are: its older
+        # "lora.down / lora.up" names cover attention layers only, so a LoRA that also holds convolutions
+        # would be saved half in each format and lose its attention layers on loading
+        unet_lora_layers={k: v.detach().contiguous() for k, v in lora_state.items()},
         safe_serialization=True,
         weight_name=LORA_FILE,
         unet_lora_adapter_metadata={"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": sorted(target_modules)},

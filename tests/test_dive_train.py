@@ -134,6 +134,33 @@ def test_embedding_max_norm_bounds_learned_rows(micro_base, tiny_world_dir, tmp_
     assert norms.max() <= 0.05 + 1e-6 and norms.min() > 0
 
 
+def test_a_lora_on_every_layer_loads_whole_with_diffusers(micro_base, tiny_world_dir, tmp_path):
+    """--lora-targets all: convolutions and attention in one file, and diffusers' own loader puts
+    every trained tensor back (a mixed old/new key format once lost the attention layers)."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    from dive.checkpoint import load_into_pipeline
+    from dive.train.trainer import LORA_TARGET_SETS, train_dive
+    from dive.utils.state import read_training_state
+
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", steps=2, batch_size=4,
+                          min_images=3, save_every=2, preview_every=0, rank=4, lora_targets="all")
+    final = train_dive(cfg, progress=False)
+    state, _ = read_training_state(tmp_path / "run" / "checkpoint-2")  # what the trainer held at the end
+    trained = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+    assert any(".conv1." in k for k in trained) and any(".to_q." in k for k in trained)
+    pipe = StableDiffusionPipeline.from_pretrained(str(micro_base))
+    load_into_pipeline(pipe, final)
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name="dive")
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    with pytest.raises(ValueError, match="lora_targets"):
+        DiVETrainer(DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "bad", lora_targets="convs"),
+                    progress=False)
+    assert set(LORA_TARGET_SETS["attention"]) < set(LORA_TARGET_SETS["transformer"]) < set(LORA_TARGET_SETS["all"])
+
+
 def test_infrared_share_sets_the_infrared_fraction_of_batches():
     from dive.train.trainer import draw_indices
 

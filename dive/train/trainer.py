@@ -41,6 +41,14 @@ from dive.utils.state import (
 )
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: which UNet layers carry the LoRA: the attention projections (the paper, diffusers' LoRA recipe);
+#: the whole transformer blocks; or everything that renders (+ the ResNet convolutions)
+LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "attention": LORA_TARGETS,
+    "transformer": LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"),
+    "all": LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                           "conv1", "conv2", "conv_shortcut", "time_emb_proj"),
+}
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -73,6 +81,10 @@ class DiVETrainConfig:
         "help": "after each step, shrink learned token rows longer than this (0: off); the base's word rows have norm ~0.25-0.3"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps, then cosine decay to 10%"})
     rank: int = field(default=32, metadata={"help": "LoRA rank (paper: 128); alpha = rank"})
+    lora_targets: str = field(default="attention", metadata={
+        "help": "UNet layers with a LoRA: attention projections (the paper), whole transformer blocks, or all "
+                "(+ ResNet convolutions; a tiny base's attention is a small part of its renderer)",
+        "choices": list(LORA_TARGET_SETS)})
     text_rank: int = field(default=0, metadata={
         "help": "experiment: rank of a LoRA on the text encoder's attention (0: off, as the paper: CLIP stays frozen). "
                 "The camera token precedes the identity token, so the encoder could re-map an identity per camera"})
@@ -183,9 +195,12 @@ class DiVETrainer:
         mask[self.new_ids] = 1.0
         emb.register_hook(lambda g: g * mask.to(g.device, g.dtype))
 
+        if cfg.lora_targets not in LORA_TARGET_SETS:
+            raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGET_SETS)}; got {cfg.lora_targets!r}")
+        self.lora_targets = LORA_TARGET_SETS[cfg.lora_targets]
         torch.manual_seed(cfg.seed)  # peft's gaussian LoRA init draws from the global generator
         self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                         target_modules=list(LORA_TARGETS)))
+                                         target_modules=list(self.lora_targets)))
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
         groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
                   {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0}]
@@ -269,7 +284,7 @@ class DiVETrainer:
                             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                             meta=meta)
         save_checkpoint(ckpt, lora_state=lora, embeddings=emb, table=self.ts.table, meta=meta,
-                        lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=LORA_TARGETS,
+                        lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=self.lora_targets,
                         text_lora=text_lora, text_lora_alpha=self.cfg.text_rank)
         if final_dir.exists():
             shutil.rmtree(final_dir)
