@@ -161,6 +161,23 @@ def test_a_lora_on_every_layer_loads_whole_with_diffusers(micro_base, tiny_world
     assert set(LORA_TARGET_SETS["attention"]) < set(LORA_TARGET_SETS["transformer"]) < set(LORA_TARGET_SETS["all"])
 
 
+def test_threads_option_is_scoped_to_the_run(micro_base, tiny_world_dir, tmp_path):
+    """--threads sets torch's thread count while the run builds and trains, then gives the caller's back
+    (in-process users such as scripts/identity_probe.py keep their own setting)."""
+    from dive.train.trainer import train_dive
+
+    before = torch.get_num_threads()
+    seen = []
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", steps=1, batch_size=4,
+                          min_images=3, save_every=1, preview_every=0, rank=4, threads=before + 1)
+    trainer = DiVETrainer(cfg, progress=False)
+    assert torch.get_num_threads() == before
+    loss = trainer.training_loss
+    trainer.training_loss = lambda step, micro: (seen.append(torch.get_num_threads()), loss(step, micro))[1]
+    trainer.train()
+    assert seen == [before + 1] and torch.get_num_threads() == before
+
+
 def test_infrared_share_sets_the_infrared_fraction_of_batches():
     from dive.train.trainer import draw_indices
 

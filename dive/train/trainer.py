@@ -30,6 +30,7 @@ from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
+from dive.utils.threads import torch_threads
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
@@ -150,15 +151,18 @@ class DiVETrainer:
     """Holds the models and data of one run; `train()` runs (or resumes) it."""
 
     def __init__(self, cfg: DiVETrainConfig, training_set: TrainingSet | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        with torch_threads(cfg.threads):  # for this run's own work only, not the caller's process
+            self._setup(training_set)
+
+    def _setup(self, training_set: TrainingSet | None) -> None:
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from peft import LoraConfig
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.cfg = cfg
-        self.progress = progress
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        cfg, progress = self.cfg, self.progress
         self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
                                        gradient_accumulation_steps=cfg.grad_accum)
         acc = self.accelerator
@@ -356,6 +360,10 @@ class DiVETrainer:
         return diffusion_loss(self.noise_scheduler, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
 
     def train(self) -> Path:
+        with torch_threads(self.cfg.threads):
+            return self._train()
+
+    def _train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
