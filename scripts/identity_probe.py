@@ -1,7 +1,8 @@
 """Can identity tokens learn an identity when each is seen often enough? Trains DiVE on a small
 identity set (the K external ids with the most images + the first K VI ids, or vi_k=N), so every token is
 visited many times, then scores generated IR against grayscale copies on the same external ids
-(identity Rank-1 with the VI-only AGW model, `dive metrics`).
+(identity Rank-1 with the VI-only AGW model, `dive metrics`), and the generated IR of the probe's VI ids,
+which it saw in infrared (whether it can draw an infrared identity at all).
 
     OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
 
@@ -48,8 +49,11 @@ cfg = DiVETrainConfig(base=base, data=data, out=out / "train", steps=steps, save
 ckpt = DiVETrainer(cfg, training_set=ts).train()
 tag = f"g{guidance:g}"
 generate(GenerateConfig(base=base, checkpoint=ckpt, out=out / f"gen-{tag}", n=4, top_k=k, guidance=guidance))
+# the VI ids were trained in infrared: can the generator draw *their* infrared identity at all?
+generate(GenerateConfig(base=base, checkpoint=ckpt, out=out / f"gen-vi-{tag}", identities="vi", n=4, guidance=guidance))
 gray = out / "grayscale"
 if not (gray / "manifest.jsonl").exists():
     run_grayscale(GrayscaleConfig(data=data, out=gray, n=4, top_k=k))
-report = quality_report(MetricsConfig(synthetic=(out / f"gen-{tag}", gray), real_ir=data, reid_run=reid, out=out / f"metrics-{tag}"))
+report = quality_report(MetricsConfig(synthetic=(out / f"gen-{tag}", gray, out / f"gen-vi-{tag}"), real_ir=data,
+                                      reid_run=reid, out=out / f"metrics-{tag}"))
 print("\n".join(summary_lines(report)))

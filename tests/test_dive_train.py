@@ -176,6 +176,30 @@ def test_threads_option_is_scoped_to_the_run(micro_base, tiny_world_dir, tmp_pat
     assert seen == [before + 1] and torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("identity_modalities", ["both", "visible"])
+def test_identity_modalities_visible_keeps_infrared_out_of_identity_tokens(micro_base, tiny_world_dir, tmp_path,
+                                                                          identity_modalities):
+    """With visible, infrared samples train the LoRA and the camera tokens but not the identity tokens:
+    VI ids seen only in infrared get no gradient; with both (the paper) they do."""
+    vi, ext = load_sources(tiny_world_dir)
+    ts = build_training_set(vi, ext, min_images=3, vi_modalities="infrared")
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", batch_size=16, rank=4,
+                          infrared_share=0.5, identity_modalities=identity_modalities)
+    trainer = DiVETrainer(cfg, training_set=ts, progress=False)
+    trainer.training_loss(0, 0).backward()
+    grad = trainer.text_encoder.get_input_embeddings().weight.grad
+    rows = dict(zip(ts.table.learned_tokens, trainer.new_ids.tolist()))
+    moved = {t: bool(grad[i].abs().max() > 0) for t, i in rows.items()}
+    vi_ids = [t.token for t in ts.table.identities if t.dataset == "synthvi_vi"]
+    ext_ids = [t.token for t in ts.table.identities if t.dataset != "synthvi_vi"]
+    ir_cams = [c.token for c in ts.table.infrared_cameras()]
+    assert any(moved[t] for t in ext_ids) and any(moved[t] for t in ir_cams)
+    assert any(moved[t] for t in vi_ids) == (identity_modalities == "both")
+    with pytest.raises(ValueError, match="never train the VI identity tokens"):
+        DiVETrainer(DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "bad", vi_modalities="infrared",
+                                    identity_modalities="visible"), progress=False)
+
+
 def test_infrared_share_sets_the_infrared_fraction_of_batches():
     from dive.train.trainer import draw_indices
 

@@ -72,6 +72,12 @@ class DiVETrainConfig:
         "help": "fraction of each batch drawn from the infrared images (0: uniform over all images, ~20% infrared "
                 "in SynthVI); identity tokens shared with the far more common visible images learned to ignore "
                 "infrared (see checkpoints/README.md)"})
+    identity_modalities: str = field(default="both", metadata={
+        "help": "images whose loss trains the identity tokens: both modalities (the paper) or visible only; with "
+                "visible, infrared images train the LoRA and camera tokens but cannot write an id's infrared look "
+                "into its token, so the LoRA must learn to draw a visible-learned identity in infrared, which is "
+                "all the external ids have",
+        "choices": ["both", "visible"]})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "images per optimizer step (all processes, all accumulation)"})
@@ -198,6 +204,16 @@ class DiVETrainer:
         mask = torch.zeros(emb.shape[0], 1)
         mask[self.new_ids] = 1.0
         emb.register_hook(lambda g: g * mask.to(g.device, g.dtype))
+        # identity_modalities="visible": per-batch (sample, position) mask of the identity-token positions
+        # of infrared samples, whose embeddings enter the encoder detached (no gradient to the token)
+        if cfg.identity_modalities not in ("both", "visible"):
+            raise ValueError(f"identity_modalities must be 'both' or 'visible'; got {cfg.identity_modalities!r}")
+        if cfg.identity_modalities == "visible" and cfg.vi_modalities == "infrared":
+            raise ValueError("identity_modalities='visible' with vi_modalities='infrared' would never train the VI "
+                             "identity tokens; use vi_modalities='both'")
+        self.identity_ids = self.new_ids[: len(table.identities)]
+        self._detach_mask: torch.Tensor | None = None
+        self.text_encoder.get_input_embeddings().register_forward_hook(self._detach_identity_rows)
 
         if cfg.lora_targets not in LORA_TARGET_SETS:
             raise ValueError(f"lora_targets must be one of {sorted(LORA_TARGET_SETS)}; got {cfg.lora_targets!r}")
@@ -231,8 +247,8 @@ class DiVETrainer:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.height, self.width = h * scale, w * scale
         # checked before the minutes of image loading and encoding
-        self.infrared_index = torch.tensor([i for i, r in enumerate(training_set.records) if r.modality is Modality.INFRARED],
-                                           dtype=torch.long)
+        self.is_infrared = torch.tensor([r.modality is Modality.INFRARED for r in training_set.records], dtype=torch.bool)
+        self.infrared_index = torch.nonzero(self.is_infrared).flatten()
         if not 0.0 <= cfg.infrared_share < 1.0:
             raise ValueError(f"infrared_share must be in [0, 1); got {cfg.infrared_share}")
         if cfg.infrared_share and not 0 < len(self.infrared_index) < len(training_set.records):
@@ -355,9 +371,21 @@ class DiVETrainer:
         ids = self.ids[idx % self.num_images].clone()
         ids[drop] = self.empty_ids
         dev = acc.device
-        hidden = self.text_encoder(ids.to(dev))[0]
+        if cfg.identity_modalities == "visible":
+            infrared = self.is_infrared[idx % self.num_images]
+            self._detach_mask = infrared[:, None] & torch.isin(ids, self.identity_ids)
+        try:
+            hidden = self.text_encoder(ids.to(dev))[0]
+        finally:
+            self._detach_mask = None
         pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
         return diffusion_loss(self.noise_scheduler, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
+
+    def _detach_identity_rows(self, module, inputs, output):
+        """Forward hook on the token embedding: detach the masked positions (see identity_modalities)."""
+        if self._detach_mask is None:
+            return output
+        return torch.where(self._detach_mask.to(output.device)[..., None], output.detach(), output)
 
     def train(self) -> Path:
         with torch_threads(self.cfg.threads):
