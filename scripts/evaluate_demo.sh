@@ -4,7 +4,8 @@
 #  2. identity check: generated IR of every external id with >= 12 images (N per IR camera) vs
 #     grayscale copies of their visible images, both scored by `dive metrics` with the VI-only AGW
 #     model (identity Rank-1 against the ids' real visible images, FD to real IR), with the world's
-#     own infrared renders of those ids (`dive baseline oracle`) as the ceiling a perfect generator reaches.
+#     own infrared renders of those ids (`dive baseline oracle`) as the ceiling a perfect generator reaches;
+#  3. the same check on 256 VI ids, which training showed in infrared (row dive-vi).
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
 #   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
 #   GUIDANCE=4 NEGATIVE='a {camera} photo of person' bash ...  (guidance along the identity token only)
@@ -22,6 +23,8 @@ if [ ! -f "$REID/model.safetensors" ]; then
 fi
 dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+# 256 of the VI ids, which the generator saw in infrared: can it draw a *trained* id's infrared identity?
+dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive-vi" --identities vi --random-k 256 --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 dive baseline grayscale --data data/synthvi --out "$OUT/grayscale" --n "$N"
 dive baseline oracle --data data/synthvi --out "$OUT/oracle" --n "$N"   # true IR renders: the ceiling
-dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"
+dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" "$OUT/dive-vi" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"
