@@ -30,7 +30,6 @@ from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
-from dive.utils.threads import torch_threads
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
@@ -40,6 +39,7 @@ from dive.utils.state import (
     truncate_log,
     warmup_cosine,
 )
+from dive.utils.threads import torch_threads
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 #: which UNet layers carry the LoRA: the attention projections (the paper, diffusers' LoRA recipe);
