@@ -207,8 +207,8 @@ def checkpoint_hash(directory: str | Path) -> str:
 def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict, table: TokenTable, meta: dict,
                     lora_rank: int, lora_alpha: int, target_modules: Iterable[str],
                     text_lora: dict | None = None, text_lora_alpha: int = 0) -> Path:
-    """Write a DiVE checkpoint. `lora_state`: peft UNet LoRA state dict (diffusers key names are made
-    here); `embeddings`: {token: 1-D tensor}; `text_lora`: {"<module>.lora_A": (r, in), "<module>.lora_B":
+    """Write a DiVE checkpoint. `lora_state`: peft UNet LoRA state dict (saved with peft's key names,
+    under diffusers' "unet." prefix); `embeddings`: {token: 1-D tensor}; `text_lora`: {"<module>.lora_A": (r, in), "<module>.lora_B":
     (out, r)} of the text encoder, or None."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file

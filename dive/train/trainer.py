@@ -44,11 +44,11 @@ from dive.utils.threads import torch_threads
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 #: which UNet layers carry the LoRA: the attention projections (the paper, diffusers' LoRA recipe);
 #: the whole transformer blocks; or everything that renders (+ the ResNet convolutions)
+_TRANSFORMER_TARGETS = LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 LORA_TARGET_SETS: dict[str, tuple[str, ...]] = {
     "attention": LORA_TARGETS,
-    "transformer": LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"),
-    "all": LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                           "conv1", "conv2", "conv_shortcut", "time_emb_proj"),
+    "transformer": _TRANSFORMER_TARGETS,
+    "all": _TRANSFORMER_TARGETS + ("conv1", "conv2", "conv_shortcut", "time_emb_proj"),
 }
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -368,12 +368,12 @@ class DiVETrainer:
         lat = (self.mean[idx] + self.std[idx] * eps_all[sl]) * sf
         noise = noise_all[sl]
         noisy = self.noise_scheduler.add_noise(lat, noise, t)
-        ids = self.ids[idx % self.num_images].clone()
+        rows = idx % self.num_images  # mirrored latents share their image's prompt and modality
+        ids = self.ids[rows].clone()
         ids[drop] = self.empty_ids
         dev = acc.device
         if cfg.identity_modalities == "visible":
-            infrared = self.is_infrared[idx % self.num_images]
-            self._detach_mask = infrared[:, None] & torch.isin(ids, self.identity_ids)
+            self._detach_mask = self.is_infrared[rows][:, None] & torch.isin(ids, self.identity_ids)
         try:
             hidden = self.text_encoder(ids.to(dev))[0]
         finally:
