@@ -11,6 +11,12 @@ A checkpoint folder holds::
                                       without any side file (the authors' code regenerated its camera
                                       strings at random and lost them)
     dive.json                         how it was trained (base model, config, step)
+    infrared_lora_weights.safetensors only with `dive train --infrared-adapter`: a second UNet LoRA
+                                      in the same format, on for infrared cameras only. Vanilla
+                                      diffusers: `pipe.load_lora_weights(dir, weight_name=
+                                      "infrared_lora_weights.safetensors", adapter_name="infrared")`,
+                                      then `pipe.set_adapters(["dive", "infrared"])` for infrared
+                                      prompts and `pipe.set_adapters(["dive"])` for visible ones
     text_encoder_lora.safetensors     only with `dive train --text-rank R` (an experiment, off by
                                       default): a LoRA on the text encoder's attention as plain
                                       {module.lora_A, module.lora_B} tensors, merged into the text
@@ -38,6 +44,9 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "learned_embeds.safetensors"
 META_FILE = "dive.json"
 TEXT_LORA_FILE = "text_encoder_lora.safetensors"
+INFRARED_LORA_FILE = "infrared_lora_weights.safetensors"
+#: adapter names of the shared LoRA and the infrared adapter once loaded into a pipeline
+SHARED_ADAPTER = "dive"
 REFERENCES_DIR = "references"  # optional: a strip of real images per identity (the studio shows it)
 DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
 CAMERA_MODES = ("string", "embedding", "both")
@@ -198,18 +207,20 @@ def is_checkpoint_dir(directory: str | Path) -> bool:
 def checkpoint_hash(directory: str | Path) -> str:
     """Short content hash of the weights and token table: recorded in every exported manifest."""
     h = hashlib.sha256()
-    for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE, TEXT_LORA_FILE):
-        if name != TEXT_LORA_FILE or (Path(directory) / name).exists():
+    for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE, TEXT_LORA_FILE, INFRARED_LORA_FILE):
+        if name not in (TEXT_LORA_FILE, INFRARED_LORA_FILE) or (Path(directory) / name).exists():
             h.update((Path(directory) / name).read_bytes())
     return h.hexdigest()[:16]
 
 
 def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict, table: TokenTable, meta: dict,
                     lora_rank: int, lora_alpha: int, target_modules: Iterable[str],
-                    text_lora: dict | None = None, text_lora_alpha: int = 0) -> Path:
+                    text_lora: dict | None = None, text_lora_alpha: int = 0,
+                    infrared_lora_state: dict | None = None) -> Path:
     """Write a DiVE checkpoint. `lora_state`: peft UNet LoRA state dict (saved with peft's key names,
     under diffusers' "unet." prefix); `embeddings`: {token: 1-D tensor}; `text_lora`: {"<module>.lora_A": (r, in), "<module>.lora_B":
-    (out, r)} of the text encoder, or None."""
+    (out, r)} of the text encoder, or None; `infrared_lora_state`: the infrared adapter's state
+    dict, like `lora_state`, or None."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
@@ -221,18 +232,22 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     if missing:
         raise CheckpointError(f"{directory}: embeddings missing for learned tokens {missing[:3]}")
     tmp_dir = directory / ".lora_tmp"
-    StableDiffusionPipeline.save_lora_weights(
-        tmp_dir,
-        # peft's own key names (lora_A / lora_B), which diffusers loads as they are: its older
-        # "lora.down / lora.up" names cover attention layers only, so a LoRA that also holds convolutions
-        # would be saved half in each format and lose its attention layers on loading
-        unet_lora_layers={k: v.detach().contiguous() for k, v in lora_state.items()},
-        safe_serialization=True,
-        weight_name=LORA_FILE,
-        unet_lora_adapter_metadata={"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": sorted(target_modules)},
-    )
-    (tmp_dir / LORA_FILE).replace(directory / LORA_FILE)
-    tmp_dir.rmdir()
+    for name, state in ((LORA_FILE, lora_state), (INFRARED_LORA_FILE, infrared_lora_state)):
+        if not state:
+            (directory / name).unlink(missing_ok=True)
+            continue
+        StableDiffusionPipeline.save_lora_weights(
+            tmp_dir,
+            # peft's own key names (lora_A / lora_B), which diffusers loads as they are: its older
+            # "lora.down / lora.up" names cover attention layers only, so a LoRA that also holds convolutions
+            # would be saved half in each format and lose its attention layers on loading
+            unet_lora_layers={k: v.detach().contiguous() for k, v in state.items()},
+            safe_serialization=True,
+            weight_name=name,
+            unet_lora_adapter_metadata={"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": sorted(target_modules)},
+        )
+        (tmp_dir / name).replace(directory / name)
+        tmp_dir.rmdir()
     with atomic_path(directory / EMBEDS_FILE) as tmp:
         save_file({t: embeddings[t].detach().float().contiguous().clone() for t in table.learned_tokens}, str(tmp),
                   metadata={"format": "dive-learned-embeds", "tokens": str(len(table.learned_tokens))})
@@ -247,8 +262,14 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     return directory
 
 
-def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = "dive") -> TokenTable:
-    """Load a DiVE checkpoint into a diffusers SD pipeline with diffusers' own loaders."""
+def has_infrared_adapter(directory: str | Path) -> bool:
+    return (Path(directory) / INFRARED_LORA_FILE).exists()
+
+
+def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARED_ADAPTER) -> TokenTable:
+    """Load a DiVE checkpoint into a diffusers SD pipeline with diffusers' own loaders. A checkpoint
+    with an infrared adapter loads it as adapter "infrared", inactive: the caller switches it on for
+    infrared cameras (see `dive.generate.pipeline.Generator`)."""
     from safetensors.torch import load_file
 
     directory = check_checkpoint_dir(directory)
@@ -260,6 +281,11 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = "dive
     tokens = table.learned_tokens
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
+    if has_infrared_adapter(directory):
+        from dive.utils.adapters import INFRARED_ADAPTER
+
+        pipe.load_lora_weights(str(directory), weight_name=INFRARED_LORA_FILE, adapter_name=INFRARED_ADAPTER)
+        pipe.set_adapters([adapter_name])
     if (directory / TEXT_LORA_FILE).exists():
         merge_text_lora(pipe.text_encoder, directory / TEXT_LORA_FILE)
     return table

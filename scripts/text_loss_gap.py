@@ -104,6 +104,7 @@ def main() -> None:
 
         base = sys.argv[3] if len(sys.argv) > 3 else "checkpoints/tiny-sd-base"
         gen = load_generator(base, path)
+        gen.use_adapters(infrared=kind == "dive-ir")  # a checkpoint's infrared adapter, if it has one
         table, pipe = gen.table, gen.pipe
         has_ir = {c.dataset for c in table.cameras if c.modality == "infrared"}
         ext = [i for i in table.identities if (i.dataset in has_ir) == (kind == "dive-ir")][:16]

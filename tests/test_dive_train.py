@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -306,3 +307,110 @@ def test_a_foreign_text_lora_file_is_refused_naming_it(micro_base, text_lora_run
     save_file(tensors, str(ckpt / TEXT_LORA_FILE), metadata={"format": "dive-text-lora", "lora_alpha": "2"})
     with pytest.raises(CheckpointError, match="do not fit"):
         load_generator(micro_base, ckpt)
+
+
+@pytest.fixture(scope="module")
+def infrared_adapter_run(micro_base, tiny_world_dir, tmp_path_factory):
+    from dive.train.trainer import train_dive
+
+    out = tmp_path_factory.mktemp("ir-adapter") / "run"
+    cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=out, steps=4, batch_size=8, min_images=3,
+                          save_every=2, preview_every=4, rank=4, lora_targets="all", infrared_share=0.5, lr=3e-2,
+                          infrared_adapter=True)
+    train_dive(cfg, progress=False)
+    return out, cfg
+
+
+def test_infrared_adapter_trains_on_infrared_images_only(micro_base, tiny_world_dir, infrared_adapter_run, tmp_path):
+    """The infrared adapter gets gradient from infrared images only, leaves visible images' outputs
+    untouched, trains, resumes exactly, and is refused by a run without it."""
+    from dive.checkpoint import INFRARED_LORA_FILE
+    from dive.train.trainer import train_dive
+    from dive.utils.adapters import INFRARED_ADAPTER
+
+    run, cfg = infrared_adapter_run
+    final = check_checkpoint_dir(run / "final")
+    ir = load_file(str(final / INFRARED_LORA_FILE))
+    shared = load_file(str(final / LORA_FILE))
+    assert ir.keys() == shared.keys()
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in ir.items())  # B starts at zero
+    assert (run / "previews" / "step-000004.png").exists()
+
+    trainer = DiVETrainer(DiVETrainConfig(**{**cfg.__dict__, "out": tmp_path / "probe"}), progress=False)
+    ir_params = [p for n, p in trainer.unet.named_parameters() if f".{INFRARED_ADAPTER}." in n]
+    assert ir_params and all(p.requires_grad for p in ir_params)
+    with torch.no_grad():
+        for p in ir_params:
+            p.normal_(0, 0.5)  # a strong adapter, so that leaking into visible images would show
+    # a visible-only batch: the adapter changes nothing and receives no gradient
+    visible = (~trainer.is_infrared).nonzero().flatten()[:4]
+    lat = trainer.mean[visible]
+    t = torch.full((4,), 500)
+    hidden = trainer.text_encoder(trainer.ids[visible])[0]
+    with trainer.gate.images(torch.zeros(4, dtype=torch.bool)):
+        gated = trainer.unet(lat, t, encoder_hidden_states=hidden).sample
+    trainer.unet.set_adapters(["default"])
+    plain = trainer.unet(lat, t, encoder_hidden_states=hidden).sample
+    trainer.unet.set_adapters(["default", INFRARED_ADAPTER])
+    assert torch.equal(gated, plain)
+    gated.pow(2).mean().backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in ir_params)
+    with trainer.gate.images(torch.ones(4, dtype=torch.bool)):
+        opened = trainer.unet(lat, t, encoder_hidden_states=hidden).sample
+    assert (opened - plain).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="gate was not set"):
+        trainer.unet(lat, t, encoder_hidden_states=hidden)
+
+    resumed = tmp_path / "resumed"
+    train_dive(DiVETrainConfig(**{**cfg.__dict__, "out": resumed, "stop_after": 3}), progress=False)
+    train_dive(DiVETrainConfig(**{**cfg.__dict__, "out": resumed}), progress=False)
+    assert losses(resumed) == losses(run)
+    again = load_file(str(resumed / "final" / INFRARED_LORA_FILE))
+    assert all(torch.equal(again[k], ir[k]) for k in ir)
+    with pytest.raises(ValueError, match="infrared adapter"):
+        DiVETrainer(DiVETrainConfig(**{**cfg.__dict__, "out": resumed, "infrared_adapter": False, "steps": 6}),
+                    progress=False).train()
+
+
+def test_infrared_adapter_generation_matches_vanilla_diffusers(micro_base, infrared_adapter_run):
+    """Our generator merges the infrared adapter for infrared cameras only; a plain diffusers
+    pipeline with the two LoRA files and `set_adapters` renders the same images."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from dive.checkpoint import INFRARED_LORA_FILE
+    from dive.generate.pipeline import ImageJob, image_seed, load_generator
+
+    final = infrared_adapter_run[0] / "final"
+    gen = load_generator(micro_base, final)
+    table = gen.table
+    idt = table.identities[0].token
+    ir_cam = table.infrared_cameras()[0].token
+    vis_cam = next(c.token for c in table.cameras if c.modality == "visible")
+    jobs = [ImageJob(idt, cam, 0, image_seed(0, idt, cam, 0), table.prompt(idt, cam)) for cam in (ir_cam, vis_cam)]
+    mixed = gen.render(jobs, steps=4)
+    alone = np.stack([gen.render([j], steps=4)[0] for j in jobs])
+    assert np.abs(mixed.astype(int) - alone.astype(int)).max() <= 1
+    again = gen.render(jobs[:1], steps=4)  # after switching back and forth: the same weights, bit for bit
+    assert np.array_equal(again[0], alone[0])
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(micro_base), safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    emb = load_file(str(final / EMBEDS_FILE))
+    pipe.load_textual_inversion(list(emb.values()), token=list(emb))
+    pipe.load_lora_weights(str(final), weight_name=LORA_FILE, adapter_name="dive")
+    pipe.load_lora_weights(str(final), weight_name=INFRARED_LORA_FILE, adapter_name="infrared")
+    vanilla = []
+    for job, names in zip(jobs, (["dive", "infrared"], ["dive"])):
+        pipe.set_adapters(names)
+        lat = torch.randn((pipe.unet.config.in_channels, gen.height // gen.vae_scale, gen.width // gen.vae_scale),
+                          generator=torch.Generator().manual_seed(job.seed))[None]
+        img = pipe(job.prompt, height=gen.height, width=gen.width, num_inference_steps=4, guidance_scale=1.0,
+                   latents=lat, output_type="np").images[0]
+        vanilla.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    assert np.abs(np.stack(vanilla).astype(int) - alone.astype(int)).max() <= 2
+    pipe.set_adapters(["dive"])  # the infrared adapter matters: without it the infrared image differs
+    lat = torch.randn((pipe.unet.config.in_channels, gen.height // gen.vae_scale, gen.width // gen.vae_scale),
+                      generator=torch.Generator().manual_seed(jobs[0].seed))[None]
+    without = pipe(jobs[0].prompt, height=gen.height, width=gen.width, num_inference_steps=4, guidance_scale=1.0,
+                   latents=lat, output_type="np").images[0]
+    assert np.abs((np.clip(without, 0, 1) * 255).round() - alone[0]).max() > 10

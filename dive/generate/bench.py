@@ -32,15 +32,24 @@ class GenerateBenchConfig:
 
 
 def _plain_pipeline(base: Path, checkpoint: Path):
+    """The hand-written diffusers pipeline; a checkpoint with an infrared adapter gets both LoRAs
+    fused, as a user rendering infrared cameras would (the bench times infrared cameras only)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file
 
+    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE
+
     pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
-    pipe.load_lora_weights(str(checkpoint))
+    pipe.load_lora_weights(str(checkpoint), weight_name=LORA_FILE, adapter_name="dive")
+    names = ["dive"]
+    if (Path(checkpoint) / INFRARED_LORA_FILE).exists():
+        pipe.load_lora_weights(str(checkpoint), weight_name=INFRARED_LORA_FILE, adapter_name="infrared")
+        names.append("infrared")
+    pipe.set_adapters(names)
     emb = load_file(str(Path(checkpoint) / "learned_embeds.safetensors"))
     pipe.load_textual_inversion(list(emb.values()), token=list(emb))
-    pipe.fuse_lora()
+    pipe.fuse_lora(adapter_names=names)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

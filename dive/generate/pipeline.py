@@ -16,7 +16,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from dive.checkpoint import TokenTable, checkpoint_hash, load_into_pipeline
+from dive.checkpoint import SHARED_ADAPTER, CameraToken, TokenTable, checkpoint_hash, has_infrared_adapter, load_into_pipeline
+from dive.utils.adapters import INFRARED_ADAPTER, MergedAdapters
 
 
 def image_seed(seed: int, identity: str, camera: str, index: int) -> int:
@@ -74,11 +75,46 @@ class Generator:
     checkpoint_hash: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    #: a checkpoint with an infrared adapter: its LoRAs merged per modality (None: switched unmerged)
+    infrared_adapter: bool = False
+    merged: MergedAdapters | None = None
+
+    def is_infrared(self, job: ImageJob) -> bool:
+        try:
+            cam = self.table.get(job.camera)
+        except KeyError:
+            return False
+        return isinstance(cam, CameraToken) and cam.modality == "infrared"
+
+    def use_adapters(self, infrared: bool) -> None:
+        """Switch the infrared adapter on (infrared cameras) or off (visible ones)."""
+        if not self.infrared_adapter:
+            return
+        names = [SHARED_ADAPTER, INFRARED_ADAPTER] if infrared else [SHARED_ADAPTER]
+        if self.merged is not None:
+            self.merged.use(names)
+        else:
+            self.pipe.set_adapters(names)
 
     @torch.no_grad()
     def render(self, jobs: Sequence[ImageJob], *, steps: int = 25, guidance: float = 1.0, negative_prompt: str = "",
                callback=None) -> np.ndarray:
-        """Images (len(jobs), H, W, 3) uint8 for one batch of jobs, each from its own seed."""
+        """Images (len(jobs), H, W, 3) uint8 for one batch of jobs, each from its own seed. With an
+        infrared adapter, the batch is rendered in two parts, infrared and visible cameras."""
+        if self.infrared_adapter:
+            ir = [self.is_infrared(j) for j in jobs]
+            out = np.zeros((len(jobs), self.height, self.width, 3), np.uint8)
+            for flag in (True, False):
+                part = [i for i, f in enumerate(ir) if f == flag]
+                if part:
+                    self.use_adapters(flag)
+                    out[part] = self._render([jobs[i] for i in part], steps=steps, guidance=guidance,
+                                             negative_prompt=negative_prompt, callback=callback)
+            return out
+        return self._render(jobs, steps=steps, guidance=guidance, negative_prompt=negative_prompt, callback=callback)
+
+    def _render(self, jobs: Sequence[ImageJob], *, steps: int, guidance: float, negative_prompt: str,
+                callback) -> np.ndarray:
         gens = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
         latents = torch.stack([
             torch.randn((self.pipe.unet.config.in_channels, self.height // self.vae_scale, self.width // self.vae_scale),
@@ -115,7 +151,8 @@ def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, de
                    dtype: torch.dtype = torch.float32, height: int | None = None, width: int | None = None,
                    fuse: bool = True) -> Generator:
     """The diffusers SD folder `base` with DPM-Solver++ and, if given, a DiVE checkpoint loaded
-    (LoRA fused into the UNet by default: sampling then costs what the base costs)."""
+    (LoRA fused into the UNet by default: sampling then costs what the base costs; a checkpoint with
+    an infrared adapter is merged per modality as `render` switches)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     base = Path(base)
@@ -127,14 +164,18 @@ def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, de
     pipe.set_progress_bar_config(disable=True)
     table = TokenTable()
     ckpt_hash = ""
+    infrared = checkpoint is not None and has_infrared_adapter(checkpoint)
     if checkpoint is not None:
         table = load_into_pipeline(pipe, checkpoint)
-        if fuse:
+        if fuse and not infrared:
             pipe.fuse_lora()
         ckpt_hash = checkpoint_hash(checkpoint)
     pipe.to(device)
     lh, lw = latent_size(pipe)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return Generator(pipe=pipe, table=table, base=base, checkpoint=Path(checkpoint) if checkpoint else None,
-                     height=height or lh * scale, width=width or lw * scale, checkpoint_hash=ckpt_hash,
-                     device=torch.device(device), dtype=dtype)
+    gen = Generator(pipe=pipe, table=table, base=base, checkpoint=Path(checkpoint) if checkpoint else None,
+                    height=height or lh * scale, width=width or lw * scale, checkpoint_hash=ckpt_hash,
+                    device=torch.device(device), dtype=dtype, infrared_adapter=infrared,
+                    merged=MergedAdapters(pipe.unet, [SHARED_ADAPTER, INFRARED_ADAPTER]) if infrared and fuse else None)
+    gen.use_adapters(False)
+    return gen

@@ -4,7 +4,8 @@ Trainable: one embedding row per identity token (textual inversion; added to tok
 embedding matrix in ONE resize, initialised from the word "person"; a gradient mask keeps every
 other row fixed) and one peft LoRA on the UNet attention (to_q, to_k, to_v, to_out.0). Camera
 tokens are plain strings read by the LoRA (the paper) or, with `--camera-mode embedding`, learned
-rows too. accelerate handles device, mixed precision, gradient accumulation and several processes.
+rows too. `--infrared-adapter` adds a second LoRA that only infrared-camera images switch on
+(`dive.utils.adapters`). accelerate handles device, mixed precision, gradient accumulation and several processes.
 
 Exact resume: every step's randomness (batch, flips, noise, timesteps) is drawn from a generator
 seeded by (seed, step), so no RNG state needs saving and a resumed run continues the same loss
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
 from dive.train.data import TrainingSet, build_training_set, load_sources
+from dive.utils.adapters import INFRARED_ADAPTER, AdapterGate
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
@@ -92,6 +95,11 @@ class DiVETrainConfig:
         "help": "UNet layers with a LoRA: attention projections (the paper), whole transformer blocks, or all "
                 "(+ ResNet convolutions; a tiny base's attention is a small part of its renderer)",
         "choices": list(LORA_TARGET_SETS)})
+    infrared_adapter: bool = field(default=False, metadata={
+        "help": "a second UNet LoRA (same layers and rank) that is on for infrared camera images only: the shared "
+                "LoRA and the identity tokens keep what both modalities share, the infrared LoRA turns it into "
+                "infrared without having to read the camera token (see dive/utils/adapters.py); saved as "
+                "infrared_lora_weights.safetensors"})
     text_rank: int = field(default=0, metadata={
         "help": "experiment: rank of a LoRA on the text encoder's attention (0: off, as the paper: CLIP stays frozen). "
                 "The camera token precedes the identity token, so the encoder could re-map an identity per camera"})
@@ -221,6 +229,15 @@ class DiVETrainer:
         torch.manual_seed(cfg.seed)  # peft's gaussian LoRA init draws from the global generator
         self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
                                          target_modules=list(self.lora_targets)))
+        self.gate: AdapterGate | None = None
+        if cfg.infrared_adapter:
+            if not any(r.modality is Modality.INFRARED for r in training_set.records):
+                raise ValueError("infrared_adapter: the training set has no infrared images to train it on")
+            torch.manual_seed(cfg.seed + 2)
+            self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
+                                             target_modules=list(self.lora_targets)), adapter_name=INFRARED_ADAPTER)
+            self.unet.set_adapters(["default", INFRARED_ADAPTER])  # both active (and trainable); the gate switches
+            self.gate = AdapterGate(self.unet, INFRARED_ADAPTER)
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
         groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
                   {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0}]
@@ -266,10 +283,10 @@ class DiVETrainer:
         self.start_step = 0
 
     # -- state ------------------------------------------------------------------------------------
-    def _lora_state(self) -> dict:
+    def _lora_state(self, adapter: str = "default") -> dict:
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet))
+        return get_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), adapter_name=adapter)
 
     def _text_lora_params(self) -> dict[str, torch.nn.Parameter]:
         """{"<module>.lora_A": A, "<module>.lora_B": B} of the text encoder (module names of the
@@ -297,15 +314,18 @@ class DiVETrainer:
         emb = self._embeddings()
         lora = self._lora_state()
         text_lora = {k: v.detach() for k, v in self._text_lora_params().items()} or None
+        ir_lora = self._lora_state(INFRARED_ADAPTER) if self.gate is not None else None
         modules = {"lora": lora, "emb": {"rows": torch.stack(list(emb.values()))}}
         if text_lora:
             modules["text_lora"] = text_lora
+        if ir_lora:
+            modules["ir_lora"] = ir_lora
         save_training_state(ckpt, modules=modules,
                             optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                             meta=meta)
         save_checkpoint(ckpt, lora_state=lora, embeddings=emb, table=self.ts.table, meta=meta,
                         lora_rank=self.cfg.rank, lora_alpha=self.cfg.rank, target_modules=self.lora_targets,
-                        text_lora=text_lora, text_lora_alpha=self.cfg.text_rank)
+                        text_lora=text_lora, text_lora_alpha=self.cfg.text_rank, infrared_lora_state=ir_lora)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         ckpt.rename(final_dir)
@@ -328,6 +348,12 @@ class DiVETrainer:
             raise ValueError(f"{ckpt}: its token table differs from this run's data/config; use a new --out")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
         set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
+        ir_lora = {k[len("ir_lora."):]: v for k, v in tensors.items() if k.startswith("ir_lora.")}
+        if bool(ir_lora) != (self.gate is not None):
+            raise ValueError(f"{ckpt}: {'has' if ir_lora else 'has no'} infrared adapter but this run's infrared_adapter "
+                             f"is {self.gate is not None}; use the run's own settings or a new --out")
+        if ir_lora:
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), ir_lora, adapter_name=INFRARED_ADAPTER)
         text_lora = {k[len("text_lora."):]: v for k, v in tensors.items() if k.startswith("text_lora.")}
         if bool(text_lora) != bool(self.cfg.text_rank):
             raise ValueError(f"{ckpt}: {'has' if text_lora else 'has no'} text-encoder LoRA but this run's "
@@ -378,7 +404,11 @@ class DiVETrainer:
             hidden = self.text_encoder(ids.to(dev))[0]
         finally:
             self._detach_mask = None
-        pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
+        if self.gate is not None:
+            with self.gate.images(self.is_infrared[rows]):
+                pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
+        else:
+            pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
         return diffusion_loss(self.noise_scheduler, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
 
     def _detach_identity_rows(self, module, inputs, output):
@@ -469,8 +499,9 @@ class DiVETrainer:
         ids = sorted(table.identities, key=lambda t: (t.split != "train" or "ext" not in t.dataset, t.dataset, t.pid))[:n_ids]
         cams = table.infrared_cameras() or table.cameras[:2]
         prompts = [table.prompt(i, c) for i in ids for c in cams]
-        imgs = pipe(prompts, height=self.height, width=self.width, num_inference_steps=20, guidance_scale=1.0,
-                    generator=torch.Generator().manual_seed(seed), output_type="np").images
+        with self.gate.images([c.modality == "infrared" for _ in ids for c in cams]) if self.gate else nullcontext():
+            imgs = pipe(prompts, height=self.height, width=self.width, num_inference_steps=20, guidance_scale=1.0,
+                        generator=torch.Generator().manual_seed(seed), output_type="np").images
         unet.train()
         te.train()
         imgs = (imgs * 255).round().astype(np.uint8).reshape(len(ids), len(cams), self.height, self.width, 3)
