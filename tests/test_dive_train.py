@@ -414,3 +414,39 @@ def test_infrared_adapter_generation_matches_vanilla_diffusers(micro_base, infra
     without = pipe(jobs[0].prompt, height=gen.height, width=gen.width, num_inference_steps=4, guidance_scale=1.0,
                    latents=lat, output_type="np").images[0]
     assert np.abs((np.clip(without, 0, 1) * 255).round() - alone[0]).max() > 10
+
+
+def test_second_stage_trains_only_the_infrared_adapter(micro_base, tiny_world_dir, infrared_adapter_run, tmp_path):
+    """--init-from a checkpoint + --train-parts infrared-adapter: tokens and the shared LoRA stay
+    bit for bit, the infrared adapter moves, and every drawn image is infrared."""
+    from dive.checkpoint import INFRARED_LORA_FILE
+    from dive.train.trainer import train_dive
+
+    first, cfg = infrared_adapter_run
+    init = first / "final"
+    stage2 = DiVETrainConfig(**{**cfg.__dict__, "out": tmp_path / "stage2", "steps": 2, "save_every": 2,
+                                "preview_every": 0, "init_from": init, "train_parts": "infrared-adapter"})
+    trainer = DiVETrainer(stage2, progress=False)
+    drawn = []
+    loss = trainer.training_loss
+
+    def spy(step, micro):
+        from dive.utils.state import step_generator
+        from dive.train.trainer import draw_indices
+
+        g = step_generator(stage2.seed, 3, step)
+        drawn.append(draw_indices(g, stage2.batch_size, trainer.num_images, hflip=stage2.hflip,
+                                  infrared=trainer.infrared_index, infrared_share=1.0) % trainer.num_images)
+        return loss(step, micro)
+
+    trainer.training_loss = spy
+    final = trainer.train()
+    assert all(bool(trainer.is_infrared[d].all()) for d in drawn)
+    for name, same in ((EMBEDS_FILE, True), (LORA_FILE, True), (INFRARED_LORA_FILE, False)):
+        a, b = load_file(str(init / name)), load_file(str(final / name))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a) == same, name
+    with pytest.raises(ValueError, match="needs infrared_adapter"):
+        DiVETrainer(DiVETrainConfig(**{**stage2.__dict__, "infrared_adapter": False, "init_from": None}), progress=False)
+    with pytest.raises(ValueError, match="token table"):
+        DiVETrainer(DiVETrainConfig(**{**stage2.__dict__, "seed": 1}), progress=False)  # other camera strings

@@ -100,6 +100,14 @@ class DiVETrainConfig:
                 "LoRA and the identity tokens keep what both modalities share, the infrared LoRA turns it into "
                 "infrared without having to read the camera token (see dive/utils/adapters.py); saved as "
                 "infrared_lora_weights.safetensors"})
+    init_from: Path | None = field(default=None, metadata={
+        "help": "start from this DiVE checkpoint's token embeddings and LoRA(s) (its token table must be this run's: "
+                "same data and token settings)"})
+    train_parts: str = field(default="all", metadata={
+        "help": "what trains: everything, or only the infrared adapter on infrared images only (a second stage "
+                "after --init-from: identity tokens and the shared LoRA stay as they are, so visible renders do not "
+                "change and every image of the batch teaches the infrared adapter)",
+        "choices": ["all", "infrared-adapter"]})
     text_rank: int = field(default=0, metadata={
         "help": "experiment: rank of a LoRA on the text encoder's attention (0: off, as the paper: CLIP stays frozen). "
                 "The camera token precedes the identity token, so the encoder could re-map an identity per camera"})
@@ -238,9 +246,24 @@ class DiVETrainer:
                                              target_modules=list(self.lora_targets)), adapter_name=INFRARED_ADAPTER)
             self.unet.set_adapters(["default", INFRARED_ADAPTER])  # both active (and trainable); the gate switches
             self.gate = AdapterGate(self.unet, INFRARED_ADAPTER)
-        lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
-                  {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0}]
+        if cfg.init_from is not None:
+            self._load_init(Path(cfg.init_from), emb)
+        if cfg.train_parts not in ("all", "infrared-adapter"):
+            raise ValueError(f"train_parts must be 'all' or 'infrared-adapter'; got {cfg.train_parts!r}")
+        if cfg.train_parts == "infrared-adapter":
+            if self.gate is None or cfg.text_rank:
+                raise ValueError("train_parts='infrared-adapter' needs infrared_adapter=True (and no text_rank)")
+            emb.requires_grad_(False)
+            ir_params = [p for n, p in self.unet.named_parameters() if f".{INFRARED_ADAPTER}." in n]
+            for p in self.unet.parameters():
+                p.requires_grad_(False)
+            for p in ir_params:
+                p.requires_grad_(True)
+            groups = [{"params": ir_params, "lr": cfg.lr, "weight_decay": 1e-2}]
+        else:
+            lora_params = [p for p in self.unet.parameters() if p.requires_grad]
+            groups = [{"params": lora_params, "lr": cfg.lr, "weight_decay": 1e-2},
+                      {"params": [emb], "lr": cfg.embedding_lr, "weight_decay": 0.0}]
         if cfg.text_rank < 0:
             raise ValueError(f"text_rank must be >= 0; got {cfg.text_rank}")
         if cfg.text_rank:
@@ -281,6 +304,33 @@ class DiVETrainer:
         self.unet, self.text_encoder, self.optimizer = acc.prepare(self.unet, self.text_encoder, self.optimizer)
         self.run_dir = Path(cfg.out)
         self.start_step = 0
+
+    def _load_init(self, ckpt: Path, emb: torch.Tensor) -> None:
+        """Token rows and LoRA(s) of an earlier checkpoint of the same token table (--init-from)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from dive.checkpoint import EMBEDS_FILE, INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir
+
+        ckpt = check_checkpoint_dir(ckpt)
+        if TokenTable.load(ckpt / TOKENS_FILE).to_dict() != self.ts.table.to_dict():
+            raise ValueError(f"{ckpt / TOKENS_FILE}: --init-from needs a checkpoint of this run's token table "
+                             "(same data, min_images, granularity, camera_mode, vi_modalities, seed)")
+        rows = load_file(str(ckpt / EMBEDS_FILE))
+        with torch.no_grad():
+            emb[self.new_ids] = torch.stack([rows[t] for t in self.ts.table.learned_tokens]).to(emb.dtype)
+        files = [(LORA_FILE, "default")]
+        if (ckpt / INFRARED_LORA_FILE).exists():
+            if self.gate is None:
+                raise ValueError(f"{ckpt / INFRARED_LORA_FILE}: the checkpoint has an infrared adapter; "
+                                 "this run needs --infrared-adapter to continue it")
+            files.append((INFRARED_LORA_FILE, INFRARED_ADAPTER))
+        for name, adapter in files:
+            state = {k[len("unet."):]: v for k, v in load_file(str(ckpt / name)).items() if k.startswith("unet.")}
+            res = set_peft_model_state_dict(self.unet, state, adapter_name=adapter)
+            missing = [k for k in getattr(res, "missing_keys", []) if f".{adapter}." in k and "lora_" in k]
+            if getattr(res, "unexpected_keys", None) or missing or not state:
+                raise ValueError(f"{ckpt / name}: its LoRA layers differ from this run's (lora_targets, rank)")
 
     # -- state ------------------------------------------------------------------------------------
     def _lora_state(self, adapter: str = "default") -> dict:
@@ -379,8 +429,9 @@ class DiVETrainer:
     def training_loss(self, step: int, micro: int) -> torch.Tensor:
         cfg, acc = self.cfg, self.accelerator
         g = step_generator(cfg.seed, 3, step)
+        share = 1.0 if cfg.train_parts == "infrared-adapter" else cfg.infrared_share  # only what trains the adapter
         idx_all = draw_indices(g, cfg.batch_size, self.num_images, hflip=cfg.hflip, infrared=self.infrared_index,
-                               infrared_share=cfg.infrared_share)
+                               infrared_share=share)
         t_all = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         drop_all = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
         eps_shape = (cfg.batch_size, *self.mean.shape[1:])
