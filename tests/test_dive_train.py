@@ -420,7 +420,6 @@ def test_second_stage_trains_only_the_infrared_adapter(micro_base, tiny_world_di
     """--init-from a checkpoint + --train-parts infrared-adapter: tokens and the shared LoRA stay
     bit for bit, the infrared adapter moves, and every drawn image is infrared."""
     from dive.checkpoint import INFRARED_LORA_FILE
-    from dive.train.trainer import train_dive
 
     first, cfg = infrared_adapter_run
     init = first / "final"
