@@ -165,6 +165,20 @@ def test_oracle_renders_the_ids_in_the_infrared_cameras(tiny_world_dir, ext_ids,
     # only a SynthVI world has a renderer: a Market-layout folder is refused, naming it
     with pytest.raises(ValueError, match="SynthVI identities only"):
         run_oracle(OracleConfig(data=tiny_world_dir / "external", out=tmp_path / "o4"), progress=False)
+    # --material: every garment in one material (what a visible image cannot tell); ids whose garments
+    # were all of that material already are unchanged, the others change
+    people = json.loads((tiny_world_dir / "identities.json").read_text())["external"]
+    denim = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "o5", n=N, material="denim"), progress=False)
+    changed = 0
+    for r in src.rows:
+        p = people[str(r.pid)]
+        rel = Path(r.path).relative_to(out)
+        same = np.array_equal(np.asarray(Image.open(r.path)), np.asarray(Image.open(denim / rel)))
+        assert same == (p["upper"]["material"] == p["lower"]["material"] == "denim"), rel
+        changed += not same
+    assert changed > 0
+    with pytest.raises(ValueError, match="not a SynthVI material"):
+        run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "o6", material="silk"), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

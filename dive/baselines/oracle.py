@@ -16,7 +16,7 @@ crop and noise come from (world seed, --seed, pid, camera, index), so the output
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,11 @@ from dive.utils.io import save_image
 @dataclass
 class OracleConfig(BaselineSelection):
     """True infrared renders of the external identities (SynthVI worlds only)."""
+
+    material: str = field(default="", metadata={
+        "help": "render every garment in this material instead of its own (e.g. denim): the ceiling of a generator "
+                "that knows all a visible image shows (colours, patterns, shape) but not the materials, which only "
+                "infrared reveals (empty: the true materials)"})
 
 
 def _load_world(data: Path) -> tuple[dict, dict]:
@@ -50,6 +55,13 @@ def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
     if inputs.data_format != "synthvi":
         raise ValueError(f"{cfg.data}: a {inputs.data_format} dataset; the oracle renders SynthVI identities only")
     world, people = _load_world(cfg.data)
+    if cfg.material:
+        from dive.data.synthvi.world import MATERIALS
+
+        if cfg.material not in MATERIALS:
+            raise ValueError(f"material {cfg.material!r}: not a SynthVI material (one of {', '.join(MATERIALS)})")
+        people = {k: {**p, "upper": {**p["upper"], "material": cfg.material},
+                      "lower": {**p["lower"], "material": cfg.material}} for k, p in people.items()}
     H, W, world_seed = int(world["height"]), int(world["width"]), int(world["seed"])
     jobs, keys, cams = plan_jobs(inputs, min_images=cfg.min_images, top_k=cfg.top_k, cameras=cfg.cameras, n=cfg.n,
                                  seed=cfg.seed, baseline="oracle")
@@ -60,7 +72,8 @@ def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
     settings = base_settings("oracle", inputs, cams, keys, min_images=cfg.min_images, top_k=cfg.top_k, n=cfg.n,
                              seed=cfg.seed, height=H, width=W, world_seed=world_seed,
                              transform="SynthVI renderer: the identity's attributes in the infrared camera "
-                                       "(a ceiling, not a method)")
+                                       "(a ceiling, not a method)"
+                                       + (f"; every garment rendered as {cfg.material}" if cfg.material else ""))
     prepare_out(cfg.out, settings, inputs.protected, cfg.force)
     strips = {c: background_strip(world_seed, "vi", VI_CAMERAS[c].scene, c, H, W) for c in cams}
     for job in tqdm(jobs, desc="oracle", unit="img", disable=not progress):
