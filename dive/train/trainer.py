@@ -96,10 +96,10 @@ class DiVETrainConfig:
                 "(+ ResNet convolutions; a tiny base's attention is a small part of its renderer)",
         "choices": list(LORA_TARGET_SETS)})
     infrared_adapter: bool = field(default=False, metadata={
-        "help": "a second UNet LoRA (same layers and rank) that is on for infrared camera images only: the shared "
+        "help": "experiment: a second UNet LoRA (same layers and rank) that is on for infrared camera images only: the shared "
                 "LoRA and the identity tokens keep what both modalities share, the infrared LoRA turns it into "
                 "infrared without having to read the camera token (see dive/utils/adapters.py); saved as "
-                "infrared_lora_weights.safetensors"})
+                "infrared_lora_weights.safetensors. On SynthVI it did not carry identity into infrared (checkpoints/README.md)"})
     init_from: Path | None = field(default=None, metadata={
         "help": "start from this DiVE checkpoint's token embeddings and LoRA(s) (its token table must be this run's: "
                 "same data and token settings)"})
