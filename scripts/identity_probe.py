@@ -6,8 +6,10 @@ which it saw in infrared (whether it can draw an infrared identity at all).
 
     OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
 
-keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base), or
-any `dive train` option (DiVETrainConfig field).
+keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base),
+captions=1 (an oracle for a captioner: every prompt, in training and generation, also names the
+identity's true attributes from the world's identities.json, in the words of the base's web
+captions), or any `dive train` option (DiVETrainConfig field).
 """
 import sys
 from collections import Counter
@@ -28,6 +30,22 @@ k_vi = int(extra.pop("vi_k", k))
 repeat = int(extra.pop("repeat", 1))
 base = Path(extra.pop("base", "checkpoints/tiny-sd-base"))
 data, reid = Path("data/synthvi"), Path("runs/reid-baselines/agw-seed0")
+if extra.pop("captions", "0") == "1":
+    import json
+
+    from dive.checkpoint import IdentityToken, TokenTable
+    from dive.data.synthvi.world import Identity
+
+    people = json.loads((data / "identities.json").read_text())
+    world_key = {"synthvi_vi": "vi", "synthvi_ext": "external"}
+    plain_prompt = TokenTable.prompt
+
+    def prompt_with_caption(self, identity, camera):
+        t = identity if isinstance(identity, IdentityToken) else self.get(identity)
+        person = Identity.from_dict(people[world_key[t.dataset]][str(t.pid)])
+        return plain_prompt(self, identity, camera) + ", " + person.caption().split(", ", 1)[1]
+
+    TokenTable.prompt = prompt_with_caption  # this process only: training prompts and generated images alike
 
 vi, ext = load_sources(data)
 counts = Counter(r.pid for r in ext)
