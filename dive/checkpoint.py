@@ -47,6 +47,7 @@ TEXT_LORA_FILE = "text_encoder_lora.safetensors"
 INFRARED_LORA_FILE = "infrared_lora_weights.safetensors"
 #: adapter names of the shared LoRA and the infrared adapter once loaded into a pipeline
 SHARED_ADAPTER = "dive"
+INFRARED_ADAPTER = "infrared"
 REFERENCES_DIR = "references"  # optional: a strip of real images per identity (the studio shows it)
 DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
 CAMERA_MODES = ("string", "embedding", "both")
@@ -282,8 +283,6 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARE
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
     if has_infrared_adapter(directory):
-        from dive.utils.adapters import INFRARED_ADAPTER
-
         pipe.load_lora_weights(str(directory), weight_name=INFRARED_LORA_FILE, adapter_name=INFRARED_ADAPTER)
         pipe.set_adapters([adapter_name])
     if (directory / TEXT_LORA_FILE).exists():

@@ -24,6 +24,7 @@ from safetensors.torch import load_file  # noqa: E402
 from dive.base.pretrain import LatentImageEncoder  # noqa: E402
 from dive.data.registry import load_dataset  # noqa: E402
 from dive.data.synthvi.world import COLOR_NAMES, HAIR_COLORS, LOWER_PATTERNS, UPPER_PATTERNS, Identity  # noqa: E402
+from dive.utils.diffusion import encode_latents  # noqa: E402
 from dive.utils.io import load_rgb_tensor  # noqa: E402
 
 state_path = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/base-clip/text/checkpoint-600") / "state.safetensors"
@@ -75,8 +76,9 @@ hits = {f: 0 for f in FIELDS}
 for pid in pids:
     recs = by_id[pid][:8]
     with torch.no_grad():
-        x = load_rgb_tensor([r.path for r in recs], 128, 64, resize=True, desc="").float() / 127.5 - 1
-        img = F.normalize(F.normalize(image_encoder(vae.encode(x).latent_dist.mean), dim=-1).mean(0), dim=-1)
+        latents = encode_latents(vae, load_rgb_tensor([r.path for r in recs], 128, 64, resize=True, desc=""),
+                                 flip=False, progress=False)[0]
+        img = F.normalize(F.normalize(image_encoder(latents), dim=-1).mean(0), dim=-1)
     person = Identity.from_dict(people[str(pid)])
     for field, values in FIELDS.items():
         scores = text_emb([with_value(person, field, v).caption() for v in values]) @ img

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from dive.checkpoint import EMBEDS_FILE, TOKENS_FILE, TokenTable
 from dive.data.records import Modality
 from dive.data.registry import load_dataset
+from dive.utils.diffusion import encode_latents
 from dive.utils.io import load_rgb_tensor
 
 ckpt = Path(sys.argv[1])
@@ -48,8 +49,8 @@ pids = sorted({r.pid for r in records})
 
 @torch.no_grad()
 def mean_latent(recs) -> np.ndarray:
-    x = load_rgb_tensor([r.path for r in recs], 128, 64, resize=True, desc="").float() / 127.5 - 1
-    return vae.encode(x).latent_dist.mean.mean(0).flatten().numpy()
+    images = load_rgb_tensor([r.path for r in recs], 128, 64, resize=True, desc="")
+    return encode_latents(vae, images, flip=False, progress=False)[0].mean(0).flatten().numpy()
 
 
 rows = {"vis": [], "ir": [], "tok": []}

@@ -326,7 +326,7 @@ def test_infrared_adapter_trains_on_infrared_images_only(micro_base, tiny_world_
     untouched, trains, resumes exactly, and is refused by a run without it."""
     from dive.checkpoint import INFRARED_LORA_FILE
     from dive.train.trainer import train_dive
-    from dive.utils.adapters import INFRARED_ADAPTER
+    from dive.checkpoint import INFRARED_ADAPTER
 
     run, cfg = infrared_adapter_run
     final = check_checkpoint_dir(run / "final")

@@ -37,14 +37,13 @@ def _plain_pipeline(base: Path, checkpoint: Path):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file
 
-    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE, SHARED_ADAPTER
-    from dive.utils.adapters import INFRARED_ADAPTER
+    from dive.checkpoint import INFRARED_ADAPTER, INFRARED_LORA_FILE, LORA_FILE, SHARED_ADAPTER, has_infrared_adapter
 
     pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.load_lora_weights(str(checkpoint), weight_name=LORA_FILE, adapter_name=SHARED_ADAPTER)
     names = [SHARED_ADAPTER]
-    if (Path(checkpoint) / INFRARED_LORA_FILE).exists():
+    if has_infrared_adapter(checkpoint):
         pipe.load_lora_weights(str(checkpoint), weight_name=INFRARED_LORA_FILE, adapter_name=INFRARED_ADAPTER)
         names.append(INFRARED_ADAPTER)
     pipe.set_adapters(names)

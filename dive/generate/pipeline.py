@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from dive.checkpoint import SHARED_ADAPTER, CameraToken, TokenTable, checkpoint_hash, has_infrared_adapter, load_into_pipeline
-from dive.utils.adapters import INFRARED_ADAPTER, MergedAdapters
+from dive.checkpoint import (INFRARED_ADAPTER, SHARED_ADAPTER, CameraToken, TokenTable, checkpoint_hash,
+                             has_infrared_adapter, load_into_pipeline)
+from dive.utils.adapters import MergedAdapters
 
 
 def image_seed(seed: int, identity: str, camera: str, index: int) -> int:

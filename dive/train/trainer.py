@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dive.checkpoint import TOKENS_FILE, TokenTable, reference_path, save_checkpoint
+from dive.checkpoint import INFRARED_ADAPTER, TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
 from dive.train.data import TrainingSet, build_training_set, load_sources
-from dive.utils.adapters import INFRARED_ADAPTER, AdapterGate
+from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import load_rgb_tensor, save_image, write_json
@@ -209,6 +209,7 @@ class DiVETrainer:
             training_set = build_training_set(vi, ext, min_images=cfg.min_images, granularity=cfg.granularity,
                                               camera_mode=cfg.camera_mode, vi_modalities=cfg.vi_modalities, seed=cfg.seed)
         self.ts = training_set
+        self.is_infrared = torch.tensor([r.modality is Modality.INFRARED for r in training_set.records], dtype=torch.bool)
         table = training_set.table
         learned = table.learned_tokens
         init = [cfg.init_word] * len(table.identities) + ["camera"] * (len(learned) - len(table.identities))
@@ -239,7 +240,7 @@ class DiVETrainer:
                                          target_modules=list(self.lora_targets)))
         self.gate: AdapterGate | None = None
         if cfg.infrared_adapter:
-            if not any(r.modality is Modality.INFRARED for r in training_set.records):
+            if not self.is_infrared.any():
                 raise ValueError("infrared_adapter: the training set has no infrared images to train it on")
             torch.manual_seed(cfg.seed + 2)
             self.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
@@ -287,7 +288,6 @@ class DiVETrainer:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.height, self.width = h * scale, w * scale
         # checked before the minutes of image loading and encoding
-        self.is_infrared = torch.tensor([r.modality is Modality.INFRARED for r in training_set.records], dtype=torch.bool)
         self.infrared_index = torch.nonzero(self.is_infrared).flatten()
         if not 0.0 <= cfg.infrared_share < 1.0:
             raise ValueError(f"infrared_share must be in [0, 1); got {cfg.infrared_share}")
@@ -310,7 +310,7 @@ class DiVETrainer:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        from dive.checkpoint import EMBEDS_FILE, INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir
+        from dive.checkpoint import EMBEDS_FILE, INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir, has_infrared_adapter
 
         ckpt = check_checkpoint_dir(ckpt)
         if TokenTable.load(ckpt / TOKENS_FILE).to_dict() != self.ts.table.to_dict():
@@ -320,7 +320,7 @@ class DiVETrainer:
         with torch.no_grad():
             emb[self.new_ids] = torch.stack([rows[t] for t in self.ts.table.learned_tokens]).to(emb.dtype)
         files = [(LORA_FILE, "default")]
-        if (ckpt / INFRARED_LORA_FILE).exists():
+        if has_infrared_adapter(ckpt):
             if self.gate is None:
                 raise ValueError(f"{ckpt / INFRARED_LORA_FILE}: the checkpoint has an infrared adapter; "
                                  "this run needs --infrared-adapter to continue it")
@@ -455,12 +455,13 @@ class DiVETrainer:
             hidden = self.text_encoder(ids.to(dev))[0]
         finally:
             self._detach_mask = None
-        if self.gate is not None:
-            with self.gate.images(self.is_infrared[rows]):
-                pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
-        else:
+        with self._infrared_gate(self.is_infrared[rows]):
             pred = self.unet(noisy.to(dev), t.to(dev), encoder_hidden_states=hidden).sample
         return diffusion_loss(self.noise_scheduler, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
+
+    def _infrared_gate(self, infrared):
+        """The infrared adapter on for the images where `infrared` is true (nothing without one)."""
+        return self.gate.images(infrared) if self.gate is not None else nullcontext()
 
     def _detach_identity_rows(self, module, inputs, output):
         """Forward hook on the token embedding: detach the masked positions (see identity_modalities)."""
@@ -550,7 +551,7 @@ class DiVETrainer:
         ids = sorted(table.identities, key=lambda t: (t.split != "train" or "ext" not in t.dataset, t.dataset, t.pid))[:n_ids]
         cams = table.infrared_cameras() or table.cameras[:2]
         prompts = [table.prompt(i, c) for i in ids for c in cams]
-        with self.gate.images([c.modality == "infrared" for _ in ids for c in cams]) if self.gate else nullcontext():
+        with self._infrared_gate([c.modality == "infrared" for _ in ids for c in cams]):
             imgs = pipe(prompts, height=self.height, width=self.width, num_inference_steps=20, guidance_scale=1.0,
                         generator=torch.Generator().manual_seed(seed), output_type="np").images
         unet.train()

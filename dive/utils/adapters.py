@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-INFRARED_ADAPTER = "infrared"
+from dive.checkpoint import INFRARED_ADAPTER
 
 
 def _lora_layers(model: torch.nn.Module, adapter: str) -> list[torch.nn.Module]:
@@ -42,7 +42,8 @@ class AdapterGate:
         layers = _lora_layers(model, adapter)
         if not layers:
             raise ValueError(f"the model has no LoRA adapter named {adapter!r}")
-        self.handles = [m.lora_B[adapter].register_forward_hook(self._hook) for m in layers]
+        for m in layers:
+            m.lora_B[adapter].register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
         if self.mask is None:
@@ -62,12 +63,6 @@ class AdapterGate:
             yield
         finally:
             self.mask = None
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
 
 class MergedAdapters:
     """Merge a chosen set of a model's peft adapters into its weights, switchable exactly.
