@@ -64,6 +64,8 @@ class IdentityToken:
     pid: int
     images: int
     split: str = "train"
+    #: words the prompt adds after the template ("wearing a red shirt ..."; `dive train --captions`); "" none
+    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,14 @@ class TokenTable:
         return [c for c in self.cameras if c.modality == "infrared"]
 
     def prompt(self, identity: str | IdentityToken, camera: str | CameraToken) -> str:
+        """The template filled in, followed by ", " + the identity's caption when it has one."""
+        if not isinstance(identity, IdentityToken):
+            identity = self._by_token.get(identity, identity)
         idt = identity.token if isinstance(identity, IdentityToken) else identity
         cam = camera.token if isinstance(camera, CameraToken) else camera
-        return self.template.format(identity=idt, camera=cam)
+        text = self.template.format(identity=idt, camera=cam)
+        caption = identity.caption if isinstance(identity, IdentityToken) else ""
+        return f"{text}, {caption}" if caption else text
 
     @property
     def learned_tokens(self) -> list[str]:
@@ -127,7 +134,8 @@ class TokenTable:
         return {
             "template": self.template,
             "camera_mode": self.camera_mode,
-            "identities": [asdict(t) for t in self.identities],
+            # no "caption" key without a caption: token tables of caption-free runs stay as they were
+            "identities": [{k: v for k, v in asdict(t).items() if k != "caption" or v} for t in self.identities],
             "cameras": [asdict(c) for c in self.cameras],
         }
 

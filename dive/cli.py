@@ -242,6 +242,17 @@ def _cmd_studio_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from dive.caption.run import CaptionConfig, run_caption
+
+    cfg = dataclass_from_args(CaptionConfig, args)
+    path = run_caption(cfg)
+    print((cfg.out / "report.md").read_text().rstrip())
+    print(f"  written: {path}, {cfg.out / 'report.json'}")
+    print(f"next: dive train ... --captions {path}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
@@ -355,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataclass_arguments(p, BasePretrainConfig)
     p.set_defaults(func=_cmd_base_pretrain)
+
+    from dive.caption.run import CaptionConfig
+
+    _add_stage(sub, "caption", "describe every training identity in words (attribute reader trained on the web pool)",
+               CaptionConfig, _cmd_caption)
 
     from dive.train.trainer import DiVETrainConfig
 

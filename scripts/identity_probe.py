@@ -7,15 +7,16 @@ which it saw in infrared (whether it can draw an infrared identity at all).
     OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
 
 keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base),
-captions=1 (an oracle for a captioner: every prompt, in training and generation, also names the
-identity's true attributes from the world's identities.json, in the words of the base's web
-captions), or any `dive train` option (DiVETrainConfig field).
+captions=FILE (every prompt, in training and generation, also names the identity's attributes:
+`dive caption` writes FILE; `dive caption --oracle` the world's true attributes, a captioner's
+ceiling), or any `dive train` option (DiVETrainConfig field).
 """
 import sys
 from collections import Counter
 from pathlib import Path
 
 from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
+from dive.caption.run import load_captions
 from dive.generate.run import GenerateConfig, generate
 from dive.metrics.quality import MetricsConfig, quality_report, summary_lines
 from dive.train.data import build_training_set, load_sources
@@ -30,30 +31,14 @@ k_vi = int(extra.pop("vi_k", k))
 repeat = int(extra.pop("repeat", 1))
 base = Path(extra.pop("base", "checkpoints/tiny-sd-base"))
 data, reid = Path("data/synthvi"), Path("runs/reid-baselines/agw-seed0")
-if extra.pop("captions", "0") == "1":
-    import json
-
-    from dive.checkpoint import IdentityToken, TokenTable
-    from dive.data.synthvi.world import Identity
-
-    people = json.loads((data / "identities.json").read_text())
-    world_key = {"synthvi_vi": "vi", "synthvi_ext": "external"}
-    plain_prompt = TokenTable.prompt
-
-    def prompt_with_caption(self, identity, camera):
-        t = identity if isinstance(identity, IdentityToken) else self.get(identity)
-        person = Identity.from_dict(people[world_key[t.dataset]][str(t.pid)])
-        return plain_prompt(self, identity, camera) + ", " + person.caption().split(", ", 1)[1]
-
-    TokenTable.prompt = prompt_with_caption  # this process only: training prompts and generated images alike
-
+captions = load_captions(extra["captions"]) if "captions" in extra else None
 vi, ext = load_sources(data)
 counts = Counter(r.pid for r in ext)
 keep_ext = set(sorted((p for p in counts if counts[p] >= 12), key=lambda p: (-counts[p], p))[:k])
 keep_vi = set(sorted({r.pid for r in vi})[:k_vi])
 # options that shape the training set go to it too (the trainer is handed the set, not the config)
 shape = {key: extra[key] for key in ("granularity", "camera_mode", "vi_modalities") if key in extra}
-ts = build_training_set([r for r in vi if r.pid in keep_vi], [r for r in ext if r.pid in keep_ext], **shape)
+ts = build_training_set([r for r in vi if r.pid in keep_vi], [r for r in ext if r.pid in keep_ext], captions=captions, **shape)
 if repeat > 1:  # the identity token written N times: N times its share of the (near-uniform) cross-attention
     ts.table.template = ts.table.template.replace("{identity}", " ".join(["{identity}"] * repeat))
     id_of = {(t.dataset, t.pid): t.token for t in ts.table.identities}
@@ -62,7 +47,8 @@ if repeat > 1:  # the identity token written N times: N times its share of the (
 print(ts.prompts[0])
 print(f"probe: {len(ts.table.identities)} identity tokens, {len(ts.records)} images")
 fields = DiVETrainConfig.__dataclass_fields__
-typed = {key: type(fields[key].default)(v) if not isinstance(fields[key].default, bool) else v == "1" for key, v in extra.items()}
+typed = {key: (v == "1" if isinstance(fields[key].default, bool) else v if fields[key].default is None
+              else type(fields[key].default)(v)) for key, v in extra.items()}
 cfg = DiVETrainConfig(base=base, data=data, out=out / "train", steps=steps, save_every=500, preview_every=0, threads=2, **typed)
 ckpt = DiVETrainer(cfg, training_set=ts).train()
 tag = f"g{guidance:g}"

@@ -49,9 +49,12 @@ def load_sources(vi: Path, vi_format: str | None = None, external: Path | None =
 
 def build_training_set(vi_records: list[Record], ext_records: list[Record], *, min_images: int = 12,
                        granularity: str = "camera", camera_mode: str = "embedding", vi_modalities: str = "both",
-                       seed: int = 0) -> TrainingSet:
+                       seed: int = 0, captions: dict[str, str] | None = None) -> TrainingSet:
     """Select the records, make one identity token per person and one camera token per camera
-    (or per modality with `granularity="modality"`), and write each record's prompt."""
+    (or per modality with `granularity="modality"`), and write each record's prompt.
+
+    `captions` ({"<dataset>/<pid>": words}, `dive.caption.run.load_captions`): every identity's
+    prompt also names what it looks like; each training identity needs one."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if camera_mode not in ("string", "embedding"):
@@ -68,7 +71,13 @@ def build_training_set(vi_records: list[Record], ext_records: list[Record], *, m
 
     per_id = Counter((r.dataset, r.pid) for r in records)
     split_of = {(r.dataset, r.pid): r.split for r in records}
-    identities = [IdentityToken(identity_token_name(ds, pid), ds, pid, n, split_of[(ds, pid)])
+    if captions is not None:
+        missing = [f"{ds}/{pid}" for ds, pid in sorted(per_id) if f"{ds}/{pid}" not in captions]
+        if missing:
+            raise ValueError(f"captions: {len(missing)} of {len(per_id)} training identities have none, e.g. "
+                             f"{missing[:3]}; write them with `dive caption` on the same data")
+    identities = [IdentityToken(identity_token_name(ds, pid), ds, pid, n, split_of[(ds, pid)],
+                                caption=captions[f"{ds}/{pid}"] if captions is not None else "")
                   for (ds, pid), n in sorted(per_id.items())]
 
     # cameras: every (dataset, camera) seen, or one per (dataset-group, modality)

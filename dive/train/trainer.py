@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from dive.checkpoint import INFRARED_ADAPTER, TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
+from dive.caption.run import load_captions
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
@@ -81,6 +82,9 @@ class DiVETrainConfig:
                 "into its token, so the LoRA must learn to draw a visible-learned identity in infrared, which is "
                 "all the external ids have",
         "choices": ["both", "visible"]})
+    captions: Path | None = field(default=None, metadata={
+        "help": "captions file (`dive caption`): every prompt also names what its identity looks like, "
+                "\"a [camera] photo of [identity] person, wearing a ...\"; kept in tokens.json, so generation uses them"})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "images per optimizer step (all processes, all accumulation)"})
@@ -207,7 +211,8 @@ class DiVETrainer:
         if training_set is None:
             vi, ext = load_sources(cfg.data, cfg.data_format, cfg.external, cfg.external_format)
             training_set = build_training_set(vi, ext, min_images=cfg.min_images, granularity=cfg.granularity,
-                                              camera_mode=cfg.camera_mode, vi_modalities=cfg.vi_modalities, seed=cfg.seed)
+                                              camera_mode=cfg.camera_mode, vi_modalities=cfg.vi_modalities, seed=cfg.seed,
+                                              captions=load_captions(cfg.captions) if cfg.captions else None)
         self.ts = training_set
         self.is_infrared = torch.tensor([r.modality is Modality.INFRARED for r in training_set.records], dtype=torch.bool)
         table = training_set.table
@@ -294,6 +299,10 @@ class DiVETrainer:
         if cfg.infrared_share and not 0 < len(self.infrared_index) < len(training_set.records):
             raise ValueError(f"infrared_share {cfg.infrared_share}: the training set has {len(self.infrared_index)} "
                              f"infrared images of {len(training_set.records)}; it needs both kinds")
+        longest = max(len(ids) for ids in self.tokenizer(sorted(set(training_set.prompts))).input_ids)
+        if longest > self.tokenizer.model_max_length:  # truncation would silently drop words (captions are long)
+            raise ValueError(f"a training prompt is {longest} tokens; the text encoder reads "
+                             f"{self.tokenizer.model_max_length}: shorten the captions or the template")
         images = load_images(training_set.records, self.height, self.width)
         self.mean, self.std = encode_latents(self.vae, images, device=dev, flip=cfg.hflip, progress=progress)
         self.num_images = len(images)
@@ -587,7 +596,8 @@ def package_checkpoint(src: Path, dst: Path) -> Path:
     cfg = json.loads((check_checkpoint_dir(src) / "dive.json").read_text())["config"]
     vi, ext = load_sources(Path(cfg["data"]), cfg.get("data_format"), cfg.get("external"), cfg.get("external_format"))
     ts = build_training_set(vi, ext, min_images=cfg["min_images"], granularity=cfg["granularity"],
-                            camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"])
+                            camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"],
+                            captions=load_captions(cfg["captions"]) if cfg.get("captions") else None)
     if ts.table.to_dict() != TokenTable.load(src / TOKENS_FILE).to_dict():
         raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
     if dst.exists():

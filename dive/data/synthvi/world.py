@@ -22,6 +22,7 @@ Rules (each one is what makes a later benchmark meaningful):
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -194,6 +195,84 @@ class Identity:
         if self.hat:
             parts.append(f"wearing a {self.hat} cap")
         return ", ".join(parts)
+
+
+#: what a captioner can read off a visible image, as slots of `Identity.caption` ("-": none / not shown)
+CAPTION_SLOTS: dict[str, tuple[str, ...]] = {
+    "height": tuple(HEIGHTS),
+    "build": tuple(BUILDS),
+    "upper_color": COLOR_NAMES,
+    "upper_color2": ("-", *COLOR_NAMES),
+    "upper_pattern": UPPER_PATTERNS,
+    "sleeves": SLEEVES,
+    "lower_color": COLOR_NAMES,
+    "lower_color2": ("-", *COLOR_NAMES),
+    "lower_pattern": LOWER_PATTERNS,
+    "lower_type": LOWER_TYPES,
+    "shoes": ("black", "white", "brown", "gray", "red", "blue"),
+    "hair_style": HAIR_STYLES,
+    "hair_color": ("-", *HAIR_COLORS),
+    "backpack": ("-", *ACCESSORY_COLORS),
+    "bag": ("-", *ACCESSORY_COLORS),
+    "hat": ("-", *ACCESSORY_COLORS),
+}
+
+_GARMENT = r"(?P<{g}_color>\w+)(?: and (?P<{g}_color2>\w+) (?P<{g}_pattern>\w+))?"
+_CAPTION_RE = re.compile(
+    r"a photo of a (?P<height>\w+) (?P<build>\w+) person(?:, seen from the \w+)?"
+    r", wearing a " + _GARMENT.format(g="upper") + r" (?P<upper_word>shirt|sweater)"
+    r" and " + _GARMENT.format(g="lower") + r" (?P<lower_type>pants|shorts|skirt) and (?P<shoes>\w+) shoes"
+    r", (?:(?P<bald>bald)|with (?P<hair_style>\w+) (?P<hair_color>\w+) hair)"
+    r"(?:, carrying (?:a (?P<backpack>\w+) backpack)?(?: and )?(?:a (?P<bag>\w+) bag)?)?"
+    r"(?:, wearing a (?P<hat>\w+) cap)?")
+
+
+def parse_caption(caption: str) -> dict[str, str]:
+    """The slots (`CAPTION_SLOTS`) of a caption written by `Identity.caption`: the labels a
+    captioner learns from the web pool. Raises ValueError for text of any other form."""
+    m = _CAPTION_RE.fullmatch(caption.strip())
+    if m is None:
+        raise ValueError(f"not a SynthVI caption: {caption!r}")
+    g = m.groupdict()
+    slots = {
+        "height": g["height"], "build": g["build"],
+        "upper_color": g["upper_color"], "upper_color2": g["upper_color2"] or "-", "upper_pattern": g["upper_pattern"] or "plain",
+        "sleeves": "short" if g["upper_word"] == "shirt" else "long",
+        "lower_color": g["lower_color"], "lower_color2": g["lower_color2"] or "-", "lower_pattern": g["lower_pattern"] or "plain",
+        "lower_type": g["lower_type"], "shoes": g["shoes"],
+        "hair_style": "bald" if g["bald"] else g["hair_style"], "hair_color": "-" if g["bald"] else g["hair_color"],
+        "backpack": g["backpack"] or "-", "bag": g["bag"] or "-", "hat": g["hat"] or "-",
+    }
+    for slot, value in slots.items():
+        if value not in CAPTION_SLOTS[slot]:
+            raise ValueError(f"caption {caption!r}: {slot} {value!r} is not one of {CAPTION_SLOTS[slot]}")
+    return slots
+
+
+def caption_slots(identity: Identity) -> dict[str, str]:
+    """An identity's caption slots (what its visible images show; materials, skin and bag side are not named)."""
+    return parse_caption(identity.caption())
+
+
+def describe(slots: dict[str, str]) -> str:
+    """The words after "person" in `Identity.caption` for these slots ("wearing a red shirt and ..."):
+    how a DiVE prompt names what an identity looks like. A second colour of a plain garment, the hair
+    colour of a bald person and a second colour equal to the first are ignored, as in the world."""
+    def garment(part: str) -> Garment:
+        color, color2 = slots[f"{part}_color"], slots[f"{part}_color2"]
+        pattern = slots[f"{part}_pattern"]
+        if pattern != "plain" and color2 in ("-", color):
+            pattern = "plain"  # a two-colour pattern needs two colours
+        return Garment(color, color2 if pattern != "plain" else color, pattern, "cotton")
+
+    ident = Identity(
+        height=slots["height"], build=slots["build"], skin="light",
+        hair_color=slots["hair_color"] if slots["hair_color"] != "-" else "black", hair_style=slots["hair_style"],
+        upper=garment("upper"), sleeves=slots["sleeves"], lower=garment("lower"), lower_type=slots["lower_type"],
+        shoes=slots["shoes"], backpack=None if slots["backpack"] == "-" else slots["backpack"],
+        bag=None if slots["bag"] == "-" else slots["bag"], bag_side="left", hat=None if slots["hat"] == "-" else slots["hat"],
+    )
+    return ident.caption().split(", ", 1)[1]
 
 
 def _sample_garment(rng: np.random.Generator, patterns: Sequence[str]) -> Garment:
