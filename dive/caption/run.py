@@ -59,7 +59,7 @@ class CaptionConfig:
     external_format: str | None = field(default=None, metadata={"help": "layout of --external (auto-detected)"})
     web: Path | None = field(default=None, metadata={"help": "captioned web pool (captions.jsonl + images; default: DATA/web)"})
     oracle: bool = field(default=False, metadata={"help": "write the SynthVI world's true captions instead (a ceiling)"})
-    steps: int = field(default=1500, metadata={"help": "reader training steps"})
+    steps: int = field(default=5000, metadata={"help": "reader training steps (1,500: upper colour 74% right per identity; 5,000: 79%)"})
     batch_size: int = field(default=64, metadata={"help": "web images per step"})
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate (warm-up, cosine decay)"})
     width: int = field(default=32, metadata={"help": "reader width (channels of its first conv)"})
