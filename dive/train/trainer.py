@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dive.caption.run import load_captions
 from dive.checkpoint import INFRARED_ADAPTER, TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
-from dive.caption.run import load_captions
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
