@@ -324,9 +324,8 @@ def infrared_adapter_run(micro_base, tiny_world_dir, tmp_path_factory):
 def test_infrared_adapter_trains_on_infrared_images_only(micro_base, tiny_world_dir, infrared_adapter_run, tmp_path):
     """The infrared adapter gets gradient from infrared images only, leaves visible images' outputs
     untouched, trains, resumes exactly, and is refused by a run without it."""
-    from dive.checkpoint import INFRARED_LORA_FILE
+    from dive.checkpoint import INFRARED_ADAPTER, INFRARED_LORA_FILE
     from dive.train.trainer import train_dive
-    from dive.checkpoint import INFRARED_ADAPTER
 
     run, cfg = infrared_adapter_run
     final = check_checkpoint_dir(run / "final")

@@ -23,6 +23,8 @@ from dive.utils.io import atomic_path, write_json
 
 READER_WEIGHTS = "reader.safetensors"
 READER_CONFIG = "reader.json"
+#: (height, width) the reader reads: images of any size are resized to it
+INPUT_SIZE = (128, 64)
 
 
 class AttributeReader(nn.Module):

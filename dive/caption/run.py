@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dive.caption.reader import AttributeReader
+from dive.caption.reader import INPUT_SIZE, AttributeReader
 from dive.data.records import Modality, Record
 from dive.utils.config import config_to_dict
 from dive.utils.io import load_rgb_tensor, write_json, write_text
@@ -154,7 +154,7 @@ def train_reader(cfg: CaptionConfig, web: Path, *, progress: bool = True) -> tup
     paths, slots = _web_pool(web)
     if len(paths) <= cfg.holdout:
         raise ValueError(f"{web}: {len(paths)} captioned images, need more than --holdout {cfg.holdout}")
-    images = load_rgb_tensor(paths, 128, 64, resize=True, desc="web pool")
+    images = load_rgb_tensor(paths, *INPUT_SIZE, resize=True, desc="web pool")
     labels = {k: torch.tensor([v.index(s[k]) for s in slots]) for k, v in CAPTION_SLOTS.items()}
     n_train = len(paths) - cfg.holdout
     torch.manual_seed(cfg.seed)
@@ -190,7 +190,7 @@ def train_reader(cfg: CaptionConfig, web: Path, *, progress: bool = True) -> tup
 
 @torch.no_grad()
 def read_images(model: AttributeReader, images: torch.Tensor, batch: int = 256) -> dict[str, torch.Tensor]:
-    """uint8 (N, 3, 128, 64) -> {slot: log-probabilities (N, n_values)}."""
+    """uint8 (N, 3, *INPUT_SIZE) -> {slot: log-probabilities (N, n_values)}."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in model.slots}
     for i in range(0, len(images), batch):
         for k, v in model(_to_input(images[i:i + batch])).items():
@@ -204,7 +204,7 @@ def read_identities(model: AttributeReader, per_id: dict[str, list[Record]], *, 
     result = {}
     for key in tqdm(keys, desc="reading identities", unit="id", disable=not progress):
         recs = [r for r in per_id[key] if r.modality is Modality.VISIBLE]
-        logp = read_images(model, load_rgb_tensor([r.path for r in recs], 128, 64, resize=True, desc=key))
+        logp = read_images(model, load_rgb_tensor([r.path for r in recs], *INPUT_SIZE, resize=True, desc=key))
         result[key] = {k: model.slots[k][int(v.sum(0).argmax())] for k, v in logp.items()}
     return result
 
@@ -213,11 +213,9 @@ def slot_accuracy(predicted: dict[str, dict[str, str]], truth: dict[str, dict[st
     """Per slot: share of identities read right ("-" counts as a value; a plain garment's second colour is not scored)."""
     acc = {}
     for slot in next(iter(truth.values())):
-        pairs = [(predicted[k][slot], t[slot]) for k, t in truth.items() if k in predicted]
-        if slot.endswith("_color2"):
-            garment = slot[: -len("_color2")]
-            pairs = [(predicted[k][slot], t[slot]) for k, t in truth.items() if k in predicted and t[f"{garment}_pattern"] != "plain"]
-        acc[slot] = float(np.mean([p == t for p, t in pairs])) if pairs else math.nan
+        scored = [k for k, t in truth.items() if k in predicted
+                  and not (slot.endswith("_color2") and t[slot.replace("_color2", "_pattern")] == "plain")]
+        acc[slot] = float(np.mean([predicted[k][slot] == truth[k][slot] for k in scored])) if scored else math.nan
     return acc
 
 

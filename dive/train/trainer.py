@@ -209,10 +209,7 @@ class DiVETrainer:
             m.requires_grad_(False)
 
         if training_set is None:
-            vi, ext = load_sources(cfg.data, cfg.data_format, cfg.external, cfg.external_format)
-            training_set = build_training_set(vi, ext, min_images=cfg.min_images, granularity=cfg.granularity,
-                                              camera_mode=cfg.camera_mode, vi_modalities=cfg.vi_modalities, seed=cfg.seed,
-                                              captions=load_captions(cfg.captions) if cfg.captions else None)
+            training_set = training_set_from_config(config_to_dict(cfg))
         self.ts = training_set
         self.is_infrared = torch.tensor([r.modality is Modality.INFRARED for r in training_set.records], dtype=torch.bool)
         table = training_set.table
@@ -587,6 +584,16 @@ def write_references(checkpoint: Path, ts: TrainingSet, per_identity: int = 3) -
         save_image(reference_path(checkpoint, t.token), Image.fromarray(np.concatenate(ims, axis=1)), quality=90)
 
 
+def training_set_from_config(cfg: dict) -> TrainingSet:
+    """The training set a run's config (`DiVETrainConfig` as a dict, as saved in dive.json) implies:
+    the trainer builds it, `package_checkpoint` rebuilds it to check a checkpoint's token table."""
+    external = Path(cfg["external"]) if cfg.get("external") else None
+    vi, ext = load_sources(Path(cfg["data"]), cfg.get("data_format"), external, cfg.get("external_format"))
+    return build_training_set(vi, ext, min_images=cfg["min_images"], granularity=cfg["granularity"],
+                              camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"],
+                              captions=load_captions(cfg["captions"]) if cfg.get("captions") else None)
+
+
 def package_checkpoint(src: Path, dst: Path) -> Path:
     """Copy a run's checkpoint-N (or final) without its training state, adding reference images:
     the form in which checkpoints are shipped. The training data named in its dive.json must be at hand."""
@@ -594,10 +601,7 @@ def package_checkpoint(src: Path, dst: Path) -> Path:
 
     src, dst = Path(src), Path(dst)
     cfg = json.loads((check_checkpoint_dir(src) / "dive.json").read_text())["config"]
-    vi, ext = load_sources(Path(cfg["data"]), cfg.get("data_format"), cfg.get("external"), cfg.get("external_format"))
-    ts = build_training_set(vi, ext, min_images=cfg["min_images"], granularity=cfg["granularity"],
-                            camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"],
-                            captions=load_captions(cfg["captions"]) if cfg.get("captions") else None)
+    ts = training_set_from_config(cfg)
     if ts.table.to_dict() != TokenTable.load(src / TOKENS_FILE).to_dict():
         raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
     if dst.exists():

@@ -64,6 +64,7 @@ class AdapterGate:
         finally:
             self.mask = None
 
+
 class MergedAdapters:
     """Merge a chosen set of a model's peft adapters into its weights, switchable exactly.
 
