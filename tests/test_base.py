@@ -40,6 +40,12 @@ def test_pretrained_base_loads_in_plain_diffusers(micro_base):
     meta = json.loads((micro_base / "dive_base.json").read_text())
     assert meta["trained_by"] == "dive base pretrain" and meta["parameters"]["unet"] > 0
     assert (micro_base / "tokenizer" / "merges.txt").exists()
+    # the UNet is stored in float16 (half the shipped size) and plain diffusers loads it as float32
+    from safetensors import safe_open
+
+    with safe_open(str(micro_base / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
 
 
 def test_v_prediction_loss_targets_velocity_and_recovers_x0():

@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from dive.caption.run import CAPTIONS_FILE, CaptionConfig, load_captions, run_caption
+from dive.caption.run import CAPTIONS_FILE, CaptionConfig, decode_slots, load_captions, run_caption
 from dive.checkpoint import TOKENS_FILE, TokenTable
 from dive.data.synthvi.world import CAPTION_SLOTS, Identity, caption_slots, describe, parse_caption, sample_identity
 from dive.train.data import build_training_set, load_sources
@@ -49,10 +50,30 @@ def test_reader_captions_every_identity_reproducibly(tiny_world_dir, reader_run,
     assert set(report["identity_accuracy"]) == set(CAPTION_SLOTS)
     assert all(0.0 <= a <= 1.0 for a in report["reader_heldout_accuracy"].values())
     assert (reader_run / "reader" / "reader.safetensors").exists() and "| upper_color |" in (reader_run / "report.md").read_text()
+    # what is written, read back, keeps every pattern the reader chose (the slots are decoded jointly)
+    assert set(report["written_accuracy"]) == set(CAPTION_SLOTS) - {"height", "build"}
+    for slot in ("upper_pattern", "lower_pattern", "upper_color", "lower_type"):
+        assert report["written_accuracy"][slot] == report["identity_accuracy"][slot]
     # same seed, same reader, same captions
     again = tmp_path / "again"
     run_caption(CaptionConfig(data=tiny_world_dir, out=again, steps=4, batch_size=8, width=8, holdout=8), progress=False)
     assert (again / CAPTIONS_FILE).read_bytes() == (reader_run / CAPTIONS_FILE).read_bytes()
+    # a saved reader, reused, writes the same captions without training
+    reused = tmp_path / "reused"
+    run_caption(CaptionConfig(data=tiny_world_dir, out=reused, reader=reader_run / "reader", steps=0), progress=False)
+    assert (reused / CAPTIONS_FILE).read_bytes() == (reader_run / CAPTIONS_FILE).read_bytes()
+
+
+def test_decoding_gives_a_patterned_garment_a_real_second_colour():
+    values = {"upper_color": ["red", "blue", "green"], "upper_color2": ["-", "red", "blue", "green"],
+              "upper_pattern": ["plain", "stripes"]}
+    # slot by slot: red, "-", stripes -- a striped garment with no second colour, written plain
+    scores = {"upper_color": torch.tensor([3.0, 1.0, 0.0]), "upper_color2": torch.tensor([5.0, 4.0, 1.0, 2.0]),
+              "upper_pattern": torch.tensor([0.0, 1.0])}
+    assert decode_slots(scores, values) == {"upper_color": "red", "upper_color2": "green", "upper_pattern": "stripes"}
+    # a plain garment keeps the second colour as read
+    plain = dict(scores, upper_pattern=torch.tensor([1.0, 0.0]))
+    assert decode_slots(plain, values)["upper_color2"] == "-"
 
 
 def test_oracle_captions_are_the_worlds_truth(tiny_world_dir, tmp_path):

@@ -71,7 +71,7 @@ class BasePretrainConfig:
     out: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "final diffusers folder"})
     run_dir: Path = field(default=Path("runs/base-pretrain"), metadata={"help": "checkpoints, logs, previews (resumable)"})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
-    vae_steps: int = field(default=2000, metadata={"help": "VAE training steps"})
+    vae_steps: int = field(default=6000, metadata={"help": "VAE training steps (v2's 2,000 left its loss still falling and blurred checks away)"})
     vae_batch: int = field(default=32, metadata={"help": "VAE batch size"})
     vae_lr: float = field(default=1e-3, metadata={"help": "VAE learning rate (AdamW)"})
     vae_kl_weight: float = field(default=1e-6, metadata={"help": "KL weight of the VAE loss"})
@@ -94,11 +94,20 @@ class BasePretrainConfig:
     text_time_embedding: bool = field(default=True, metadata={
         "help": "pooled-text pathway into the UNet's timestep embedding (sets model.text_time_embedding; "
                 "the shipped base was trained without it: --no-text-time-embedding)"})
+    unet_channels: tuple[int, ...] = field(default=(), metadata={
+        "help": "UNet block channels, e.g. 32 64 128 for base v2 (default: the model config's, 64 128 192)"})
+    vae_lr_decay: bool = field(default=True, metadata={
+        "help": "cosine-decay the VAE learning rate to 10% (base v2 kept it constant: --no-vae-lr-decay)"})
     model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        if self.model.text_time_embedding != self.text_time_embedding:
-            self.model = replace(self.model, text_time_embedding=self.text_time_embedding)
+        synced = {"text_time_embedding": self.text_time_embedding}
+        if self.unet_channels:
+            if len(self.unet_channels) != 3:
+                raise ValueError(f"unet_channels: three block widths expected, got {tuple(self.unet_channels)}")
+            synced["unet_channels"] = tuple(self.unet_channels)
+        if any(getattr(self.model, k) != v for k, v in synced.items()):
+            self.model = replace(self.model, **synced)
 
 
 def load_web_pool(data: Path, max_images: int, height: int, width: int) -> tuple[torch.Tensor, list[str]]:
@@ -157,7 +166,7 @@ def train_vae(cfg: BasePretrainConfig, images: torch.Tensor, log: Path, progress
         kl = post.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * kl
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * min(1.0, (step + 1) / 100)
+            group["lr"] = cfg.vae_lr * (warmup_cosine(step, 100, cfg.vae_steps) if cfg.vae_lr_decay else min(1.0, (step + 1) / 100))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -287,6 +296,14 @@ def train_text_encoder(cfg: BasePretrainConfig, text_encoder, latents: torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def encode_captions(text_encoder, ids: torch.Tensor, batch: int = 512, progress: bool = True) -> torch.Tensor:
+    """(N, L) token ids -> (N, L, width) last hidden states of a frozen text encoder."""
+    out = [text_encoder(ids[i:i + batch])[0] for i in tqdm(range(0, len(ids), batch), desc="caption states",
+                                                           disable=not progress)]
+    return torch.cat(out)
+
+
 def lr_at(cfg: BasePretrainConfig, step: int) -> float:
     return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
 
@@ -355,6 +372,9 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     unet.train()
     text_encoder.train(train_text)
     N = len(images)
+    frozen_states = None
+    if not train_text:  # a frozen text encoder gives each caption one hidden state: compute them once
+        frozen_states = encode_captions(text_encoder, torch.cat([ids, empty]), progress=progress)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet+text" if train_text else "unet",
                disable=not progress)
     t0 = time.time()
@@ -365,11 +385,13 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
         noise = torch.randn(lat.shape, generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=g)
         noisy = noise_sched.add_noise(lat, noise, t)
-        cap = ids[idx % N].clone()
+        cap = idx % N
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
-        cap[drop] = empty
-        with torch.set_grad_enabled(train_text):
-            hidden = text_encoder(cap)[0]
+        cap[drop] = N  # the empty caption
+        if frozen_states is not None:
+            hidden = frozen_states[cap]
+        else:
+            hidden = text_encoder(torch.cat([ids, empty])[cap])[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         loss = diffusion_loss(noise_sched, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
         lr = lr_at(cfg, step)
