@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from dive.utils.io import atomic_path
+
 
 @dataclass
 class TinySDConfig:
@@ -133,7 +135,7 @@ def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet, pred
 
     The UNet's weights are stored as `unet_dtype` (default float16: half the size on disk, as SD's
     own fp16 files); diffusers loads them as float32 unless asked otherwise, so nothing else changes.
-    The caller's modules keep their dtype."""
+    The caller's modules are not touched."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -142,7 +144,9 @@ def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet, pred
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)
     if unet_dtype != unet.dtype:
-        original = unet.dtype
-        unet.to(unet_dtype).save_pretrained(str(Path(directory) / "unet"), safe_serialization=True)
-        unet.to(original)
+        from safetensors.torch import load_file, save_file
+
+        weights = Path(directory) / "unet" / "diffusion_pytorch_model.safetensors"
+        with atomic_path(weights) as tmp:
+            save_file({k: v.to(unet_dtype) for k, v in load_file(str(weights)).items()}, str(tmp), metadata={"format": "pt"})
     return Path(directory)
