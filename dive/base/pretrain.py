@@ -65,7 +65,7 @@ PREVIEW_PROMPTS = (
 
 @dataclass
 class BasePretrainConfig:
-    """Pretraining of the tiny base. Defaults fit ~30 minutes on a 2-core CPU."""
+    """Pretraining of the tiny base. The defaults (base v3) take about 70 minutes on a 2-core CPU."""
 
     data: Path = field(metadata={"help": "a SynthVI world (its web/ pool is used)"})
     out: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "final diffusers folder"})
@@ -372,9 +372,10 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     unet.train()
     text_encoder.train(train_text)
     N = len(images)
+    caption_ids = torch.cat([ids, empty])  # row N: the empty caption
     frozen_states = None
     if not train_text:  # a frozen text encoder gives each caption one hidden state: compute them once
-        frozen_states = encode_captions(text_encoder, torch.cat([ids, empty]), progress=progress)
+        frozen_states = encode_captions(text_encoder, caption_ids, progress=progress)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet+text" if train_text else "unet",
                disable=not progress)
     t0 = time.time()
@@ -391,7 +392,7 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
         if frozen_states is not None:
             hidden = frozen_states[cap]
         else:
-            hidden = text_encoder(torch.cat([ids, empty])[cap])[0]
+            hidden = text_encoder(caption_ids[cap])[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         loss = diffusion_loss(noise_sched, pred, lat, noise, t, snr_gamma=cfg.snr_gamma)
         lr = lr_at(cfg, step)
