@@ -142,3 +142,25 @@ def test_text_stage_trains_the_text_encoder_then_the_unet_stage_keeps_it_frozen(
     losses = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if r["stage"] == "text"] == [1, 2, 3]
     assert any(r["stage"] == "unet" for r in losses)
+
+
+def test_without_a_text_stage_the_text_encoder_trains_with_the_unet(tiny_world_dir, tmp_path):
+    """`--text-steps 0` (base v1's recipe): no contrastive stage, the UNet's loss trains the text encoder."""
+    from transformers import CLIPTextModel
+
+    from dive.base.models import TinySDConfig, build_text_encoder
+    from dive.base.pretrain import BasePretrainConfig, pretrain
+    from dive.base.tokenizer import load_tokenizer
+    from conftest import MICRO_MODEL
+
+    cfg = BasePretrainConfig(data=tiny_world_dir, out=tmp_path / "base", run_dir=tmp_path / "run", vae_steps=2, vae_batch=4,
+                             text_steps=0, steps=3, batch_size=4, warmup=1, save_every=3, preview_every=0,
+                             model=TinySDConfig(**MICRO_MODEL))
+    out = pretrain(cfg, progress=False)
+    assert not (tmp_path / "run" / "text").exists()
+    torch.manual_seed(cfg.seed + 1)
+    init = build_text_encoder(cfg.model, load_tokenizer(out / "tokenizer")).state_dict()
+    trained = CLIPTextModel.from_pretrained(out / "text_encoder").state_dict()
+    assert not all(torch.equal(init[k], trained[k]) for k in init)
+    losses = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses if r["stage"] == "unet"] == [1, 2, 3]
