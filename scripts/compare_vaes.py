@@ -4,14 +4,14 @@ mean L1 in [-1, 1] units, and a grid (rows: real, first VAE, second VAE; 8 image
     python scripts/compare_vaes.py VAE_A VAE_B [N] [GRID]
     e.g. python scripts/compare_vaes.py checkpoints/tiny-sd-base runs/base-v3/model 256 runs/vae-v2-v3.png
 """
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
+
+from dive.base.pretrain import load_web_pool, to_unit
 
 
 def load_vae(path: str) -> AutoencoderKL:
@@ -20,13 +20,11 @@ def load_vae(path: str) -> AutoencoderKL:
 
 
 def main(a: str, b: str, n: int = 256, grid: str = "runs/vae-compare.png") -> None:
-    web = Path("data/synthvi/web")
-    rows = [json.loads(line) for line in (web / "captions.jsonl").read_text().splitlines()[:n]]
-    ims = [Image.open(web / r["file"]).convert("RGB").resize((64, 128)) for r in rows]
-    x = torch.tensor(np.stack([np.asarray(i) for i in ims])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images, _ = load_web_pool(Path("data/synthvi"), n, 128, 64)  # as the VAE stage reads them
+    x = to_unit(images)
     canvas = Image.new("RGB", (64 * 8, 128 * 3))
     for i in range(8):
-        canvas.paste(ims[i], (64 * i, 0))
+        canvas.paste(Image.fromarray(images[i].permute(1, 2, 0).numpy()), (64 * i, 0))
     for k, path in enumerate((a, b)):
         vae = load_vae(path)
         with torch.no_grad():

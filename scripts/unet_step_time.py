@@ -18,7 +18,7 @@ for channels in [(32, 64, 128), (48, 96, 192), (64, 128, 192), (64, 128, 256)]:
     torch.manual_seed(0)
     unet = build_unet(cfg)
     opt = torch.optim.AdamW(unet.parameters(), 1e-4)
-    x = torch.randn(batch, cfg.latent_channels, cfg.height // 8, cfg.width // 8)
+    x = torch.randn(batch, cfg.latent_channels, *unet.config.sample_size)
     t, h = torch.randint(0, 1000, (batch,)), torch.randn(batch, cfg.max_length, cfg.text_width)
     times = []
     for _ in range(6):
