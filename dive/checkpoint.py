@@ -275,6 +275,69 @@ def has_infrared_adapter(directory: str | Path) -> bool:
     return (Path(directory) / INFRARED_LORA_FILE).exists()
 
 
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def trained_base(checkpoint: str | Path, *, search: Iterable[str | Path] = ()) -> Path | None:
+    """The base folder a checkpoint's dive.json names, if it is at hand: as written, relative to
+    one of `search`, or relative to the repository (shipped checkpoints name shipped bases)."""
+    try:
+        named = json.loads((Path(checkpoint) / META_FILE).read_text()).get("base", "")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not named:
+        return None
+    for root in (Path(), *map(Path, search), _REPO_ROOT):
+        cand = root / named
+        if (cand / "model_index.json").exists():
+            return cand.resolve()
+    return None
+
+
+def resolve_base(checkpoint: str | Path, base: str | Path | None = None) -> Path:
+    """`base` if given, else the base the checkpoint was trained on (its dive.json), so a checkpoint
+    finds its own base without the user naming it; a clear error when neither is at hand."""
+    if base is not None:
+        return Path(base)
+    found = trained_base(checkpoint)
+    if found is None:
+        raise CheckpointError(f"{Path(checkpoint) / META_FILE}: names no base folder that is at hand; "
+                              "pass --base (the diffusers SD-1.x folder it was trained on)")
+    return found
+
+
+_LORA_SUFFIXES = {".lora.down.weight": "in", ".lora_A.weight": "in", ".lora.up.weight": "out", ".lora_B.weight": "out"}
+
+
+def check_lora_fits(unet, path: str | Path, *, trained_on: str = "") -> None:
+    """Refuse, with the layer and both shapes named, a UNet LoRA file made for another base (e.g. a
+    checkpoint of the 32/64/128 base loaded onto a wider one); diffusers would fail deep inside peft.
+    Only the file's header is read."""
+    from safetensors import safe_open
+
+    modules = dict(unet.named_modules())
+    hint = f"; it was trained on {trained_on}: pass that base" if trained_on else "; pass the base it was trained on"
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if not key.startswith("unet."):
+                continue
+            suffix = next((k for k in _LORA_SUFFIXES if key.endswith(k)), None)
+            if suffix is None:
+                continue
+            name, side = key[len("unet."):-len(suffix)], _LORA_SUFFIXES[suffix]
+            module = modules.get(name)
+            if module is None:
+                raise CheckpointError(f"{path}: LoRA layer {name!r} is not in this base's UNet{hint}")
+            shape = f.get_slice(key).get_shape()
+            if side == "in":
+                want, got = getattr(module, "in_features", getattr(module, "in_channels", None)), shape[1]
+            else:
+                want, got = getattr(module, "out_features", getattr(module, "out_channels", None)), shape[0]
+            if want is not None and want != got:
+                raise CheckpointError(f"{path}: LoRA layer {name!r} expects {got} {side}put features, this base's UNet "
+                                      f"has {want}{hint}")
+
+
 def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARED_ADAPTER) -> TokenTable:
     """Load a DiVE checkpoint into a diffusers SD pipeline with diffusers' own loaders. A checkpoint
     with an infrared adapter loads it as adapter "infrared", inactive: the caller switches it on for
@@ -287,6 +350,14 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARE
     if set(emb) != set(table.learned_tokens):
         raise CheckpointError(f"{directory / EMBEDS_FILE}: holds {len(emb)} tokens, {TOKENS_FILE} lists "
                               f"{len(table.learned_tokens)} learned tokens; the files do not belong together")
+    trained_on = json.loads((directory / META_FILE).read_text()).get("base", "") if (directory / META_FILE).exists() else ""
+    for name in (LORA_FILE, INFRARED_LORA_FILE):
+        if (directory / name).exists():
+            check_lora_fits(pipe.unet, directory / name, trained_on=trained_on)
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if emb and next(iter(emb.values())).shape[-1] != width:
+        raise CheckpointError(f"{directory / EMBEDS_FILE}: token embeddings of width {next(iter(emb.values())).shape[-1]}, "
+                              f"this base's text encoder has width {width}; it was trained on {trained_on or 'another base'}")
     tokens = table.learned_tokens
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)

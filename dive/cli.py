@@ -231,7 +231,9 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 def _cmd_package(args: argparse.Namespace) -> int:
     from dive.train.trainer import package_checkpoint
 
-    print(f"packaged: {package_checkpoint(args.src, args.dst)}")
+    import torch
+
+    print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16)}")
     return 0
 
 
@@ -405,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("package", help="copy a run's checkpoint without training state, with reference images")
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
     p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
+    p.add_argument("--float32", action="store_true", help="keep the LoRA weights in float32 (default: float16, half the size)")
     p.set_defaults(func=_cmd_package)
 
     p = sub.add_parser("studio-latency", help="time the studio's first Generate (4 images, default settings)")

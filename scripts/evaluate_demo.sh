@@ -7,6 +7,7 @@
 #     own infrared renders of those ids (`dive baseline oracle`) as the ceiling a perfect generator reaches;
 #  3. the same check on 256 VI ids, which training showed in infrared (row dive-vi).
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
+#   BASE=DIR bash scripts/evaluate_demo.sh ...                 (a base other than the one the checkpoint names)
 #   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
 #   GUIDANCE=4 NEGATIVE='a {camera} photo of person' bash ...  (guidance along the identity token only)
 set -euo pipefail
@@ -14,17 +15,18 @@ CKPT=${1:-checkpoints/dive-demo}
 OUT=${2:-runs/evaluate-demo}
 N=${3:-2}
 REID=${REID:-runs/reid-baselines/agw-seed0}
-BASE=${BASE:-checkpoints/tiny-sd-base}
+BASE_ARGS=()   # default: the base the checkpoint's dive.json names
+if [ -n "${BASE:-}" ]; then BASE_ARGS=(--base "$BASE"); fi
 GUIDANCE=${GUIDANCE:-1}
 NEGATIVE=${NEGATIVE:-}   # e.g. 'a {camera} photo of person': guidance along the identity token only
 export OMP_WAIT_POLICY=PASSIVE
 if [ ! -f "$REID/model.safetensors" ]; then
   dive reid run --data data/synthvi --out "$REID" --seed 0
 fi
-dive grid --base "$BASE" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
-dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+dive grid "${BASE_ARGS[@]}" --checkpoint "$CKPT" --out "$OUT/grid.png" --identities 8 --n 2 --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+dive generate "${BASE_ARGS[@]}" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 # 256 of the VI ids, which the generator saw in infrared: can it draw a *trained* id's infrared identity?
-dive generate --base "$BASE" --checkpoint "$CKPT" --out "$OUT/dive-vi" --identities vi --random-k 256 --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+dive generate "${BASE_ARGS[@]}" --checkpoint "$CKPT" --out "$OUT/dive-vi" --identities vi --random-k 256 --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 dive baseline grayscale --data data/synthvi --out "$OUT/grayscale" --n "$N"
 dive baseline oracle --data data/synthvi --out "$OUT/oracle" --n "$N"   # true IR renders: the ceiling
 dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" "$OUT/dive-vi" --real-ir data/synthvi --reid-run "$REID" --out "$OUT/metrics"

@@ -123,6 +123,29 @@ def test_package_checkpoint_adds_references(micro_dive_run, tmp_path):
     assert all(reference_path(out, t.token).exists() for t in table.identities)
 
 
+def test_packaged_lora_is_float16_and_renders_the_same(micro_base, micro_dive_run, tmp_path):
+    """Shipped checkpoints store the LoRA in float16 (half the size, keeping diffusers' adapter
+    metadata); loaded back into the float32 UNet it renders what the float32 run does."""
+    from safetensors import safe_open
+
+    from dive.generate.pipeline import GenerationRequest, load_generator
+    from dive.train.trainer import package_checkpoint
+
+    src = micro_dive_run / "final"
+    out = package_checkpoint(src, tmp_path / "pkg")
+    with safe_open(str(src / LORA_FILE), framework="pt") as f32, safe_open(str(out / LORA_FILE), framework="pt") as f16:
+        assert f16.metadata() == f32.metadata() and set(f16.keys()) == set(f32.keys())
+        assert {f16.get_tensor(k).dtype for k in f16.keys()} == {torch.float16}
+    images = []
+    for ckpt in (src, out):
+        gen = load_generator(micro_base, ckpt)
+        jobs = GenerationRequest([gen.table.identities[0].token], [gen.table.infrared_cameras()[0].token], n=2).jobs(gen.table)
+        images.append(gen.render(jobs, steps=4).astype(int))
+    assert np.abs(images[0] - images[1]).max() <= 2
+    kept = package_checkpoint(src, tmp_path / "pkg32", lora_dtype=None)
+    assert (kept / LORA_FILE).read_bytes() == (src / LORA_FILE).read_bytes()
+
+
 def test_embedding_max_norm_bounds_learned_rows(micro_base, tiny_world_dir, tmp_path):
     from dive.train.trainer import train_dive
 

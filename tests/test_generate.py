@@ -167,3 +167,42 @@ def test_identity_grid_columns_follow_the_chosen_cameras(micro_base, micro_dive_
     ext_rows = np.asarray(ir)[16:, :3 * W]
     vi_rows = np.asarray(every)[16:, :3 * W]
     assert not np.array_equal(ext_rows, vi_rows)  # other identities' real images
+
+
+def test_a_checkpoint_for_another_base_is_refused_by_name(micro_base, micro_dive_run, tmp_path):
+    """A LoRA trained on one base does not fit a UNet of other widths: the error names the layer,
+    both widths and the base the checkpoint was trained on, before diffusers touches the pipeline."""
+    import shutil
+
+    from conftest import MICRO_MODEL
+
+    from dive.base.models import TinySDConfig, build_unet
+    from dive.checkpoint import CheckpointError
+
+    other = tmp_path / "wider-base"
+    shutil.copytree(micro_base, other)
+    shutil.rmtree(other / "unet")
+    build_unet(TinySDConfig(**(MICRO_MODEL | {"unet_channels": (32, 32, 64)}))).save_pretrained(str(other / "unet"))
+    with pytest.raises(CheckpointError, match=r"expects 16 input features, this base's UNet has 32; it was trained on"):
+        load_generator(other, micro_dive_run / "final")
+    load_generator(micro_base, micro_dive_run / "final")  # its own base still loads
+
+
+def test_a_checkpoint_finds_its_own_base(micro_base, micro_dive_run, tmp_path):
+    """Without --base, generation uses the base the checkpoint's dive.json names; a named base that
+    is not at hand is an error that says to pass --base."""
+    import shutil
+
+    from dive.checkpoint import CheckpointError, resolve_base
+
+    ckpt = micro_dive_run / "final"
+    assert resolve_base(ckpt) == micro_base.resolve()
+    assert resolve_base(ckpt, tmp_path / "explicit") == tmp_path / "explicit"
+    out = generate(GenerateConfig(checkpoint=ckpt, out=tmp_path / "g", min_images=1, n=1, steps=2), progress=False)
+    assert json.loads((out / "generate.json").read_text())["base"] == str(micro_base.resolve())
+    moved = tmp_path / "moved"
+    shutil.copytree(ckpt, moved)
+    meta = json.loads((moved / "dive.json").read_text())
+    (moved / "dive.json").write_text(json.dumps(meta | {"base": str(tmp_path / "gone")}))
+    with pytest.raises(CheckpointError, match="pass --base"):
+        generate(GenerateConfig(checkpoint=moved, out=tmp_path / "g2", n=1, steps=2), progress=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dive.utils.io import atomic_path
+from dive.utils.io import cast_safetensors
 
 
 @dataclass
@@ -144,9 +144,5 @@ def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet, pred
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)
     if unet_dtype != unet.dtype:
-        from safetensors.torch import load_file, save_file
-
-        weights = Path(directory) / "unet" / "diffusion_pytorch_model.safetensors"
-        with atomic_path(weights) as tmp:
-            save_file({k: v.to(unet_dtype) for k, v in load_file(str(weights)).items()}, str(tmp), metadata={"format": "pt"})
+        cast_safetensors(Path(directory) / "unet" / "diffusion_pytorch_model.safetensors", unet_dtype)
     return Path(directory)

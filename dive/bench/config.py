@@ -22,7 +22,8 @@ class BenchConfig:
     out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
     data: Path = field(default=Path("data/synthvi"), metadata={"help": "SynthVI world (built with --world-seed when missing)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
-    base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "diffusers base folder"})
+    base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={
+        "help": "diffusers base folder the bench trains missing DiVE checkpoints on (a given checkpoint renders on its own base)"})
     checkpoint: Path | None = field(default=Path("checkpoints/dive-demo"), metadata={
         "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing)"})
     modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality"), metadata={

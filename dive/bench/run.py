@@ -102,7 +102,9 @@ def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[st
         if not _generation_done(out):
             _log(f"generating with DiVE '{name}' -> {out}")
             with torch_threads(cfg.threads):
-                generate(GenerateConfig(base=cfg.base, checkpoint=ckpt, out=out, min_images=cfg.min_images,
+                # each checkpoint with the base it was trained on (its dive.json): shipped ones may
+                # predate the current base
+                generate(GenerateConfig(checkpoint=ckpt, out=out, min_images=cfg.min_images,
                                         n=cfg.n_per_camera, steps=cfg.gen_steps, guidance=cfg.guidance,
                                         seed=cfg.gen_seed), progress=not cfg.quick)
         folders[f"dive-{name}"] = out

@@ -20,8 +20,8 @@ from dive.utils.threads import torch_threads
 
 @dataclass
 class GenerateBenchConfig:
-    base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "diffusers base folder"})
     checkpoint: Path = field(default=Path("checkpoints/dive-demo"), metadata={"help": "DiVE checkpoint"})
+    base: Path | None = field(default=None, metadata={"help": "diffusers base folder; None: the one the checkpoint's dive.json names"})
     n: int = field(default=64, metadata={"help": "images per timed run"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass (both loops)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
@@ -61,11 +61,13 @@ def generate_bench(cfg: GenerateBenchConfig) -> dict:
 
 def _generate_bench(cfg: GenerateBenchConfig) -> dict:
     from dive.generate.attention import attention_overhead
+    from dive.checkpoint import resolve_base
     from dive.generate.pipeline import GenerationRequest, load_generator
     from dive.generate.run import select_cameras, select_identities
 
-    gen = load_generator(cfg.base, cfg.checkpoint)
-    plain = _plain_pipeline(cfg.base, cfg.checkpoint)
+    base = resolve_base(cfg.checkpoint, cfg.base)
+    gen = load_generator(base, cfg.checkpoint)
+    plain = _plain_pipeline(base, cfg.checkpoint)
     ids = [t.token for t in select_identities(gen.table, min_images=0)]
     cams = select_cameras(gen.table, "infrared")
     per = max(1, -(-cfg.n // max(1, len(ids) * len(cams))))  # distinct prompts, as in a real run

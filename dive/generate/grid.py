@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dive.checkpoint import reference_path
+from dive.checkpoint import reference_path, resolve_base
 from dive.generate.pipeline import GenerationRequest, load_generator
 from dive.generate.run import select_identities
 from dive.utils.io import save_image
@@ -18,8 +18,8 @@ from dive.utils.io import save_image
 
 @dataclass
 class GridConfig:
-    base: Path = field(metadata={"help": "diffusers SD-1.x folder"})
     checkpoint: Path = field(metadata={"help": "DiVE checkpoint folder"})
+    base: Path | None = field(default=None, metadata={"help": "diffusers SD-1.x folder; None: the one the checkpoint's dive.json names"})
     out: Path = field(default=Path("runs/grid.png"), metadata={"help": "PNG to write"})
     identities: int = field(default=8, metadata={"help": "rows: the identities with the most images"})
     which: str = field(default="external", metadata={
@@ -37,7 +37,7 @@ class GridConfig:
 
 
 def identity_grid(cfg: GridConfig) -> Path:
-    gen = load_generator(cfg.base, cfg.checkpoint)
+    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint)
     table = gen.table
     ids = select_identities(table, which=cfg.which, min_images=0, top_k=cfg.identities)
     cams = table.infrared_cameras() if cfg.cameras == "infrared" else list(table.cameras)

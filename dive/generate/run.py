@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dive.checkpoint import IdentityToken, TokenTable
+from dive.checkpoint import IdentityToken, TokenTable, resolve_base
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json, write_text
@@ -34,9 +34,10 @@ from dive.utils.io import save_image, write_json, write_text
 class GenerateConfig:
     """Generation. Paper: 18 images per infrared camera, DPM-Solver++ 25 steps."""
 
-    base: Path = field(metadata={"help": "diffusers SD-1.x folder the checkpoint was trained on"})
     checkpoint: Path = field(metadata={"help": "DiVE checkpoint folder (LoRA + embeddings + tokens.json)"})
     out: Path = field(metadata={"help": "output folder (resumable)"})
+    base: Path | None = field(default=None, metadata={
+        "help": "diffusers SD-1.x folder the checkpoint was trained on; None: the one its dive.json names"})
     identities: str = field(default="external", metadata={"help": "which identity tokens: external, vi or all", "choices": ["external", "vi", "all"]})
     min_images: int = field(default=12, metadata={"help": "only identities with at least this many real images (paper: more than 11)"})
     top_k: int = field(default=0, metadata={"help": "then keep the K with the most images (0: all)"})
@@ -124,6 +125,7 @@ def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progres
     """Run (or resume) a generation job; returns the output folder."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
     gen = generator or load_generator(cfg.base, cfg.checkpoint, device=cfg.device)
     table = gen.table
     idents = select_identities(table, which=cfg.identities, min_images=cfg.min_images, top_k=cfg.top_k,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dive.checkpoint import META_FILE, CheckpointError, TokenTable, check_checkpoint_dir, reference_path
+from dive.checkpoint import CheckpointError, TokenTable, check_checkpoint_dir, reference_path, trained_base
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
@@ -69,15 +69,7 @@ class Studio:
 
     def base_of(self, ckpt: Path) -> Path:
         """The base a checkpoint was trained on, if at hand; else the shipped tiny base."""
-        try:
-            meta = json.loads((ckpt / META_FILE).read_text())
-            base = Path(meta.get("base", ""))
-            for cand in (base, REPO_ROOT / base, self.sandbox.root / base):
-                if (cand / "model_index.json").exists():
-                    return cand.resolve()
-        except (OSError, json.JSONDecodeError):
-            pass
-        return self.default_base
+        return trained_base(ckpt, search=[self.sandbox.root]) or self.default_base
 
     def resolve_checkpoint(self, choice: str) -> CheckpointChoice:
         """A picker label, or a folder typed by the user (inside the studio's data folder)."""

@@ -33,7 +33,7 @@ from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
-from dive.utils.io import load_rgb_tensor, save_image, write_json
+from dive.utils.io import cast_safetensors, load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
@@ -594,10 +594,12 @@ def training_set_from_config(cfg: dict) -> TrainingSet:
                               captions=load_captions(cfg["captions"]) if cfg.get("captions") else None)
 
 
-def package_checkpoint(src: Path, dst: Path) -> Path:
+def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = torch.float16) -> Path:
     """Copy a run's checkpoint-N (or final) without its training state, adding reference images:
-    the form in which checkpoints are shipped. The training data named in its dive.json must be at hand."""
-    from dive.checkpoint import check_checkpoint_dir
+    the form in which checkpoints are shipped. The training data named in its dive.json must be at hand.
+    The UNet LoRA files are stored as `lora_dtype` (default float16, half the size; None keeps
+    float32): `load_lora_weights` casts them to the UNet's dtype on loading."""
+    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir
 
     src, dst = Path(src), Path(dst)
     cfg = json.loads((check_checkpoint_dir(src) / "dive.json").read_text())["config"]
@@ -607,6 +609,10 @@ def package_checkpoint(src: Path, dst: Path) -> Path:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("state.*"))
+    if lora_dtype is not None:
+        for name in (LORA_FILE, INFRARED_LORA_FILE):
+            if (dst / name).exists():
+                cast_safetensors(dst / name, lora_dtype)
     write_references(dst, ts)
     return check_checkpoint_dir(dst)
 

@@ -77,6 +77,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cast_safetensors(path: str | os.PathLike, dtype) -> Path:
+    """Rewrite a safetensors file with its floating-point tensors stored as `dtype` (e.g. float16:
+    half the size on disk), keeping its metadata header; loaders cast back to the model's dtype."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
 def load_rgb_tensor(paths, height: int, width: int, *, resize: bool = False, desc: str = "loading images"):
     """Images as one uint8 tensor (N, 3, height, width). A wrong size is resized when `resize`,
     otherwise an error naming the file."""
