@@ -841,9 +841,10 @@ def attention_overhead(generator, n: int = 4, steps: int = 25, *, guidance: floa
 class AttentionConfig:
     """`dive attention`: one generated image and its per-token cross-attention maps."""
 
-    base: Path = field(metadata={"help": "diffusers SD-1.x folder the checkpoint was trained on"})
     checkpoint: Path = field(metadata={"help": "DiVE checkpoint folder (LoRA + embeddings + tokens.json)"})
     out: Path = field(metadata={"help": "figure (PNG); the summary is written beside it as <out>.json"})
+    base: Path | None = field(default=None, metadata={
+        "help": "diffusers SD-1.x folder the checkpoint was trained on; None: the one its dive.json names"})
     identity: str | None = field(default=None, metadata={"help": "identity token; when omitted, the table's first external identity"})
     camera: str | None = field(default=None, metadata={"help": "camera token; when omitted, the table's first infrared camera"})
     seed: int = field(default=0, metadata={"help": "global seed, as in `dive generate`"})
@@ -860,12 +861,13 @@ class AttentionConfig:
 
 
 def run_attention(cfg: AttentionConfig) -> tuple[AttentionResult, Path, Path]:
+    from dive.checkpoint import resolve_base
     from dive.generate.pipeline import load_generator
     from dive.utils.io import write_json
 
     if cfg.out.suffix.lower() != ".png":
         raise ValueError(f"--out {cfg.out}: the figure is a PNG; give a path ending in .png")
-    gen = load_generator(cfg.base, cfg.checkpoint, device=cfg.device)
+    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint, device=cfg.device)
     res = attention_maps(gen, cfg.identity, cfg.camera, seed=cfg.seed, index=cfg.index, steps=cfg.steps,
                          guidance=cfg.guidance, negative_prompt=cfg.negative_prompt, layers=cfg.layers,
                          step_range=cfg.step_range, mask=cfg.mask)
