@@ -1,0 +1,47 @@
+"""What ships under checkpoints/: every base loads in plain diffusers and keeps to its size limit;
+every DiVE checkpoint names a shipped base it fits. Guards bases of several widths living side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dive.checkpoint import LORA_FILE, check_checkpoint_dir, check_lora_fits, is_checkpoint_dir, trained_base
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
+BASES = sorted(d for d in SHIPPED.iterdir() if (d / "model_index.json").exists())
+DIVE = sorted(d for d in SHIPPED.iterdir() if is_checkpoint_dir(d))
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def test_something_is_shipped():
+    assert [d.name for d in BASES].count("tiny-sd-base") == 1 and any(d.name == "dive-demo" for d in DIVE)
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda d: d.name)
+def test_shipped_base_loads_in_plain_diffusers(base):
+    from diffusers import StableDiffusionPipeline
+
+    assert _size_mb(base) <= 30
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
+    assert pipe.unet.dtype == torch.float32
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a photo of a person", height=128, width=64, num_inference_steps=2, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (128, 64, 3) and image.std() > 0
+
+
+@pytest.mark.parametrize("ckpt", DIVE, ids=lambda d: d.name)
+def test_shipped_dive_checkpoint_fits_the_base_it_names(ckpt):
+    from diffusers import UNet2DConditionModel
+
+    check_checkpoint_dir(ckpt)
+    assert _size_mb(ckpt) <= 20
+    base = trained_base(ckpt)
+    assert base is not None and base.parent == SHIPPED.resolve(), f"{ckpt}: its base is not shipped"
+    check_lora_fits(UNet2DConditionModel.from_pretrained(str(base / "unet")), ckpt / LORA_FILE)
