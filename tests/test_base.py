@@ -164,3 +164,33 @@ def test_without_a_text_stage_the_text_encoder_trains_with_the_unet(tiny_world_d
     assert not all(torch.equal(init[k], trained[k]) for k in init)
     losses = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if r["stage"] == "unet"] == [1, 2, 3]
+
+
+def test_a_base_continues_its_unet_keeping_vae_tokenizer_and_text_encoder(micro_base, tiny_world_dir, tmp_path):
+    """`--continue-from DIR`: only the UNet trains on (a session can extend a shipped base without
+    redoing its VAE and text stages); the result loads in plain diffusers and records where it came from."""
+    import pytest
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from dive.base.pretrain import BasePretrainConfig, pretrain
+
+    cfg = BasePretrainConfig(data=tiny_world_dir, out=tmp_path / "more", run_dir=tmp_path / "run", steps=2, batch_size=4,
+                             warmup=1, save_every=2, preview_every=0, continue_from=micro_base)
+    out = pretrain(cfg, progress=False)
+    for part in ("vae", "text_encoder"):
+        name = "diffusion_pytorch_model.safetensors" if part == "vae" else "model.safetensors"
+        before, after = load_file(str(micro_base / part / name)), load_file(str(out / part / name))
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    unet_before = load_file(str(micro_base / "unet" / "diffusion_pytorch_model.safetensors"))
+    unet_after = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert unet_before.keys() == unet_after.keys() and not all(torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    assert (out / "tokenizer" / "vocab.json").read_text() == (micro_base / "tokenizer" / "vocab.json").read_text()
+    meta = json.loads((out / "dive_base.json").read_text())
+    assert meta["continued_from"]["path"] == str(micro_base) and meta["config"]["model"]["unet_channels"] == [16, 16, 32]
+    StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None, requires_safety_checker=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    with pytest.raises(ValueError, match="new folder"):
+        pretrain(BasePretrainConfig(data=tiny_world_dir, out=micro_base, run_dir=tmp_path / "run2", steps=1,
+                                    continue_from=micro_base), progress=False)

@@ -98,6 +98,10 @@ class BasePretrainConfig:
         "help": "UNet block channels, e.g. 32 64 128 for base v2 (default: the model config's, 64 128 192)"})
     vae_lr_decay: bool = field(default=True, metadata={
         "help": "cosine-decay the VAE learning rate to 10% (base v2 kept it constant: --no-vae-lr-decay)"})
+    continue_from: Path | None = field(default=None, metadata={
+        "help": "a base this command made (its dive_base.json): keep its VAE, tokenizer and frozen text encoder and "
+                "train its UNet `steps` more (a warm restart of the schedule, on batches the first run did not draw); "
+                "the model sizes are that base's"})
     model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
 
     def __post_init__(self) -> None:
@@ -341,24 +345,67 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     tokenizer = load_tokenizer(tok_dir)
     images, captions = load_web_pool(Path(cfg.data), cfg.max_images, cfg.model.height, cfg.model.width)
 
+    if cfg.continue_from is not None:
+        return _continue_unet(cfg, images, captions, log, progress)
     torch.manual_seed(cfg.seed)
     vae = train_vae(cfg, images, log, progress)
     vae.requires_grad_(False)
     mean, std = encode_latents(vae, images, progress=progress)
     mean, std = standardize_latents(vae, mean, std)
+    return _train_unet(cfg, tokenizer, tok_dir, vae, mean, std, captions, log, progress)
+
+
+def _continue_unet(cfg: BasePretrainConfig, images, captions, log: Path, progress: bool) -> Path:
+    """`--continue-from DIR`: DIR's VAE (already standardised), tokenizer and text encoder; its UNet
+    trains on. Only a base with a frozen text encoder (a text stage) can continue."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    src = Path(cfg.continue_from)
+    try:
+        made = json.loads((src / "dive_base.json").read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{src / 'dive_base.json'}: unreadable ({e}); --continue-from takes a base `dive base pretrain` wrote") from e
+    if not made.get("text_steps"):
+        raise ValueError(f"{src}: its text encoder trained with the UNet (text_steps 0); only a base with a frozen "
+                         "text encoder can continue")
+    model = TinySDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in made["model"].items()})
+    if (model.height, model.width) != (cfg.model.height, cfg.model.width):
+        raise ValueError(f"{src}: trained at {model.height}x{model.width}, this run at {cfg.model.height}x{cfg.model.width}")
+    if Path(cfg.out).resolve() == src.resolve():
+        raise ValueError(f"--out {cfg.out}: write the continued base to a new folder, not over --continue-from")
+    cfg = replace(cfg, model=model, unet_channels=(), text_steps=made["text_steps"],
+                  text_time_embedding=model.text_time_embedding)
+    tok_dir = src / "tokenizer"
+    tokenizer = load_tokenizer(tok_dir)
+    vae = AutoencoderKL.from_pretrained(str(src / "vae")).requires_grad_(False)
+    mean, std = encode_latents(vae, images, progress=progress)
+    text_encoder = CLIPTextModel.from_pretrained(str(src / "text_encoder"))
+    unet = UNet2DConditionModel.from_pretrained(str(src / "unet"), torch_dtype=torch.float32)
+    return _train_unet(cfg, tokenizer, tok_dir, vae, mean, std, captions, log, progress,
+                       text_encoder=text_encoder, unet=unet, stream=3, made=made)
+
+
+def _train_unet(cfg: BasePretrainConfig, tokenizer, tok_dir: Path, vae, mean, std, captions, log: Path, progress: bool,
+                *, text_encoder=None, unet=None, stream: int = 2, made: dict | None = None) -> Path:
+    """Stage 3 (and 2 when the text encoder is not given): the UNet. `stream` picks the batches'
+    random stream: a continued base draws batches its first run did not."""
+    run_dir = Path(cfg.run_dir)
     scaling = vae.config.scaling_factor
 
     ids = tokenizer(captions, padding="max_length", max_length=cfg.model.max_length, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=cfg.model.max_length, return_tensors="pt").input_ids
 
-    torch.manual_seed(cfg.seed + 1)
-    text_encoder = build_text_encoder(cfg.model, tokenizer)
-    unet = build_unet(cfg.model)
     train_text = cfg.text_steps == 0
-    if not train_text:
-        torch.manual_seed(cfg.seed + 2)
-        text_encoder = train_text_encoder(cfg, text_encoder, mean, ids, log, progress)
+    if text_encoder is None:
+        torch.manual_seed(cfg.seed + 1)
+        text_encoder = build_text_encoder(cfg.model, tokenizer)
+        unet = build_unet(cfg.model)
+        if not train_text:
+            torch.manual_seed(cfg.seed + 2)
+            text_encoder = train_text_encoder(cfg, text_encoder, mean, ids, log, progress)
+    text_encoder.requires_grad_(train_text)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     noise_sched = training_scheduler(cfg.model.prediction_type)
@@ -371,7 +418,7 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
 
     unet.train()
     text_encoder.train(train_text)
-    N = len(images)
+    N = len(captions)
     caption_ids = torch.cat([ids, empty])  # row N: the empty caption
     frozen_states = None
     if not train_text:  # a frozen text encoder gives each caption one hidden state: compute them once
@@ -380,7 +427,7 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
                disable=not progress)
     t0 = time.time()
     for step in bar:
-        g = step_generator(cfg.seed, 2, step)
+        g = step_generator(cfg.seed, stream, step)
         idx = torch.randint(0, 2 * N, (cfg.batch_size,), generator=g)
         lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling
         noise = torch.randn(lat.shape, generator=g)
@@ -427,6 +474,7 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     write_json(out / "dive_base.json", {
         "trained_by": "dive base pretrain",
         "config": config_to_dict(cfg) | {"model": config_to_dict(cfg.model)},
+        **({"continued_from": {"path": str(cfg.continue_from), "config": made}} if made else {}),
         "parameters": {"unet": count_parameters(unet), "text_encoder": count_parameters(text_encoder),
                        "vae": count_parameters(vae)},
         "web_images": N,
