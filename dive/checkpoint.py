@@ -355,9 +355,10 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARE
         if (directory / name).exists():
             check_lora_fits(pipe.unet, directory / name, trained_on=trained_on)
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    if emb and next(iter(emb.values())).shape[-1] != width:
-        raise CheckpointError(f"{directory / EMBEDS_FILE}: token embeddings of width {next(iter(emb.values())).shape[-1]}, "
-                              f"this base's text encoder has width {width}; it was trained on {trained_on or 'another base'}")
+    got = {v.shape[-1] for v in emb.values()}
+    if got and got != {width}:
+        raise CheckpointError(f"{directory / EMBEDS_FILE}: token embeddings of width {sorted(got)}, this base's text "
+                              f"encoder has width {width}; it was trained on {trained_on or 'another base'}")
     tokens = table.learned_tokens
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
     pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)

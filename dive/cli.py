@@ -229,9 +229,9 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from dive.train.trainer import package_checkpoint
-
     import torch
+
+    from dive.train.trainer import package_checkpoint
 
     print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16)}")
     return 0

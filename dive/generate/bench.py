@@ -60,8 +60,8 @@ def generate_bench(cfg: GenerateBenchConfig) -> dict:
 
 
 def _generate_bench(cfg: GenerateBenchConfig) -> dict:
-    from dive.generate.attention import attention_overhead
     from dive.checkpoint import resolve_base
+    from dive.generate.attention import attention_overhead
     from dive.generate.pipeline import GenerationRequest, load_generator
     from dive.generate.run import select_cameras, select_identities
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dive.checkpoint import IdentityToken, TokenTable, resolve_base
+from dive.checkpoint import IdentityToken, TokenTable, resolve_base, trained_base
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json, write_text
@@ -125,7 +125,10 @@ def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progres
     """Run (or resume) a generation job; returns the output folder."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-    cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
+    if generator is None:
+        cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
+    elif cfg.base is None:  # the caller's generator is what renders; record its checkpoint's base if at hand
+        cfg = replace(cfg, base=trained_base(cfg.checkpoint))
     gen = generator or load_generator(cfg.base, cfg.checkpoint, device=cfg.device)
     table = gen.table
     idents = select_identities(table, which=cfg.identities, min_images=cfg.min_images, top_k=cfg.top_k,
