@@ -278,13 +278,18 @@ def has_infrared_adapter(directory: str | Path) -> bool:
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _named_base(checkpoint: str | Path) -> str:
+    """The base folder as a checkpoint's dive.json writes it ("" when it names none)."""
+    try:
+        return json.loads((Path(checkpoint) / META_FILE).read_text()).get("base", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
 def trained_base(checkpoint: str | Path, *, search: Iterable[str | Path] = ()) -> Path | None:
     """The base folder a checkpoint's dive.json names, if it is at hand: as written, relative to
     one of `search`, or relative to the repository (shipped checkpoints name shipped bases)."""
-    try:
-        named = json.loads((Path(checkpoint) / META_FILE).read_text()).get("base", "")
-    except (OSError, json.JSONDecodeError):
-        return None
+    named = _named_base(checkpoint)
     if not named:
         return None
     for root in (Path(), *map(Path, search), _REPO_ROOT):
@@ -350,7 +355,7 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARE
     if set(emb) != set(table.learned_tokens):
         raise CheckpointError(f"{directory / EMBEDS_FILE}: holds {len(emb)} tokens, {TOKENS_FILE} lists "
                               f"{len(table.learned_tokens)} learned tokens; the files do not belong together")
-    trained_on = json.loads((directory / META_FILE).read_text()).get("base", "") if (directory / META_FILE).exists() else ""
+    trained_on = _named_base(directory)
     for name in (LORA_FILE, INFRARED_LORA_FILE):
         if (directory / name).exists():
             check_lora_fits(pipe.unet, directory / name, trained_on=trained_on)

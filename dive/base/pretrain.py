@@ -341,12 +341,12 @@ def _pretrain(cfg: BasePretrainConfig, *, progress: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", config_to_dict(cfg) | {"model": config_to_dict(cfg.model)})
     log = run_dir / "loss.jsonl"
+    images, captions = load_web_pool(Path(cfg.data), cfg.max_images, cfg.model.height, cfg.model.width)
+    if cfg.continue_from is not None:  # the source base's own tokenizer, VAE and text encoder
+        return _continue_unet(cfg, images, captions, log, progress)
+
     tok_dir = write_tokenizer_files(run_dir / "tokenizer", model_max_length=cfg.model.max_length, seed=cfg.seed)
     tokenizer = load_tokenizer(tok_dir)
-    images, captions = load_web_pool(Path(cfg.data), cfg.max_images, cfg.model.height, cfg.model.width)
-
-    if cfg.continue_from is not None:
-        return _continue_unet(cfg, images, captions, log, progress)
     torch.manual_seed(cfg.seed)
     vae = train_vae(cfg, images, log, progress)
     vae.requires_grad_(False)
