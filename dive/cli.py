@@ -169,6 +169,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from dive.generate.translate import TranslateConfig, translate
+
+    cfg = dataclass_from_args(TranslateConfig, args)
+    out = translate(cfg)
+    done = (out / "manifest.jsonl").exists()
+    print(f"{'finished' if done else 'stopped; rerun the same command to resume'}: {out} (images/, manifest.jsonl, "
+          "generate.json)")
+    if done:
+        print(f"next: dive export --data {cfg.data} --synthetic {out} --out OUT")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from dive.export import ExportConfig, export_dataset
 
@@ -381,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     from dive.generate.run import GenerateConfig
 
     _add_stage(sub, "generate", "identities x camera tokens x N images with a DiVE checkpoint (resumable, shardable)", GenerateConfig, _cmd_generate)
+
+    from dive.generate.translate import TranslateConfig
+
+    _add_stage(sub, "translate", "img2img: the external ids' own visible images redrawn in each infrared camera by a DiVE "
+               "checkpoint (not the paper's method; sources as the baselines choose them; resumable)", TranslateConfig,
+               _cmd_translate)
 
     from dive.export import ExportConfig
 

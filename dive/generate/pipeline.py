@@ -99,9 +99,19 @@ class Generator:
 
     @torch.no_grad()
     def render(self, jobs: Sequence[ImageJob], *, steps: int = 25, guidance: float = 1.0, negative_prompt: str = "",
-               callback=None) -> np.ndarray:
+               callback=None, init_images: Sequence | None = None, strength: float = 1.0) -> np.ndarray:
         """Images (len(jobs), H, W, 3) uint8 for one batch of jobs, each from its own seed. With an
-        infrared adapter, the batch is rendered in two parts, infrared and visible cameras."""
+        infrared adapter, the batch is rendered in two parts, infrared and visible cameras.
+
+        `init_images` (one PIL image of the generator's size per job) start each image from a real
+        picture noised to `strength` (img2img / SDEdit): the prompt then redraws only what that much
+        noise hides. Without them (the paper), every image starts from pure noise."""
+        if init_images is not None and len(init_images) != len(jobs):
+            raise ValueError(f"{len(init_images)} init images for {len(jobs)} jobs; give one per job")
+        if init_images is not None and not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1]; got {strength}")
+        kwargs = dict(steps=steps, guidance=guidance, negative_prompt=negative_prompt, callback=callback,
+                      strength=strength)
         if self.infrared_adapter:
             ir = [self.is_infrared(j) for j in jobs]
             out = np.zeros((len(jobs), self.height, self.width, 3), np.uint8)
@@ -109,26 +119,57 @@ class Generator:
                 part = [i for i, f in enumerate(ir) if f == flag]
                 if part:
                     self.use_adapters(flag)
-                    out[part] = self._render([jobs[i] for i in part], steps=steps, guidance=guidance,
-                                             negative_prompt=negative_prompt, callback=callback)
+                    out[part] = self._render([jobs[i] for i in part],
+                                             init_images=None if init_images is None else [init_images[i] for i in part],
+                                             **kwargs)
             return out
-        return self._render(jobs, steps=steps, guidance=guidance, negative_prompt=negative_prompt, callback=callback)
+        return self._render(jobs, init_images=init_images, **kwargs)
 
     def _render(self, jobs: Sequence[ImageJob], *, steps: int, guidance: float, negative_prompt: str,
-                callback) -> np.ndarray:
+                callback, init_images: Sequence | None, strength: float) -> np.ndarray:
         gens = [torch.Generator(device="cpu").manual_seed(j.seed) for j in jobs]
-        latents = torch.stack([
-            torch.randn((self.pipe.unet.config.in_channels, self.height // self.vae_scale, self.width // self.vae_scale),
-                        generator=g, dtype=torch.float32)
-            for g in gens
-        ]).to(self.device, self.dtype)
         neg = [negative_for(negative_prompt, j) for j in jobs] if (negative_prompt and guidance > 1.0) else None
-        out = self.pipe(
-            [j.prompt for j in jobs], height=self.height, width=self.width, num_inference_steps=steps,
-            guidance_scale=guidance, negative_prompt=neg, latents=latents, output_type="np",
-            callback_on_step_end=callback,
-        ).images
+        common = dict(num_inference_steps=steps, guidance_scale=guidance, negative_prompt=neg, output_type="np",
+                      callback_on_step_end=callback)
+        if init_images is not None:
+            latents, timesteps = self._noised_sources(init_images, gens, steps=steps, strength=strength)
+            common.pop("num_inference_steps")
+            out = self.pipe([j.prompt for j in jobs], height=self.height, width=self.width, latents=latents,
+                            timesteps=timesteps, **common).images
+        else:
+            latents = torch.stack([
+                torch.randn((self.pipe.unet.config.in_channels, self.height // self.vae_scale,
+                             self.width // self.vae_scale), generator=g, dtype=torch.float32)
+                for g in gens
+            ]).to(self.device, self.dtype)
+            out = self.pipe([j.prompt for j in jobs], height=self.height, width=self.width, latents=latents,
+                            **common).images
         return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+    def _noised_sources(self, images: Sequence, gens: Sequence[torch.Generator], *, steps: int, strength: float
+                        ) -> tuple[torch.Tensor, list[int]]:
+        """SDEdit's start: each source's VAE latent (posterior mean) diffused to the step where the last
+        round(strength x steps) of the sampler's `steps`-step schedule begin, with the job's own noise;
+        and those remaining timesteps. diffusers' img2img pipeline would do the same but refuses a
+        UNet whose sample_size is a (height, width) pair (diffusers 0.42), so the txt2img pipeline
+        runs the tail of the schedule from these latents."""
+        for im in images:
+            if tuple(im.size) != (self.width, self.height):
+                raise ValueError(f"init image of size {im.size[0]}x{im.size[1]} (WxH); this generator renders "
+                                 f"{self.width}x{self.height}: resize it first")
+        x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+                         for im in images]).div(127.5).sub(1.0).to(self.device, self.dtype)
+        vae = self.pipe.vae
+        x0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g, dtype=torch.float32) for g in gens]
+                            ).to(self.device, self.dtype)
+        sched = self.pipe.scheduler
+        sched.set_timesteps(steps)
+        keep = max(1, min(steps, int(round(steps * strength))))
+        timesteps = [int(t) for t in sched.timesteps[steps - keep:]]
+        abar = sched.alphas_cumprod[timesteps[0]].to(self.device, self.dtype)
+        latents = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        return latents / sched.init_noise_sigma, timesteps
 
     @property
     def vae_scale(self) -> int:
