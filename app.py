@@ -79,15 +79,16 @@ def build_app(studio: Studio) -> gr.Blocks:
         return str(p) if p else None
 
     # -- generate ---------------------------------------------------------------------------------------
-    def do_generate(choice, identity, camera, seed, random_seed, steps, guidance, n):
+    def do_generate(choice, identity, camera, seed, random_seed, steps, guidance, n, init_image=None, strength=0.6):
         seed = random.randrange(2**31) if random_seed else int(seed or 0)
         try:
             images = studio.generate(choice, [identity], [camera], n=int(n), seed=seed, steps=int(steps),
-                                     guidance=float(guidance))
+                                     guidance=float(guidance), init_image=init_image, strength=float(strength))
         except (StudioError, KeyError, ValueError) as e:
             return [], None, _err(e), seed
         _, zpath = studio.save_images(images)
-        return images, str(zpath), f"{len(images)} images · seed {seed}", seed
+        source = f" · from your image (strength {float(strength):g})" if init_image is not None else ""
+        return images, str(zpath), f"{len(images)} images · seed {seed}{source}", seed
 
     def every_camera(choice, identity, seed, steps, guidance):
         try:
@@ -217,6 +218,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                         g_steps = gr.Slider(2, 50, value=25, step=1, label="Steps (DPM-Solver++)")
                         g_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance (1 = off)")
                         g_n = gr.Slider(1, 16, value=4, step=1, label="Images")
+                        with gr.Accordion("Start from a real image (img2img; not the paper's method)", open=False):
+                            g_init = gr.Image(type="pil", label="Visible image of this person (optional)",
+                                              sources=["upload", "clipboard"], height=170, elem_id="init-image")
+                            g_strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                                                   info="how much of the picture is noised away and redrawn "
+                                                        "(1: all of it, as plain generation)")
                         g_go = gr.Button("Generate", variant="primary")
                         with gr.Row():
                             g_allcam = gr.Button("Same identity, every camera")
@@ -289,7 +296,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             reference, [ckpt, g_id], [g_ref], api_visibility="private")
         refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], api_visibility="private")
         g_id.change(reference, [ckpt, g_id], [g_ref], api_visibility="private")
-        g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n],
+        g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n, g_init, g_strength],
                    [g_gallery, g_zip, g_msg, g_seed], api_name="generate", concurrency_limit=8)
         g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg],
                        api_name="generate_every_camera")

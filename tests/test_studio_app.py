@@ -56,11 +56,11 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     ck = "shipped: dive-demo"
     assert {"/generate", "/attention", "/export"} <= set(client.view_api(return_format="dict")["named_endpoints"])
 
-    gallery, _, msg, _ = client.predict(ck, None, None, 0, False, 3, 1.0, 2, api_name="/generate")
+    gallery, _, msg, _ = client.predict(ck, None, None, 0, False, 3, 1.0, 2, None, 0.6, api_name="/generate")
     assert gallery == [] and "pick an identity" in msg  # a clear message, not a crash
 
     def gen(seed):
-        return client.predict(ck, idt, cam, seed, False, 3, 1.0, 2, api_name="/generate")
+        return client.predict(ck, idt, cam, seed, False, 3, 1.0, 2, None, 0.6, api_name="/generate")
 
     with cf.ThreadPoolExecutor(8) as pool:  # 8 users at once: each gets its own, correct result
         results = list(pool.map(gen, range(8)))
@@ -71,6 +71,18 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
         digests.add(tuple(_image_path(g).read_bytes() for g in gallery))
     assert len(digests) == 8
 
+    # img2img from an uploaded picture: a different image than from noise, with the same seed
+    from gradio_client import handle_file
+    from PIL import Image
+
+    pic = Image.new("RGB", (40, 90), (200, 30, 30))
+    pic.paste((20, 20, 220), (0, 45, 40, 90))
+    pic.save(Path(zpath).parent / "upload.png")
+    gallery, _, msg, _ = client.predict(ck, idt, cam, 0, False, 3, 1.0, 2, handle_file(str(Path(zpath).parent / "upload.png")),
+                                        0.5, api_name="/generate")
+    assert len(gallery) == 2 and "from your image" in msg and "strength 0.5" in gallery[0]["caption"], msg
+    assert _image_path(gallery[0]).read_bytes() != _image_path(results[0][0][0]).read_bytes()
+
     fig, _, msg = client.predict(ck, idt, cam, 0, 3, 1.0, "all", "all", api_name="/attention")
     assert fig and Path(fig).exists(), msg
 
@@ -79,7 +91,7 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     # path traversal through any input is refused
     _, _, msg = client.predict(ck, "../../etc", "top-K", 12, 1, [], [], 1, 3, api_name="/export")
     assert "outside" in msg
-    gallery, _, msg, _ = client.predict("../../../etc", idt, cam, 0, False, 3, 1.0, 1, api_name="/generate")
+    gallery, _, msg, _ = client.predict("../../../etc", idt, cam, 0, False, 3, 1.0, 1, None, 0.6, api_name="/generate")
     assert gallery == [] and "outside" in msg
 
 

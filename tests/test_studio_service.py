@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dive.checkpoint import check_checkpoint_dir
 from dive.studio.sandbox import Sandbox, StudioError
@@ -41,6 +42,14 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
     assert len(imgs) == 2 and all(np.array_equal(a[0], b[0]) for a, b in zip(imgs, again))
     assert "seed" in imgs[0][1] and ids[0][1] in imgs[0][1]
     assert studio.reference_image(labels[0], ids[0][1]) is not None
+    # img2img from a picture of any size: resized to the generator's, deterministic, and it matters
+    pic = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 50, 3), dtype=np.uint8))
+    kw = dict(n=1, seed=4, steps=3, guidance=1.0, init_image=pic, strength=0.5)
+    from_pic = studio.generate(labels[0], [ids[0][1]], [cams[0][1]], **kw)
+    assert np.array_equal(from_pic[0][0], studio.generate(labels[0], [ids[0][1]], [cams[0][1]], **kw)[0][0])
+    assert not np.array_equal(from_pic[0][0], imgs[0][0]) and "from your image, strength 0.5" in from_pic[0][1]
+    with pytest.raises(StudioError, match="strength"):
+        studio.generate(labels[0], [ids[0][1]], [cams[0][1]], **(kw | {"strength": 0.0}))
     with pytest.raises(StudioError, match="outside"):
         studio.resolve_checkpoint("../../etc")
     with pytest.raises(StudioError, match="not a DiVE checkpoint"):

@@ -121,10 +121,15 @@ class Studio:
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,
-                 guidance: float, negative_prompt: str = "") -> list[tuple[np.ndarray, str]]:
-        """Images with captions `prompt · seed`; the same call always gives the same images."""
+                 guidance: float, negative_prompt: str = "", init_image: Image.Image | None = None,
+                 strength: float = 0.6) -> list[tuple[np.ndarray, str]]:
+        """Images with captions `prompt · seed`; the same call always gives the same images. With
+        `init_image`, every image starts from that picture noised to `strength` (`dive translate`'s
+        img2img) instead of pure noise."""
         if not identities or not cameras or not all(identities) or not all(cameras):
             raise StudioError("pick an identity token and a camera token")
+        if init_image is not None and not 0.0 < strength <= 1.0:
+            raise StudioError(f"strength must be in (0, 1], got {strength}")
         if not 1 <= n <= 64:
             raise StudioError(f"number of images must be 1..64, got {n}")
         if not 1 <= steps <= 200:
@@ -138,12 +143,17 @@ class Studio:
         req = GenerationRequest(identities, cameras, n=n, seed=seed, steps=steps, guidance=guidance,
                                 negative_prompt=negative_prompt)
         jobs = req.jobs(gen.table)
+        source = None
+        if init_image is not None:
+            source = init_image.convert("RGB").resize((gen.width, gen.height), Image.Resampling.BICUBIC)
+        note = f" · from your image, strength {strength:g}" if source is not None else ""
         out = []
         with lock:  # one pipeline, one sampling at a time (its scheduler holds state)
             for i in range(0, len(jobs), 16):
                 batch = jobs[i : i + 16]
-                imgs = gen.render(batch, steps=steps, guidance=guidance, negative_prompt=negative_prompt)
-                out += [(img, f"{j.prompt} · seed {j.seed}") for j, img in zip(batch, imgs)]
+                imgs = gen.render(batch, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+                                  init_images=None if source is None else [source] * len(batch), strength=strength)
+                out += [(img, f"{j.prompt} · seed {j.seed}{note}") for j, img in zip(batch, imgs)]
         return out
 
     def save_images(self, images: list[tuple[np.ndarray, str]], kind: str = "generations") -> tuple[Path, Path]:
