@@ -5,7 +5,9 @@
 #     grayscale copies of their visible images, both scored by `dive metrics` with the VI-only AGW
 #     model (identity Rank-1 against the ids' real visible images, FD to real IR), with the world's
 #     own infrared renders of those ids (`dive baseline oracle`) as the ceiling a perfect generator reaches;
-#  3. the same check on 256 VI ids, which training showed in infrared (row dive-vi).
+#  3. the same check on 256 VI ids, which training showed in infrared (row dive-vi);
+#  4. `dive translate` (img2img from the ids' own visible images, the grayscale copies' sources) at
+#     each strength of STRENGTHS (rows translate-S; STRENGTHS="" skips them).
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
 #   BASE=DIR bash scripts/evaluate_demo.sh ...                 (a base other than the one the checkpoint names)
 #   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
@@ -23,6 +25,7 @@ BASE_ARGS=()   # default: the base the checkpoint's dive.json names
 if [ -n "${BASE:-}" ]; then BASE_ARGS=(--base "$BASE"); fi
 GUIDANCE=${GUIDANCE:-1}
 NEGATIVE=${NEGATIVE:-}   # e.g. 'a {camera} photo of person': guidance along the identity token only
+STRENGTHS=${STRENGTHS-0.6}
 export OMP_WAIT_POLICY=PASSIVE
 for S in $REID_SEEDS; do
   if [ ! -f "runs/reid-baselines/agw-seed$S/model.safetensors" ]; then
@@ -35,7 +38,13 @@ dive generate "${BASE_ARGS[@]}" --checkpoint "$CKPT" --out "$OUT/dive" --n "$N" 
 dive generate "${BASE_ARGS[@]}" --checkpoint "$CKPT" --out "$OUT/dive-vi" --identities vi --random-k 256 --n "$N" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
 dive baseline grayscale --data data/synthvi --out "$OUT/grayscale" --n "$N"
 dive baseline oracle --data data/synthvi --out "$OUT/oracle" --n "$N"   # true IR renders: the ceiling
+TRANSLATED=()
+for ST in $STRENGTHS; do
+  dive translate "${BASE_ARGS[@]}" --checkpoint "$CKPT" --data data/synthvi --out "$OUT/translate-$ST" --n "$N" \
+    --strength "$ST" --guidance "$GUIDANCE" --negative-prompt "$NEGATIVE"
+  TRANSLATED+=("$OUT/translate-$ST")
+done
 for S in $REID_SEEDS; do
-  dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" "$OUT/dive-vi" --real-ir data/synthvi \
+  dive metrics --synthetic "$OUT/dive" "$OUT/grayscale" "$OUT/oracle" "$OUT/dive-vi" "${TRANSLATED[@]}" --real-ir data/synthvi \
     --reid-run "runs/reid-baselines/agw-seed$S" --out "$OUT/metrics-seed$S"
 done

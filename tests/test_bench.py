@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def quick_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
-           "--reid-workers", "1", "--base", str(REPO / "checkpoints" / "tiny-sd-base")]
+           "--reid-workers", "1", "--base", str(REPO / "checkpoints" / "tiny-sd-base"), "--translate-strength", "0.6"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
@@ -30,11 +30,18 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
         assert (out / name).is_file(), name
     tables = json.loads((out / "tables.json").read_text())["tables"]
     main = tables["main-agw"]["rows"]
-    assert set(main) == {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera"}
+    assert set(main) == {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-translate"}
     assert 0 <= main["dive-camera"]["sysu-all/rank1"]["mean"] <= 100
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
-    assert set(tables["quality"]) == {"dive-camera", "dive-modality", "dive-ir-only", "grayscale", "cyclegan", "oracle"}
+    assert set(tables["quality"]) == {"dive-camera", "dive-translate", "dive-modality", "dive-ir-only", "grayscale",
+                                      "cyclegan", "oracle"}
+    # the img2img row starts from the very images the grayscale baseline copies
+    def sources(name):
+        lines = (out / "synthetic" / name / "manifest.jsonl").read_text().splitlines()
+        return {json.loads(x)["path"]: json.loads(x)["source_path"] for x in lines}
+
+    assert sources("dive-translate") == sources("grayscale")
     diag = tables["diagnostics"]  # one-seed rows outside the claim: longer baseline, perfect generator
     assert set(diag) == {"baseline", "baseline-long", "dive-camera", "oracle"}
     assert "oracle" not in main and not any("oracle" in what for what in tables["main-agw"]["claim"].get("checks", {}))

@@ -37,6 +37,9 @@ class BenchConfig:
     gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale"})
     gen_seed: int = field(default=0, metadata={"help": "generation / baseline seed"})
+    translate_strength: float = field(default=0.0, metadata={
+        "help": "also a '+ DiVE img2img' row (`dive translate` at this strength: the external ids' own visible "
+                "images redrawn by the per-camera checkpoint; not the paper's method); 0: off"})
     cyclegan_steps: int = field(default=1300, metadata={"help": "CycleGAN baseline training steps"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "ReID seeds of Tables 1/2"})
     ablation_seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "ReID seeds of Tables 3 and 5"})
@@ -73,6 +76,8 @@ class BenchConfig:
         bad = set(self.methods) - {"agw", "caj"}
         if bad:
             raise ValueError(f"methods: unknown ReID recipe(s) {sorted(bad)}; expected agw and/or caj")
+        if not 0.0 <= self.translate_strength <= 1.0:
+            raise ValueError(f"translate_strength must be in [0, 1] (0: off); got {self.translate_strength}")
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:

@@ -1,11 +1,11 @@
 """`dive bench`: the paper's Tables 1/2, 3, 5 and 6 on SynthVI, composed from the stages.
 
 Stages (each resumable: a finished stage's output is reused when the bench is rerun):
-world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant -> comparison
-baselines (grayscale, CycleGAN) -> one export per training set -> ReID runs (in parallel, one
-thread each; with diagnostics also the oracle's true infrared renders and a longer baseline) ->
-quality metrics (plus the oracle's true infrared renders, as the ceiling) ->
-tables (Markdown + JSON) and plots under `out/`.
+world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant (and, with
+--translate-strength, the img2img row) -> comparison baselines (grayscale, CycleGAN) -> one export
+per training set -> ReID runs (in parallel, one thread each; with diagnostics also the oracle's
+true infrared renders and a longer baseline) -> quality metrics (plus the oracle's true infrared
+renders, as the ceiling) -> tables (Markdown + JSON) and plots under `out/`.
 
 Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
 reid/<train set>-<method>-seed<s>, metrics, tables.md, tables.json, *.png, bench.json}.
@@ -109,6 +109,23 @@ def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[st
                                         seed=cfg.gen_seed), progress=not cfg.quick)
         folders[f"dive-{name}"] = out
     return folders
+
+
+def translate_source(cfg: BenchConfig, checkpoint: Path) -> dict[str, Path]:
+    """With `translate_strength`: the per-camera checkpoint's img2img of the external ids' own
+    visible images (the grayscale and CycleGAN baselines' sources, image for image)."""
+    from dive.generate.translate import TranslateConfig, translate
+
+    if not cfg.translate_strength:
+        return {}
+    out = cfg.out / "synthetic" / "dive-translate"
+    if not _generation_done(out):
+        _log(f"DiVE img2img at strength {cfg.translate_strength} -> {out}")
+        with torch_threads(cfg.threads):
+            translate(TranslateConfig(data=cfg.data, out=out, checkpoint=checkpoint, min_images=cfg.min_images,
+                                      n=cfg.n_per_camera, seed=cfg.gen_seed, strength=cfg.translate_strength,
+                                      steps=cfg.gen_steps, guidance=cfg.guidance), progress=not cfg.quick)
+    return {"dive-translate": out}
 
 
 def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
@@ -240,7 +257,8 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
         overrides["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
     sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
     per_set: dict[str, dict] = {}
-    main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera")
+    main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera") + (
+        ("dive-translate",) if "dive-translate" in sets else ())
     jobs = []
     for method in cfg.methods:
         for train_set in main if method in cfg.comparisons_for else ("baseline", "dive-camera"):
@@ -370,6 +388,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     checkpoints = timed("dive checkpoints", ensure_checkpoints, cfg)
     check_inputs(cfg, checkpoints)
     sources = timed("generation", generate_variants, cfg, checkpoints)
+    sources |= timed("translation", translate_source, cfg, checkpoints["camera"])
     sources |= timed("comparison baselines", comparison_baselines, cfg)
     table5 = {}
     for k in cfg.id_counts:

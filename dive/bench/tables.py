@@ -15,6 +15,7 @@ MAIN_ROWS = (
     ("grayscale", "+ grayscale \"IR\""),
     ("cyclegan", "+ CycleGAN IR"),
     ("dive-camera", "+ DiVE IR"),
+    ("dive-translate", "+ DiVE img2img IR (`dive translate`, not the paper's method)"),
 )
 ABLATION_ROWS = (
     ("dive-ir-only", "DiVE trained on VI infrared only"),
@@ -28,7 +29,7 @@ DIAGNOSTIC_ROWS = (
     ("dive-camera", "+ DiVE IR"),
     ("oracle", "+ true IR renders of the external ids (oracle: a ceiling, not a method)"),
 )
-GENERATORS = (("dive-camera", "DiVE"), ("cyclegan", "CycleGAN"), ("grayscale", "grayscale"),
+GENERATORS = (("dive-camera", "DiVE"), ("dive-translate", "DiVE img2img"), ("cyclegan", "CycleGAN"), ("grayscale", "grayscale"),
               ("dive-modality", "DiVE (token per modality)"), ("dive-ir-only", "DiVE (IR-only training)"),
               ("oracle", "oracle: true IR renders (ceiling, not a method)"))
 _HEAD = "| {} | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |\n|---|---|---|---|---|"
