@@ -41,7 +41,7 @@ def _err(e: Exception) -> str:
 def build_app(studio: Studio) -> gr.Blocks:
     stop_flags: dict[str, threading.Event] = {}
     ck_labels = [c.label for c in studio.checkpoints()]
-    default_ck = next((c for c in ck_labels if "dive-demo" in c), ck_labels[0] if ck_labels else None)
+    default_ck = Studio.default_choice(ck_labels)
     # server-side choices of the token pickers start as the default checkpoint's; the page load
     # event refreshes them per checkpoint. Custom values are allowed: the service checks tokens.
     id_init = Studio.identity_choices(studio.table(default_ck)) if default_ck else []
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     # warm the default checkpoint so the first Generate is fast
     labels = [c.label for c in studio.checkpoints()]
     if labels:
-        studio.generator(next((c for c in labels if "dive-demo" in c), labels[0]))
+        studio.generator(Studio.default_choice(labels))
     demo = build_app(studio)
     demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS,
                 allowed_paths=[str(studio.sandbox.root), str(Path(__file__).parent / "checkpoints")],

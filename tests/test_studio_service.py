@@ -32,6 +32,9 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
     studio = Studio(data, shipped_dir=shipped)
     labels = [c.label for c in studio.checkpoints()]
     assert labels[0] == "shipped: dive-demo"  # shipped first, then any runs other tests made
+    # the studio opens on the demo by its exact name, not on another folder sharing its prefix
+    assert Studio.default_choice(["shipped: a", "shipped: dive-demo-v2", "shipped: dive-demo"]) == "shipped: dive-demo"
+    assert Studio.default_choice(["shipped: a", "run 1: final"]) == "shipped: a" and Studio.default_choice([]) is None
     table = studio.table(labels[0])
     ids = studio.identity_choices(table)
     cams = studio.camera_choices(table)

@@ -24,7 +24,7 @@ def first_image_latency(data: Path | None = None, repeats: int = 3) -> dict:
     labels = [c.label for c in studio.checkpoints()]
     if not labels:
         raise ValueError("no shipped checkpoint to time")
-    ck = next((c for c in labels if "dive-demo" in c), labels[0])
+    ck = studio.default_choice(labels)
     t0 = time.perf_counter()
     table = studio.generator(ck)[0].table  # what `python app.py` does before serving
     load_s = time.perf_counter() - t0

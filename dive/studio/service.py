@@ -21,6 +21,7 @@ from dive.studio.sandbox import Sandbox, StudioError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "checkpoints"
 SHIPPED_BASE = SHIPPED_DIR / "tiny-sd-base"
+DEMO_NAME = "dive-demo"  # the shipped checkpoint the studio opens on
 
 #: training presets offered by the studio's form
 TRAIN_PRESETS = {
@@ -66,6 +67,12 @@ class Studio:
             for ck in self.runs.checkpoints(rec):
                 out.append(CheckpointChoice(f"run {rec.id}: {ck.name} ({rec.status})", ck, self.base_of(ck)))
         return out
+
+    @staticmethod
+    def default_choice(labels: list[str]) -> str | None:
+        """The checkpoint the studio opens on: the shipped demo by its exact name (other shipped
+        folders such as dive-demo-v2 share the prefix), else the first one."""
+        return next((c for c in labels if c == f"shipped: {DEMO_NAME}"), labels[0] if labels else None)
 
     def base_of(self, ckpt: Path) -> Path:
         """The base a checkpoint was trained on, if at hand; else the shipped tiny base."""
