@@ -113,6 +113,16 @@ def test_browser_walkthrough(app_url, tmp_path):
         expect(page.get_by_text("images · seed", exact=False)).to_be_visible(timeout=120_000)
         assert page.locator("img").count() >= 4
         page.screenshot(path=str(shots / "01-generate.png"))
+        # start from an uploaded visible picture (img2img)
+        from PIL import Image
+
+        pic = tmp_path / "person.png"
+        Image.new("RGB", (32, 64), (180, 40, 40)).save(pic)
+        page.get_by_text("Start from a real image", exact=False).click()
+        page.locator("#init-image input[type=file]").set_input_files(str(pic))
+        expect(page.locator("#init-image img").first).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text("from your image (strength 0.6)", exact=False)).to_be_visible(timeout=120_000)
         # attention panel
         page.get_by_role("tab", name="Attention").click()
         page.get_by_role("button", name="Show attention maps").click()
