@@ -119,3 +119,30 @@ def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     saved["batches_per_epoch"] = 100  # the old fixed budget
     (run / "config.json").write_text(json.dumps({"train": saved}))
     assert finished_report(job) is None
+
+
+def test_ablations_copy_the_camera_checkpoints_recipe_and_share_its_base(micro_base, micro_dive_run, tmp_path):
+    """Table 3 changes one thing at a time: an ablation the bench trains takes the per-camera
+    checkpoint's recipe, and a given ablation made on another base is refused by name."""
+    import shutil
+
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import ensure_checkpoints, variant_recipe
+
+    camera = micro_dive_run / "final"
+    recipe = variant_recipe(camera)
+    assert recipe["rank"] == 4 and recipe["steps"] == 6 and recipe["batch_size"] == 4
+    assert not {"out", "data", "base", "threads", "seed"} & set(recipe)
+    other_base = tmp_path / "other-base"
+    shutil.copytree(micro_base, other_base)
+    ablation = tmp_path / "modality"
+    shutil.copytree(camera, ablation)
+    meta = json.loads((ablation / "dive.json").read_text())
+    (ablation / "dive.json").write_text(json.dumps(meta | {"base": str(other_base)}))
+    cfg = BenchConfig(out=tmp_path / "bench", data=tmp_path / "unused", checkpoint=camera,
+                      modality_checkpoint=ablation, ir_only_checkpoint=camera)
+    with pytest.raises(ValueError, match="Table 3 must compare one base") as err:
+        ensure_checkpoints(cfg)
+    assert str(ablation) in str(err.value) and "--modality-checkpoint" in str(err.value)
+    (ablation / "dive.json").write_text(json.dumps(meta))  # the same base: accepted as given
+    assert ensure_checkpoints(cfg) == {"camera": camera, "modality": ablation, "ir-only": camera}

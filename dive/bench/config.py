@@ -31,7 +31,8 @@ class BenchConfig:
     ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only"), metadata={
         "help": "Table 3: VI images of the infrared modality only (trained by the bench when missing)"})
     dive_steps: int = field(default=4000, metadata={
-        "help": "steps of a DiVE checkpoint the bench has to train (4000: as the shipped demo, so Table 3 compares like with like)"})
+        "help": "steps of a per-camera DiVE checkpoint the bench has to train (ablations it trains copy the "
+                "per-camera checkpoint's own recipe, steps included, from its dive.json)"})
     min_images: int = field(default=12, metadata={"help": "external ids expanded: at least this many images (paper: >11)"})
     n_per_camera: int = field(default=6, metadata={"help": "generated images per id and infrared camera (paper: 18)"})
     gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})

@@ -13,6 +13,7 @@ reid/<train set>-<method>-seed<s>, metrics, tables.md, tables.json, *.png, bench
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -65,27 +66,70 @@ def ensure_world(cfg: BenchConfig) -> Path:
     return cfg.data
 
 
+#: DiVETrainConfig fields that say how a run is carried out, not what it learns: not part of the
+#: recipe the bench copies from the per-camera checkpoint into the ablations it trains
+_RUN_FIELDS = {"base", "data", "out", "threads", "save_every", "preview_every", "stop_after", "cpu", "keep_checkpoints",
+               "init_from", "train_parts", "data_format", "external", "external_format", "min_images", "seed"}
+
+
+def variant_recipe(camera_checkpoint: Path) -> dict:
+    """The per-camera checkpoint's training recipe (its dive.json), less run settings: an ablation
+    the bench has to train uses it, so Table 3 changes one thing at a time (token granularity or
+    the VI modalities), whatever recipe the shipped checkpoint was made with."""
+    from dive.checkpoint import META_FILE
+    from dive.train.trainer import DiVETrainConfig
+
+    meta_path = Path(camera_checkpoint) / META_FILE
+    try:
+        saved = json.loads(meta_path.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{meta_path}: cannot read the training config ({err}); the ablations need the "
+                         "per-camera checkpoint's recipe") from None
+    fields = {f.name: f for f in dataclasses.fields(DiVETrainConfig)}
+    recipe = {}
+    for key, value in saved.items():
+        if key in fields and key not in _RUN_FIELDS:
+            is_path = "Path" in str(fields[key].type) and value is not None
+            recipe[key] = Path(value) if is_path else value
+    return recipe
+
+
 def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
-    """Each DiVE variant's checkpoint: the given folder, or one trained (and packaged) here."""
-    from dive.checkpoint import check_checkpoint_dir
+    """Each DiVE variant's checkpoint: the given folder, or one trained (and packaged) here. A
+    missing ablation is trained with the per-camera checkpoint's own recipe and base; a given one
+    must share that base (Table 3 would otherwise compare two base models)."""
+    from dive.checkpoint import check_checkpoint_dir, trained_base
     from dive.train.trainer import DiVETrainConfig, train_dive
 
     found: dict[str, Path] = {}
+    recipe: dict = {}
+    base = cfg.base
     for name, overrides, attr in DIVE_VARIANTS:
         given = getattr(cfg, attr)
         if given is not None and given.exists():
             found[name] = check_checkpoint_dir(given)
-            continue
-        run = cfg.out / "dive" / name
-        if not (run / "final" / "dive.json").exists():
-            _log(f"training the DiVE '{name}' checkpoint ({cfg.dive_steps} steps) in {run}"
-                 + (f" ({given} does not exist)" if given is not None else ""))
-            tcfg = DiVETrainConfig(base=cfg.base, data=cfg.data, out=run, steps=cfg.dive_steps,
-                                   min_images=cfg.min_images, seed=0, threads=cfg.threads,
-                                   save_every=max(1, min(500, cfg.dive_steps)), preview_every=0,
-                                   warmup=min(100, cfg.dive_steps // 4), **overrides)
-            train_dive(tcfg, progress=not cfg.quick)
-        found[name] = check_checkpoint_dir(run / "final")
+        else:
+            run = cfg.out / "dive" / name
+            if not (run / "final" / "dive.json").exists():
+                steps = recipe.get("steps", cfg.dive_steps)
+                _log(f"training the DiVE '{name}' checkpoint ({steps} steps on {base}) in {run}"
+                     + (f" ({given} does not exist)" if given is not None else ""))
+                settings = dict(steps=steps, warmup=min(100, steps // 4)) | recipe | overrides
+                tcfg = DiVETrainConfig(**settings, base=base, data=cfg.data, out=run, min_images=cfg.min_images,
+                                       seed=0, threads=cfg.threads, save_every=max(1, min(500, steps)),
+                                       preview_every=0)
+                train_dive(tcfg, progress=not cfg.quick)
+            found[name] = check_checkpoint_dir(run / "final")
+        if name == "camera":
+            recipe = variant_recipe(found[name])
+            base = trained_base(found[name]) or cfg.base
+        elif given is not None and given.exists():
+            own = trained_base(found[name])
+            if own is None or Path(own).resolve() != Path(base).resolve():
+                raise ValueError(f"{given}: trained on base {own}, but the per-camera checkpoint {found['camera']} on "
+                                 f"{base}; Table 3 must compare one base. Pass --{attr.replace('_', '-')} with a "
+                                 "checkpoint on that base, or a folder that does not exist to have the bench train it "
+                                 "with the per-camera checkpoint's recipe")
     return found
 
 
