@@ -24,8 +24,10 @@ class BenchConfig:
     world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
     base: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={
         "help": "diffusers base folder the bench trains missing DiVE checkpoints on (a given checkpoint renders on its own base)"})
-    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo"), metadata={
-        "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing)"})
+    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo-v2"), metadata={
+        "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing). "
+                "Default: the v2 demo, on the base of the shipped ablations (the v3 demo, checkpoints/dive-demo, "
+                "needs ablations on base v3: pass it with missing ablation folders to have the bench train them)"})
     modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality"), metadata={
         "help": "Table 3: one token per modality (trained by the bench when missing)"})
     ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only"), metadata={
