@@ -65,6 +65,10 @@ def test_translate_kill_and_resume_gives_the_same_bytes(tiny_world_dir, micro_di
     assert (cut / "manifest.jsonl").exists() and hashes(cut) == hashes(whole)
     with pytest.raises(FileExistsError, match="other settings"):
         translate(config(tiny_world_dir, ckpt, tmp_path / "cut", strength=0.3), generator=gen, progress=False)
+    # forced to other settings, no earlier image is reused: the folder is what a fresh run writes
+    translate(config(tiny_world_dir, ckpt, tmp_path / "cut", strength=0.3, force=True), generator=gen, progress=False)
+    fresh = translate(config(tiny_world_dir, ckpt, tmp_path / "fresh", strength=0.3), generator=gen, progress=False)
+    assert hashes(cut) == hashes(fresh) != hashes(whole)
 
 
 def test_strength_decides_how_much_of_the_source_is_kept(gen, tiny_world_dir):

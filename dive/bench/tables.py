@@ -29,8 +29,9 @@ DIAGNOSTIC_ROWS = (
     ("dive-camera", "+ DiVE IR"),
     ("oracle", "+ true IR renders of the external ids (oracle: a ceiling, not a method)"),
 )
-GENERATORS = (("dive-camera", "DiVE"), ("dive-translate", "DiVE img2img"), ("cyclegan", "CycleGAN"), ("grayscale", "grayscale"),
-              ("dive-modality", "DiVE (token per modality)"), ("dive-ir-only", "DiVE (IR-only training)"),
+GENERATORS = (("dive-camera", "DiVE"), ("dive-translate", "DiVE img2img"), ("cyclegan", "CycleGAN"),
+              ("grayscale", "grayscale"), ("dive-modality", "DiVE (token per modality)"),
+              ("dive-ir-only", "DiVE (IR-only training)"),
               ("oracle", "oracle: true IR renders (ceiling, not a method)"))
 _HEAD = "| {} | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |\n|---|---|---|---|---|"
 

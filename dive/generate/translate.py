@@ -18,13 +18,16 @@ only the missing ones, with the same bytes (per-image seeds from (seed, identity
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
-from dive.baselines.common import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out, read_rgb
+from dive.baselines.common import (SETTINGS_FILE, BaselineSelection, base_settings, finish_out, load_baseline_inputs,
+                                   plan_jobs, prepare_out, read_rgb)
 from dive.checkpoint import checkpoint_hash, resolve_base
 from dive.generate.pipeline import Generator, ImageJob, image_seed, load_generator
 from dive.utils.io import save_image
@@ -84,7 +87,11 @@ def translate(cfg: TranslateConfig, *, generator: Generator | None = None, progr
                              top_k=cfg.top_k, n=cfg.n, seed=cfg.seed, strength=cfg.strength, steps=cfg.steps,
                              guidance=cfg.guidance, negative_prompt=cfg.negative_prompt, height=gen.height,
                              width=gen.width, scheduler=scheduler)
+    settings_path = Path(cfg.out) / SETTINGS_FILE
+    earlier = json.loads(settings_path.read_text()) if settings_path.is_file() else None
     prepare_out(cfg.out, settings, inputs.protected + [Path(cfg.checkpoint)], cfg.force)
+    if earlier is not None and earlier != settings:  # --force with other settings: no image is reused
+        shutil.rmtree(Path(cfg.out) / "images", ignore_errors=True)
     work = []
     for job in jobs:
         idt = identity_tokens[(job.row["dataset"], job.row["pid"])]
