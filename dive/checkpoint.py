@@ -87,6 +87,9 @@ class TokenTable:
     cameras: list[CameraToken] = field(default_factory=list)
     template: str = DEFAULT_TEMPLATE
     camera_mode: str = "string"
+    #: datasets trained with infrared images (the VI sets); the others are the external, visible-only
+    #: ones to expand. Needed with one camera token per modality (dataset "all"); [] in older tables
+    infrared_datasets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._by_token = {t.token: t for t in [*self.identities, *self.cameras]}
@@ -111,6 +114,19 @@ class TokenTable:
             return self._by_token[token]
         except KeyError:
             raise KeyError(f"unknown token {token!r}") from None
+
+    def is_external(self, dataset: str) -> bool:
+        """True for a visible-only dataset (the one to expand), False for a VI set. Tables without
+        `infrared_datasets` tell by the camera tokens; with one token per modality they cannot, and say so."""
+        if self.infrared_datasets:
+            return dataset not in self.infrared_datasets
+        if any(c.dataset == dataset and c.modality == "infrared" for c in self.cameras):
+            return False
+        if any(c.dataset == "all" for c in self.cameras):
+            raise CheckpointError(f"{TOKENS_FILE}: one camera token per modality and no 'infrared_datasets', so VI and "
+                                  "external identities cannot be told apart; add \"infrared_datasets\": [\"<VI dataset "
+                                  "name>\"] to it (the trainer writes it since session 12)")
+        return True
 
     def infrared_cameras(self) -> list[CameraToken]:
         return [c for c in self.cameras if c.modality == "infrared"]
@@ -137,7 +153,7 @@ class TokenTable:
             # no "caption" key without a caption: token tables of caption-free runs stay as they were
             "identities": [{k: v for k, v in asdict(t).items() if k != "caption" or v} for t in self.identities],
             "cameras": [asdict(c) for c in self.cameras],
-        }
+        } | ({"infrared_datasets": list(self.infrared_datasets)} if self.infrared_datasets else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = TOKENS_FILE) -> "TokenTable":
@@ -147,6 +163,7 @@ class TokenTable:
                 cameras=[CameraToken(**c) for c in d["cameras"]],
                 template=d.get("template", DEFAULT_TEMPLATE),
                 camera_mode=d.get("camera_mode", "string"),
+                infrared_datasets=list(d.get("infrared_datasets", [])),
             )
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{source}: malformed token table ({err}); expected 'identities' and 'cameras' lists") from None

@@ -40,6 +40,23 @@ def test_token_table_selection(tiny_world_dir):
     # one token per modality
     tm = build_training_set(vi, ext, min_images=3, granularity="modality")
     assert sorted(c.modality for c in tm.table.cameras) == ["infrared", "visible"]
+    # ... whose cameras name no dataset: the table records which datasets had infrared, so the
+    # external ids are still told apart (generation expands them, not the VI ids)
+    from dive.checkpoint import CheckpointError, TokenTable
+    from dive.generate.run import select_identities
+
+    for table in (ts.table, tm.table):
+        again = TokenTable.from_dict(table.to_dict())
+        assert again.infrared_datasets == ["synthvi_vi"]
+        assert {t.dataset for t in select_identities(again, which="external", min_images=0)} == {"synthvi_ext"}
+        assert {t.dataset for t in select_identities(again, which="vi", min_images=0)} == {"synthvi_vi"}
+    older = tm.table.to_dict()
+    del older["infrared_datasets"]  # a per-modality table written before the field existed
+    with pytest.raises(CheckpointError, match="infrared_datasets"):
+        select_identities(TokenTable.from_dict(older), which="external", min_images=0)
+    older_camera = ts.table.to_dict()
+    del older_camera["infrared_datasets"]  # per-camera tables tell by their camera tokens
+    assert {t.dataset for t in select_identities(TokenTable.from_dict(older_camera), min_images=0)} == {"synthvi_ext"}
     assert all(p.startswith("a ") and p.endswith(" person") for p in ts.prompts)
     # camera modes: learned rows (default) vs frozen strings that only the LoRA reads (the paper)
     frozen = build_training_set(vi, ext, min_images=3, seed=0, camera_mode="string").table

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dive.checkpoint import CheckpointError
+
 LAYER_GROUPS = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
 MASK_METHODS = ("border", "center", "identity")
 
@@ -644,13 +646,15 @@ class AttentionResult:
 
 
 def default_tokens(table, identity: str | None = None, camera: str | None = None) -> tuple[str, str]:
-    """The given tokens (checked against the table), else the first external identity (a dataset
-    with no infrared camera) and the first infrared camera."""
+    """The given tokens (checked against the table), else the first external identity (a
+    visible-only dataset) and the first infrared camera."""
     if identity:
         table.get(identity)
     else:
-        ir_sets = {c.dataset for c in table.cameras if c.modality == "infrared"}
-        pool = [t for t in table.identities if t.dataset not in ir_sets] or table.identities
+        try:
+            pool = [t for t in table.identities if table.is_external(t.dataset)] or table.identities
+        except CheckpointError:  # an older per-modality table cannot tell: any identity will do
+            pool = table.identities
         if not pool:
             raise ValueError("the checkpoint's token table has no identity tokens")
         identity = pool[0].token

@@ -56,20 +56,15 @@ class GenerateConfig:
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
 
 
-def is_external(table: TokenTable, dataset: str) -> bool:
-    """External = a dataset with no infrared camera token (visible-only, the one to expand)."""
-    return not any(c.dataset == dataset and c.modality == "infrared" for c in table.cameras)
-
-
 def select_identities(table: TokenTable, *, which: str = "external", min_images: int = 12, top_k: int = 0,
                       random_k: int = 0, ids: tuple[str, ...] = (), seed: int = 0) -> list[IdentityToken]:
     if ids:
         return [table.get(t) for t in ids]  # type: ignore[misc]
     pool = table.identities
     if which == "external":
-        pool = [t for t in pool if is_external(table, t.dataset)]
+        pool = [t for t in pool if table.is_external(t.dataset)]
     elif which == "vi":
-        pool = [t for t in pool if not is_external(table, t.dataset)]
+        pool = [t for t in pool if not table.is_external(t.dataset)]
     pool = [t for t in pool if t.images >= min_images]
     if top_k:
         pool = sorted(pool, key=lambda t: (-t.images, t.token))[:top_k]

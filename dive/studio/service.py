@@ -111,7 +111,10 @@ class Studio:
     @staticmethod
     def identity_choices(table: TokenTable) -> list[tuple[str, str]]:
         def label(t):
-            kind = "external" if not any(c.dataset == t.dataset and c.modality == "infrared" for c in table.cameras) else "VI"
+            try:
+                kind = "external" if table.is_external(t.dataset) else "VI"
+            except CheckpointError:  # an older per-modality table cannot tell
+                kind = "identity"
             return f"{t.dataset} #{t.pid:04d} · {kind} · {t.images} imgs · {t.token}"
 
         ids = sorted(table.identities, key=lambda t: (label(t).split(" · ")[1] != "external", t.dataset, t.pid))

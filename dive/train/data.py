@@ -87,7 +87,8 @@ def build_training_set(vi_records: list[Record], ext_records: list[Record], *, m
         keys = sorted({("all", 0 if r.modality is Modality.VISIBLE else 1, r.modality.value) for r in records})
     strings = random_camera_strings(len(keys), seed)
     cameras = [CameraToken(s, ds, cam, mod, learned=camera_mode == "embedding") for s, (ds, cam, mod) in zip(strings, keys)]
-    table = TokenTable(identities, cameras, camera_mode=camera_mode)
+    infrared = sorted({r.dataset for r in records if r.modality is Modality.INFRARED})
+    table = TokenTable(identities, cameras, camera_mode=camera_mode, infrared_datasets=infrared)
 
     def cam_token(r: Record) -> str:
         if granularity == "camera":
