@@ -128,6 +128,16 @@ class TokenTable:
                                   "name>\"] to it (the trainer writes it since session 12)")
         return True
 
+    def describes_same_tokens(self, other: "TokenTable") -> bool:
+        """Same identities, cameras, template and camera mode. `infrared_datasets` is derived from
+        the same data, so a table written before it existed (empty) still matches one that has it:
+        older runs resume, serve as --init-from and package."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        if not (self.infrared_datasets and other.infrared_datasets):
+            mine.pop("infrared_datasets", None)
+            theirs.pop("infrared_datasets", None)
+        return mine == theirs
+
     def infrared_cameras(self) -> list[CameraToken]:
         return [c for c in self.cameras if c.modality == "infrared"]
 
@@ -293,6 +303,16 @@ def has_infrared_adapter(directory: str | Path) -> bool:
 
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_config(checkpoint: str | Path) -> dict:
+    """The DiVETrainConfig a checkpoint was trained with, as its dive.json stores it."""
+    path = Path(checkpoint) / META_FILE
+    try:
+        return json.loads(path.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot read the training config ({err.__class__.__name__}: {err}); "
+                              "expected the dive.json a DiVE run writes") from None
 
 
 def _named_base(checkpoint: str | Path) -> str:

@@ -42,7 +42,7 @@ def test_token_table_selection(tiny_world_dir):
     assert sorted(c.modality for c in tm.table.cameras) == ["infrared", "visible"]
     # ... whose cameras name no dataset: the table records which datasets had infrared, so the
     # external ids are still told apart (generation expands them, not the VI ids)
-    from dive.checkpoint import CheckpointError, TokenTable
+    from dive.checkpoint import CheckpointError
     from dive.generate.run import select_identities
 
     for table in (ts.table, tm.table):
@@ -113,6 +113,31 @@ def test_resume_continues_the_same_loss_curve(micro_base, tiny_world_dir, micro_
     a = load_file(str(run / "final" / LORA_FILE))
     b = load_file(str(micro_dive_run / "final" / LORA_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_written_before_infrared_datasets_still_packages(micro_dive_run, tmp_path):
+    """Resume, --init-from and package compare token tables with describes_same_tokens: a table
+    without infrared_datasets (written before the field) still matches, and packaging adds it."""
+    import json
+    import shutil
+
+    from dive.train.trainer import package_checkpoint
+
+    old = tmp_path / "old-final"
+    shutil.copytree(micro_dive_run / "final", old)
+    table = json.loads((old / "tokens.json").read_text())
+    assert table.pop("infrared_datasets") == ["synthvi_vi"]
+    (old / "tokens.json").write_text(json.dumps(table))
+    packed = package_checkpoint(old, tmp_path / "packed")
+    assert TokenTable.load(packed / "tokens.json").infrared_datasets == ["synthvi_vi"]
+    # ... while a table with other tokens is still refused
+    table["cameras"][0]["token"] = "zzzzzzzz"
+    (old / "tokens.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="does not match"):
+        package_checkpoint(old, tmp_path / "packed2")
+    other = TokenTable.load(packed / "tokens.json")
+    assert other.describes_same_tokens(TokenTable.from_dict(other.to_dict() | {"infrared_datasets": []}))
+    assert not other.describes_same_tokens(TokenTable.from_dict(other.to_dict() | {"infrared_datasets": ["x"]}))
 
 
 @pytest.mark.slow

@@ -319,7 +319,7 @@ class DiVETrainer:
         from dive.checkpoint import EMBEDS_FILE, INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir, has_infrared_adapter
 
         ckpt = check_checkpoint_dir(ckpt)
-        if TokenTable.load(ckpt / TOKENS_FILE).to_dict() != self.ts.table.to_dict():
+        if not TokenTable.load(ckpt / TOKENS_FILE).describes_same_tokens(self.ts.table):
             raise ValueError(f"{ckpt / TOKENS_FILE}: --init-from needs a checkpoint of this run's token table "
                              "(same data, min_images, granularity, camera_mode, vi_modalities, seed)")
         rows = load_file(str(ckpt / EMBEDS_FILE))
@@ -400,7 +400,7 @@ class DiVETrainer:
             return 0
         tensors, meta = read_training_state(ckpt)
         saved_table = TokenTable.load(ckpt / TOKENS_FILE)
-        if saved_table.to_dict() != self.ts.table.to_dict():
+        if not saved_table.describes_same_tokens(self.ts.table):
             raise ValueError(f"{ckpt}: its token table differs from this run's data/config; use a new --out")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
         set_peft_model_state_dict(self.accelerator.unwrap_model(self.unet), lora)
@@ -599,16 +599,17 @@ def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = to
     the form in which checkpoints are shipped. The training data named in its dive.json must be at hand.
     The UNet LoRA files are stored as `lora_dtype` (default float16, half the size; None keeps
     float32): `load_lora_weights` casts them to the UNet's dtype on loading."""
-    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir
+    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir, training_config
 
     src, dst = Path(src), Path(dst)
-    cfg = json.loads((check_checkpoint_dir(src) / "dive.json").read_text())["config"]
+    cfg = training_config(check_checkpoint_dir(src))
     ts = training_set_from_config(cfg)
-    if ts.table.to_dict() != TokenTable.load(src / TOKENS_FILE).to_dict():
+    if not ts.table.describes_same_tokens(TokenTable.load(src / TOKENS_FILE)):
         raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("state.*"))
+    ts.table.save(dst / TOKENS_FILE)  # the table rebuilt from the data: an older run's gains infrared_datasets
     if lora_dtype is not None:
         for name in (LORA_FILE, INFRARED_LORA_FILE):
             if (dst / name).exists():
