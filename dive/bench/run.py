@@ -76,15 +76,10 @@ def variant_recipe(camera_checkpoint: Path) -> dict:
     """The per-camera checkpoint's training recipe (its dive.json), less run settings: an ablation
     the bench has to train uses it, so Table 3 changes one thing at a time (token granularity or
     the VI modalities), whatever recipe the shipped checkpoint was made with."""
-    from dive.checkpoint import META_FILE
+    from dive.checkpoint import training_config
     from dive.train.trainer import DiVETrainConfig
 
-    meta_path = Path(camera_checkpoint) / META_FILE
-    try:
-        saved = json.loads(meta_path.read_text())["config"]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{meta_path}: cannot read the training config ({err}); the ablations need the "
-                         "per-camera checkpoint's recipe") from None
+    saved = training_config(camera_checkpoint)
     fields = {f.name: f for f in dataclasses.fields(DiVETrainConfig)}
     recipe = {}
     for key, value in saved.items():

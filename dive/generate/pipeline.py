@@ -19,6 +19,7 @@ import torch
 from dive.checkpoint import (INFRARED_ADAPTER, SHARED_ADAPTER, CameraToken, TokenTable, checkpoint_hash,
                              has_infrared_adapter, load_into_pipeline)
 from dive.utils.adapters import MergedAdapters
+from dive.utils.diffusion import encode_latents
 
 
 def image_seed(seed: int, identity: str, camera: str, index: int) -> int:
@@ -157,10 +158,10 @@ class Generator:
             if tuple(im.size) != (self.width, self.height):
                 raise ValueError(f"init image of size {im.size[0]}x{im.size[1]} (WxH); this generator renders "
                                  f"{self.width}x{self.height}: resize it first")
-        x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
-                         for im in images]).div(127.5).sub(1.0).to(self.device, self.dtype)
-        vae = self.pipe.vae
-        x0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in images])
+        means, _ = encode_latents(self.pipe.vae, pixels, device=self.device, dtype=self.dtype, flip=False,
+                                  progress=False)
+        x0 = means.to(self.device, self.dtype) * self.pipe.vae.config.scaling_factor
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g, dtype=torch.float32) for g in gens]
                             ).to(self.device, self.dtype)
         sched = self.pipe.scheduler
