@@ -146,3 +146,28 @@ def test_ablations_copy_the_camera_checkpoints_recipe_and_share_its_base(micro_b
     assert str(ablation) in str(err.value) and "--modality-checkpoint" in str(err.value)
     (ablation / "dive.json").write_text(json.dumps(meta))  # the same base: accepted as given
     assert ensure_checkpoints(cfg) == {"camera": camera, "modality": ablation, "ir-only": camera}
+
+
+def test_ir_only_ablation_trains_from_a_visible_identity_recipe(micro_base, micro_dive_run, tiny_world_dir, tmp_path):
+    """The shipped demo learns identity tokens from visible images only; the infrared-only
+    ablation has no visible VI images, so the bench must switch its identity tokens to learn from
+    infrared (else the trainer refuses the recipe and the bench stops at Table 3)."""
+    import shutil
+
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import ensure_checkpoints, variant_recipe
+    from dive.checkpoint import training_config
+
+    camera = tmp_path / "camera"
+    shutil.copytree(micro_dive_run / "final", camera)
+    meta = json.loads((camera / "dive.json").read_text())
+    meta["config"] |= {"identity_modalities": "visible", "infrared_share": 0.5, "steps": 2}
+    (camera / "dive.json").write_text(json.dumps(meta))
+    assert variant_recipe(camera)["identity_modalities"] == "visible"
+    cfg = BenchConfig(out=tmp_path / "bench", data=tiny_world_dir, checkpoint=camera, modality_checkpoint=camera,
+                      ir_only_checkpoint=tmp_path / "absent", min_images=3, quick=True, threads=1)
+    found = ensure_checkpoints(cfg)
+    trained = training_config(found["ir-only"])
+    assert found["ir-only"] == tmp_path / "bench" / "dive" / "ir-only" / "final"
+    assert trained["vi_modalities"] == "infrared" and trained["identity_modalities"] == "both"
+    assert trained["infrared_share"] == 0.5 and trained["steps"] == 2  # the rest of the recipe is kept

@@ -35,7 +35,9 @@ from dive.utils.threads import torch_threads
 DIVE_VARIANTS = (
     ("camera", {}, "checkpoint"),
     ("modality", {"granularity": "modality"}, "modality_checkpoint"),
-    ("ir-only", {"vi_modalities": "infrared"}, "ir_only_checkpoint"),
+    # infrared-only VI images: the VI identity tokens can only learn from infrared, whatever the
+    # per-camera recipe's identity_modalities (a "visible" recipe would leave them untrained)
+    ("ir-only", {"vi_modalities": "infrared", "identity_modalities": "both"}, "ir_only_checkpoint"),
 )
 
 

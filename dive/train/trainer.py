@@ -229,7 +229,7 @@ class DiVETrainer:
             raise ValueError(f"identity_modalities must be 'both' or 'visible'; got {cfg.identity_modalities!r}")
         if cfg.identity_modalities == "visible" and cfg.vi_modalities == "infrared":
             raise ValueError("identity_modalities='visible' with vi_modalities='infrared' would never train the VI "
-                             "identity tokens; use vi_modalities='both'")
+                             "identity tokens; use vi_modalities='both' or identity_modalities='both'")
         self.identity_ids = self.new_ids[: len(table.identities)]
         self._detach_mask: torch.Tensor | None = None
         self.text_encoder.get_input_embeddings().register_forward_hook(self._detach_identity_rows)
