@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +91,9 @@ class TokenTable:
     #: datasets trained with infrared images (the VI sets); the others are the external, visible-only
     #: ones to expand. Needed with one camera token per modality (dataset "all"); [] in older tables
     infrared_datasets: list[str] = field(default_factory=list)
+    #: caption colour word -> the grey word an infrared camera shows it as (`dive infrared-words`);
+    #: applied to captions in infrared prompts only. {}: captions are the same for every camera
+    infrared_words: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._by_token = {t.token: t for t in [*self.identities, *self.cameras]}
@@ -142,14 +146,26 @@ class TokenTable:
         return [c for c in self.cameras if c.modality == "infrared"]
 
     def prompt(self, identity: str | IdentityToken, camera: str | CameraToken) -> str:
-        """The template filled in, followed by ", " + the identity's caption when it has one."""
+        """The template filled in, followed by ", " + the identity's caption when it has one; for
+        an infrared camera the caption's colour words become their `infrared_words`."""
         if not isinstance(identity, IdentityToken):
             identity = self._by_token.get(identity, identity)
+        if not isinstance(camera, CameraToken):
+            camera = self._by_token.get(camera, camera)
         idt = identity.token if isinstance(identity, IdentityToken) else identity
         cam = camera.token if isinstance(camera, CameraToken) else camera
         text = self.template.format(identity=idt, camera=cam)
         caption = identity.caption if isinstance(identity, IdentityToken) else ""
+        if caption and self.infrared_words and isinstance(camera, CameraToken) and camera.modality == "infrared":
+            caption = self.infrared_caption(caption)
         return f"{text}, {caption}" if caption else text
+
+    def infrared_caption(self, caption: str) -> str:
+        """`caption` with every colour word replaced by its infrared grey word (all at once)."""
+        if not self.infrared_words:
+            return caption
+        pattern = r"\b(" + "|".join(map(re.escape, sorted(self.infrared_words, key=len, reverse=True))) + r")\b"
+        return re.sub(pattern, lambda m: self.infrared_words[m.group(1)], caption)
 
     @property
     def learned_tokens(self) -> list[str]:
@@ -163,7 +179,8 @@ class TokenTable:
             # no "caption" key without a caption: token tables of caption-free runs stay as they were
             "identities": [{k: v for k, v in asdict(t).items() if k != "caption" or v} for t in self.identities],
             "cameras": [asdict(c) for c in self.cameras],
-        } | ({"infrared_datasets": list(self.infrared_datasets)} if self.infrared_datasets else {})
+        } | ({"infrared_datasets": list(self.infrared_datasets)} if self.infrared_datasets else {}) | (
+            {"infrared_words": dict(sorted(self.infrared_words.items()))} if self.infrared_words else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = TOKENS_FILE) -> "TokenTable":
@@ -174,6 +191,7 @@ class TokenTable:
                 template=d.get("template", DEFAULT_TEMPLATE),
                 camera_mode=d.get("camera_mode", "string"),
                 infrared_datasets=list(d.get("infrared_datasets", [])),
+                infrared_words=dict(d.get("infrared_words", {})),
             )
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{source}: malformed token table ({err}); expected 'identities' and 'cameras' lists") from None

@@ -257,6 +257,17 @@ def _cmd_studio_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infrared_words(args: argparse.Namespace) -> int:
+    from dive.caption.infrared import InfraredWordsConfig, report_lines, run_infrared_words
+
+    cfg = dataclass_from_args(InfraredWordsConfig, args)
+    path = run_infrared_words(cfg)
+    print("\n".join(report_lines(path)))
+    print(f"  written: {path}")
+    print(f"next: dive train ... --captions {cfg.captions} --infrared-words {path}")
+    return 0
+
+
 def _cmd_caption(args: argparse.Namespace) -> int:
     from dive.caption.run import CaptionConfig, run_caption
 
@@ -386,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_stage(sub, "caption", "describe every training identity in words (attribute reader trained on the web pool)",
                CaptionConfig, _cmd_caption)
+    from dive.caption.infrared import InfraredWordsConfig
+
+    _add_stage(sub, "infrared-words", "each caption colour's grey in infrared, fitted on the VI set (for dive train "
+               "--infrared-words)", InfraredWordsConfig, _cmd_infrared_words)
 
     from dive.train.trainer import DiVETrainConfig
 

@@ -49,12 +49,14 @@ def load_sources(vi: Path, vi_format: str | None = None, external: Path | None =
 
 def build_training_set(vi_records: list[Record], ext_records: list[Record], *, min_images: int = 12,
                        granularity: str = "camera", camera_mode: str = "embedding", vi_modalities: str = "both",
-                       seed: int = 0, captions: dict[str, str] | None = None) -> TrainingSet:
+                       seed: int = 0, captions: dict[str, str] | None = None,
+                       infrared_words: dict[str, str] | None = None) -> TrainingSet:
     """Select the records, make one identity token per person and one camera token per camera
     (or per modality with `granularity="modality"`), and write each record's prompt.
 
     `captions` ({"<dataset>/<pid>": words}, `dive.caption.run.load_captions`): every identity's
-    prompt also names what it looks like; each training identity needs one."""
+    prompt also names what it looks like; each training identity needs one. `infrared_words`
+    (`dive.caption.infrared`): in infrared prompts the caption names each colour by its infrared grey."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if camera_mode not in ("string", "embedding"):
@@ -88,7 +90,10 @@ def build_training_set(vi_records: list[Record], ext_records: list[Record], *, m
     strings = random_camera_strings(len(keys), seed)
     cameras = [CameraToken(s, ds, cam, mod, learned=camera_mode == "embedding") for s, (ds, cam, mod) in zip(strings, keys)]
     infrared = sorted({r.dataset for r in records if r.modality is Modality.INFRARED})
-    table = TokenTable(identities, cameras, camera_mode=camera_mode, infrared_datasets=infrared)
+    if infrared_words and captions is None:
+        raise ValueError("infrared_words rename caption words in infrared prompts; they need captions")
+    table = TokenTable(identities, cameras, camera_mode=camera_mode, infrared_datasets=infrared,
+                       infrared_words=dict(infrared_words or {}))
 
     def cam_token(r: Record) -> str:
         if granularity == "camera":

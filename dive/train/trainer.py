@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dive.caption.infrared import load_infrared_words
 from dive.caption.run import load_captions
 from dive.checkpoint import INFRARED_ADAPTER, TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
@@ -85,6 +86,10 @@ class DiVETrainConfig:
     captions: Path | None = field(default=None, metadata={
         "help": "captions file (`dive caption`): every prompt also names what its identity looks like, "
                 "\"a [camera] photo of [identity] person, wearing a ...\"; kept in tokens.json, so generation uses them"})
+    infrared_words: Path | None = field(default=None, metadata={
+        "help": "infrared words file (`dive infrared-words`): in infrared prompts each caption colour is named by "
+                "its infrared grey (\"red sweater\" -> \"white sweater\"), so the LoRA need not learn that lookup; "
+                "kept in tokens.json. Needs --captions"})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "images per optimizer step (all processes, all accumulation)"})
@@ -591,7 +596,8 @@ def training_set_from_config(cfg: dict) -> TrainingSet:
     vi, ext = load_sources(Path(cfg["data"]), cfg.get("data_format"), external, cfg.get("external_format"))
     return build_training_set(vi, ext, min_images=cfg["min_images"], granularity=cfg["granularity"],
                               camera_mode=cfg["camera_mode"], vi_modalities=cfg["vi_modalities"], seed=cfg["seed"],
-                              captions=load_captions(cfg["captions"]) if cfg.get("captions") else None)
+                              captions=load_captions(cfg["captions"]) if cfg.get("captions") else None,
+                              infrared_words=load_infrared_words(cfg["infrared_words"]) if cfg.get("infrared_words") else None)
 
 
 def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = torch.float16) -> Path:
