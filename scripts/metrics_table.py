@@ -21,7 +21,11 @@ def main() -> None:
     runs = {p.parent.name.removeprefix("metrics-"): json.loads(p.read_text())["sources"] for p in reports}
     names = list(next(iter(runs.values())))
     cols = {"FD": lambda s: s["fd"]["value"], "AUC": lambda s: s["distances"].get("auc"),
-            "Rank-1": lambda s: s["retrieval"]["rank1"], "mAP": lambda s: s["retrieval"]["mAP"]}
+            "Rank-1": lambda s: s["retrieval"]["rank1"], "mAP": lambda s: s["retrieval"]["mAP"],
+            # the same with each copy's own source picture out of its gallery (reports since session 13)
+            "AUC w/o source": lambda s: s.get("auc_without_source"),
+            "Rank-1 w/o source": lambda s: s.get("retrieval_without_source", {}).get("rank1"),
+            "mAP w/o source": lambda s: s.get("retrieval_without_source", {}).get("mAP")}
     seeds = ", ".join(runs)
     print(f"| source ({len(runs)} scoring models: {seeds}) | " + " | ".join(f"{c} (each; mean)" for c in cols) + " |")
     print("|---|" + "---|" * len(cols))

@@ -155,7 +155,7 @@ def write_gray_copies(world: Path, folder: Path, ids: int = 3) -> list[dict]:
             with Image.open(r.path) as im:
                 im.convert("L").convert("RGB").save(folder / rel)
             rows.append({"path": rel, "dataset": "synthvi_ext", "pid": pid, "camid": 3 + 3 * (i % 2),
-                         "modality": "infrared"})
+                         "modality": "infrared", "source_path": f"bounding_box_train/{Path(r.path).name}"})
     rows.append({**rows[0], "path": "images/visible.png", "modality": "visible"})  # not scored
     Image.open(folder / rows[0]["path"]).save(folder / "images/visible.png")
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -188,7 +188,7 @@ def test_end_to_end_cli_and_report(tiny_world_dir, tiny_reid_run, tmp_path, caps
     rng = np.random.default_rng(0)
     for i, r in enumerate(rows[:-1]):
         Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(syn2 / f"{i}.png")
-        noise_rows.append({**r, "path": f"{i}.png"})
+        noise_rows.append({k: v for k, v in r.items() if k != "source_path"} | {"path": f"{i}.png"})
     (syn2 / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in noise_rows))
     out = tmp_path / "metrics"
     rc = main(["metrics", "--synthetic", str(syn), str(syn2), "--real-ir", str(tiny_world_dir),
@@ -208,6 +208,16 @@ def test_end_to_end_cli_and_report(tiny_world_dir, tiny_reid_run, tmp_path, caps
     assert s["distances"]["intra"]["n"] > 0 and s["distances"]["inter"]["n"] > 0
     assert s["retrieval"]["num_queries"] == 12 and 0 <= s["retrieval"]["rank1"] <= 100
     assert s["tsne"]["ids"] == 3 and s["tsne"]["per_kind"]["real IR"] == 14
+    # each copy's own source picture is in the gallery once: left out of its ranking and intra pairs
+    gallery_per_id = s["retrieval"]["gallery_images"] // 3
+    assert s["sources_left_out"] == 12 and gallery_per_id > 4
+    w = s["retrieval_without_source"]
+    assert w["num_valid_queries"] == 12 and w["gallery_images"] == s["retrieval"]["gallery_images"]
+    assert w["mAP"] < s["retrieval"]["mAP"]  # the exact source is the easiest match a copy has
+    assert s["auc_without_source"] <= s["distances"]["auc"]
+    n = report["sources"]["noise"]  # rows without a source: nothing to leave out
+    assert n["sources_left_out"] == 0 and n["retrieval_without_source"] == n["retrieval"]
+    assert "without source: AUC" in captured.out
     assert report["reference"]["fd_real_ir_split_half"]["sizes"] == [7, 7]
     for name in ("gray", "noise"):
         for kind in ("distances", "tsne"):

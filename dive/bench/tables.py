@@ -152,17 +152,27 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
               "infrared images; identity Rank-1 / mAP: synthetic IR queries against the real visible images of "
               "the external ids. Split-half FD of real IR (noise floor): "
               f"{(metrics.get('reference', {}).get('fd_real_ir_split_half') or {}).get('fd', float('nan')):.3f}.", "",
-              "| generator | FD (lower is better) | identity R1 | identity mAP | intra/inter AUC |", "|---|---|---|---|---|"]
+              "Without source: each copy / img2img image's own source picture left out of its ranking (a copy "
+              "matched to the picture it was made from shows pixels kept, not identity); text-to-image rows have "
+              "none.", "",
+              "| generator | FD (lower is better) | identity R1 | identity mAP | intra/inter AUC | without source: "
+              "R1 / mAP / AUC |", "|---|---|---|---|---|---|"]
     table6 = {}
     for key, label in GENERATORS:
         s = metrics.get("sources", {}).get(key)
         if s is None:
             continue
+        w = s.get("retrieval_without_source", s["retrieval"])
         row = {"fd": s["fd"]["value"], "rank1": s["retrieval"]["rank1"], "mAP": s["retrieval"]["mAP"],
-               "auc": s["distances"].get("auc")}
+               "auc": s["distances"].get("auc"), "rank1_without_source": w["rank1"], "mAP_without_source": w["mAP"],
+               "auc_without_source": s.get("auc_without_source", s["distances"].get("auc"))}
         table6[key] = row
-        auc = "n/a" if row["auc"] is None else f"{row['auc']:.3f}"
-        lines.append(f"| {label} | {row['fd']:.3f} | {row['rank1']:.2f} | {row['mAP']:.2f} | {auc} |")
+
+        def _auc(v):
+            return "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"| {label} | {row['fd']:.3f} | {row['rank1']:.2f} | {row['mAP']:.2f} | {_auc(row['auc'])} | "
+                     f"{row['rank1_without_source']:.2f} / {row['mAP_without_source']:.2f} / "
+                     f"{_auc(row['auc_without_source'])} |")
     result["tables"]["quality"] = table6
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     text = "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from dive.data.registry import DatasetLayoutError, detect_format, load_dataset, 
 
 SYNTHETIC_REQUIRED = ("path", "dataset", "pid", "camid", "modality")
 SYNTHETIC_OPTIONAL = ("identity_token", "camera_token", "index", "prompt", "negative_prompt", "seed", "steps",
-                      "guidance", "scheduler", "checkpoint_hash")
+                      "guidance", "scheduler", "checkpoint_hash", "source_path")  # source_path: image-to-image rows
 VI_FORMATS = ("synthvi", "sysu_mm01")
 
 

@@ -23,6 +23,11 @@ format ``dive generate`` writes and ``dive export`` reads), only its infrared im
   all real visible images of the folder's identities (multi-shot, nothing excluded), scored by
   ``dive.metrics.ranking.evaluate_ranking``: Rank-1/5/10, mAP, mINP (percent), with the chance
   Rank-1 (100 / gallery ids).
+* **Without the source image**: rows made from one real image (grayscale copies, img2img, CycleGAN:
+  the manifest's ``source_path``) are also scored with that image left out of their own gallery
+  ranking and intra distances (``retrieval_without_source``, ``auc_without_source``): a copy
+  matched to the very picture it was made from shows pixels kept, not identity. Rows without a
+  source (text-to-image generation) have nothing to leave out, so both numbers are equal for them.
 * **t-SNE** (``sklearn.manifold.TSNE``, fixed seed, L2-normalised features) of synthetic IR + real
   visible images of up to ``tsne_ids`` identities, coloured by identity, marker by kind; real IR
   images of the same identities (when the folder expands VI ids) are coloured too, and up to
@@ -222,8 +227,9 @@ def auc_lower(intra: np.ndarray, inter: np.ndarray) -> float:
 
 
 def distance_stats(dist: np.ndarray, same: np.ndarray, *, bins: int = 50, max_auc_pairs: int = 4_000_000,
-                   seed: int = 0) -> dict:
-    """Intra (``same`` True) vs inter (False) statistics of a (queries, gallery) distance matrix.
+                   seed: int = 0, keep: np.ndarray | None = None) -> dict:
+    """Intra (``same`` True) vs inter (False) statistics of a (queries, gallery) distance matrix;
+    with `keep`, only the pairs where it is True count.
 
     Returns ``intra`` / ``inter`` summaries (n, mean, std, median, min, max), ``gap`` (inter mean -
     intra mean), ``d_prime``, ``auc`` (P(intra < inter); over at most `max_auc_pairs` inter
@@ -233,8 +239,9 @@ def distance_stats(dist: np.ndarray, same: np.ndarray, *, bins: int = 50, max_au
     same = np.asarray(same, dtype=bool)
     if dist.shape != same.shape:
         raise ValueError(f"distance {dist.shape} and mask {same.shape} differ in shape")
-    intra = dist[same].astype(np.float64)
-    inter = dist[~same].astype(np.float64)
+    keep = np.ones_like(same) if keep is None else np.asarray(keep, dtype=bool)
+    intra = dist[same & keep].astype(np.float64)
+    inter = dist[~same & keep].astype(np.float64)
     out = {"intra": _summary(intra), "inter": _summary(inter), "gap": None, "d_prime": None, "auc": None}
     if intra.size and inter.size:
         gap = inter.mean() - intra.mean()
@@ -257,12 +264,13 @@ def distance_stats(dist: np.ndarray, same: np.ndarray, *, bins: int = 50, max_au
 
 def retrieval_metrics(query_feat: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray,
                       gallery_feat: np.ndarray, gallery_ids: np.ndarray, gallery_cams: np.ndarray,
-                      *, dist: np.ndarray | None = None, max_rank: int = 20) -> dict:
-    """Rank-k / mAP / mINP (percent) of queries against a gallery, cosine distance, nothing excluded."""
+                      *, dist: np.ndarray | None = None, max_rank: int = 20, exclude: np.ndarray | None = None) -> dict:
+    """Rank-k / mAP / mINP (percent) of queries against a gallery, cosine distance; `exclude`
+    (queries x gallery, True = left out of that query's ranking), nothing by default."""
     if dist is None:
         dist = cosine_distance(query_feat, gallery_feat)
     res = evaluate_ranking(dist, np.asarray(query_ids), np.asarray(query_cams), np.asarray(gallery_ids),
-                           np.asarray(gallery_cams), exclude=None, max_rank=max_rank)
+                           np.asarray(gallery_cams), exclude=exclude, max_rank=max_rank)
     cmc = res["cmc"]
 
     def pct(v: float) -> float | None:
@@ -403,6 +411,8 @@ class SyntheticSet:
     cams: list[int]
     skipped_visible: int  # rows of visible synthetic images (not scored)
     subsampled_from: int
+    #: file name of the real image each row was made from ("" for text-to-image rows)
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -487,7 +497,8 @@ def load_synthetic_sets(cfg: MetricsConfig) -> list[SyntheticSet]:
                              f"{len(rows)} visible rows); `dive metrics` scores generated infrared images")
         ir = [ir_all[i] for i in _subsample(len(ir_all), cfg.max_synthetic, cfg.seed)]
         out.append(SyntheticSet(name, roots, [str(r.path) for r in ir], [(r.dataset, r.pid) for r in ir],
-                                [r.camid for r in ir], len(rows) - len(ir_all), len(ir_all)))
+                                [r.camid for r in ir], len(rows) - len(ir_all), len(ir_all),
+                                [Path(str(r.meta.get("source_path", ""))).name for r in ir]))
     return out
 
 
@@ -599,8 +610,17 @@ def _score_source(syn: SyntheticSet, ref: ReferenceData, store: _FeatureStore, f
     dist = cosine_distance(q_feat, g_feat)
     stats = distance_stats(dist, q_ids[:, None] == g_ids[None, :], bins=cfg.bins, seed=cfg.seed)
     res["distances"] = stats
-    res["retrieval"] = retrieval_metrics(q_feat, q_ids, np.array([syn.cams[i] for i in q_idx]), g_feat, g_ids,
-                                         np.array([r.camid for r in gallery]), dist=dist)
+    q_cams, g_cams = np.array([syn.cams[i] for i in q_idx]), np.array([r.camid for r in gallery])
+    res["retrieval"] = retrieval_metrics(q_feat, q_ids, q_cams, g_feat, g_ids, g_cams, dist=dist)
+    # the same with each row's own source image left out (copies and img2img match their source's pixels)
+    q_src = np.array([syn.sources[i] if syn.sources else "" for i in q_idx])
+    g_names = np.array([Path(r.path).name for r in gallery])
+    own = (q_src[:, None] == g_names[None, :]) & (q_ids[:, None] == g_ids[None, :]) & (q_src[:, None] != "")
+    res["sources_left_out"] = int(own.sum())
+    res["retrieval_without_source"] = (retrieval_metrics(q_feat, q_ids, q_cams, g_feat, g_ids, g_cams, dist=dist,
+                                                         exclude=own) if own.any() else res["retrieval"])
+    res["auc_without_source"] = (distance_stats(dist, q_ids[:, None] == g_ids[None, :], bins=cfg.bins, seed=cfg.seed,
+                                                keep=~own)["auc"] if own.any() else stats["auc"])
     res["plots"] = {}
     if out is not None:
         p = plot_distance_histograms(stats, out / f"{syn.name}-distances.png",
@@ -710,16 +730,19 @@ def format_metrics_md(report: dict) -> str:
         f"{', '.join(data['visible']['splits'])} of " + ", ".join(f"`{s['path']}` ({s['format']})"
                                                               for s in data["visible"]["sources"]) + ".",
         "",
-        "| source | IR images | ids | FD ↓ | intra dist ↓ | inter dist | gap ↑ | d' ↑ | AUC ↑ | Rank-1 ↑ | mAP ↑ | chance R1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| source | IR images | ids | FD ↓ | intra dist ↓ | inter dist | gap ↑ | d' ↑ | AUC ↑ | Rank-1 ↑ | mAP ↑ | "
+        "chance R1 | without source: AUC / Rank-1 / mAP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in report["sources"].items():
         d, r = s["distances"], s["retrieval"]
+        w = s.get("retrieval_without_source", r)
         lines.append(
             f"| {name} | {s['used_images']} | {s['ids_with_visible']}/{s['ids']} | {_f(s['fd']['value'], 2)} | "
             f"{_f(d['intra']['mean'])} ± {_f(d['intra']['std'])} | {_f(d['inter']['mean'])} ± {_f(d['inter']['std'])} | "
             f"{_f(d['gap'])} | {_f(d['d_prime'], 2)} | {_f(d['auc'])} | {_f(r['rank1'], 2)} | {_f(r['mAP'], 2)} | "
-            f"{_f(r['chance_rank1'], 2)} |")
+            f"{_f(r['chance_rank1'], 2)} | {_f(s.get('auc_without_source', d['auc']))} / {_f(w['rank1'], 2)} / "
+            f"{_f(w['mAP'], 2)} |")
     ref = report["reference"]["fd_real_ir_split_half"]
     lines += [""]
     if ref:
@@ -730,7 +753,8 @@ def format_metrics_md(report: dict) -> str:
         "the sample sizes and the feature dimension, so compare numbers at similar sizes only. Distances: cosine "
         "distance from each synthetic IR image to the real visible images of the same identity (intra) and of "
         "the folder's other identities (inter); AUC = P(intra < inter). Rank-1 / mAP (percent): synthetic IR "
-        "queries against all real visible images of the folder's identities.",
+        "queries against all real visible images of the folder's identities. Without source: the same with "
+        "each image's own source picture (copies, img2img) left out of its ranking and intra distances.",
         "",
     ]
     for name, s in report["sources"].items():
@@ -746,7 +770,10 @@ def summary_lines(report: dict) -> list[str]:
         d, r = s["distances"], s["retrieval"]
         out.append(f"{name}: FD {_f(s['fd']['value'], 2)} | intra {_f(d['intra']['mean'])} inter "
                    f"{_f(d['inter']['mean'])} gap {_f(d['gap'])} AUC {_f(d['auc'])} | Rank-1 {_f(r['rank1'], 2)} "
-                   f"mAP {_f(r['mAP'], 2)} ({s['used_images']} IR images, {s['ids_with_visible']} ids)")
+                   f"mAP {_f(r['mAP'], 2)} ({s['used_images']} IR images, {s['ids_with_visible']} ids)"
+                   + (f" | without source: AUC {_f(s['auc_without_source'])} Rank-1 "
+                      f"{_f(s['retrieval_without_source']['rank1'], 2)} mAP {_f(s['retrieval_without_source']['mAP'], 2)}"
+                      if s.get("sources_left_out") else ""))
     ref = report["reference"]["fd_real_ir_split_half"]
     if ref:
         out.append(f"reference: FD real IR half vs half {ref['fd']:.2f}")
