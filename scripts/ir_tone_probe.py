@@ -26,18 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dive.caption.infrared import InfraredWordsConfig, box_mean
 from dive.data.synthvi.world import COLORS, MATERIAL_NIR, nir_of, visible_luminance
 
 DATA = Path("data/synthvi")
-# (top, bottom, left, right) as fractions of the frame
-UPPER_BOX = (0.27, 0.45, 0.36, 0.64)
-LOWER_BOX = (0.62, 0.80, 0.36, 0.64)
-
-
-def box_mean(gray: np.ndarray, box: tuple[float, float, float, float]) -> float:
-    h, w = gray.shape
-    t, b, l, r = box
-    return float(gray[int(t * h):int(b * h), int(l * w):int(r * w)].mean())
+# the boxes `dive infrared-words` measures garments in (top, bottom, left, right as fractions)
+UPPER_BOX = InfraredWordsConfig.__dataclass_fields__["upper_box"].default
+LOWER_BOX = InfraredWordsConfig.__dataclass_fields__["lower_box"].default
 
 
 def garment_targets(g: dict) -> tuple[float, float]:
