@@ -45,3 +45,19 @@ def test_shipped_dive_checkpoint_fits_the_base_it_names(ckpt):
     base = trained_base(ckpt)
     assert base is not None and base.parent == SHIPPED.resolve(), f"{ckpt}: its base is not shipped"
     check_lora_fits(UNet2DConditionModel.from_pretrained(str(base / "unet")), ckpt / LORA_FILE)
+
+
+def test_shipped_demo_names_infrared_colours_by_their_grey():
+    """The demo was trained with `--infrared-words`: its infrared prompts carry the fitted grey
+    words (tokens.json), its visible prompts the reader's colours."""
+    from dive.checkpoint import TOKENS_FILE, TokenTable
+
+    table = TokenTable.load(SHIPPED / "dive-demo" / TOKENS_FILE)
+    assert set(table.infrared_words.values()) == {"black", "gray", "white"}
+    ir = table.infrared_cameras()[0]
+    vis = next(c for c in table.cameras if c.modality == "visible" and c.dataset == ir.dataset)
+    renamed = [t for t in table.identities if table.infrared_caption(t.caption) != t.caption]
+    assert len(renamed) > len(table.identities) // 2
+    t = renamed[0]
+    assert table.prompt(t, vis).endswith(t.caption)
+    assert table.prompt(t, ir).endswith(table.infrared_caption(t.caption))
