@@ -146,6 +146,14 @@ def test_ablations_copy_the_camera_checkpoints_recipe_and_share_its_base(micro_b
     assert str(ablation) in str(err.value) and "--modality-checkpoint" in str(err.value)
     (ablation / "dive.json").write_text(json.dumps(meta))  # the same base: accepted as given
     assert ensure_checkpoints(cfg) == {"camera": camera, "modality": ablation, "ir-only": camera}
+    # the same base but another recipe (beyond the variant's own change): refused, naming the fields
+    meta["config"] |= {"granularity": "modality", "rank": 8}
+    (ablation / "dive.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="differs from the per-camera checkpoint .* in rank;"):
+        ensure_checkpoints(cfg)
+    meta["config"]["rank"] = recipe["rank"]  # only the variant's own change: accepted
+    (ablation / "dive.json").write_text(json.dumps(meta))
+    assert ensure_checkpoints(cfg)["modality"] == ablation
 
 
 def test_ir_only_ablation_trains_from_a_visible_identity_recipe(micro_base, micro_dive_run, tiny_world_dir, tmp_path):

@@ -91,6 +91,22 @@ def variant_recipe(camera_checkpoint: Path) -> dict:
     return recipe
 
 
+def recipe_differences(camera_recipe: dict, ablation_recipe: dict, overrides: dict) -> list[str]:
+    """Recipe fields (other than the variant's own `overrides`) in which an ablation differs from the
+    per-camera checkpoint, a field missing from an older dive.json read as its default."""
+    from dive.train.trainer import DiVETrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DiVETrainConfig)
+                if f.default is not dataclasses.MISSING and f.name not in _RUN_FIELDS}
+
+    def value(recipe: dict, key: str):
+        v = recipe.get(key, defaults.get(key))
+        return str(v) if isinstance(v, Path) else v
+
+    keys = (set(camera_recipe) | set(ablation_recipe)) - set(overrides)
+    return sorted(k for k in keys if value(camera_recipe, k) != value(ablation_recipe, k))
+
+
 def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
     """Each DiVE variant's checkpoint: the given folder, or one trained (and packaged) here. A
     missing ablation is trained with the per-camera checkpoint's own recipe and base; a given one
@@ -127,6 +143,12 @@ def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
                                  f"{base}; Table 3 must compare one base. Pass --{attr.replace('_', '-')} with a "
                                  "checkpoint on that base, or a folder that does not exist to have the bench train it "
                                  "with the per-camera checkpoint's recipe")
+            differ = recipe_differences(recipe, variant_recipe(found[name]), overrides)
+            if differ:
+                raise ValueError(f"{given}: its training recipe differs from the per-camera checkpoint "
+                                 f"{found['camera']}'s in {', '.join(differ)}; Table 3 must change one thing at a time. "
+                                 f"Pass --{attr.replace('_', '-')} with a folder that does not exist to have the bench "
+                                 "train it with the per-camera checkpoint's recipe")
     return found
 
 
