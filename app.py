@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dive.generate import DEFAULT_GUIDANCE  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
 
@@ -135,7 +136,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             out, zpath, summary = studio.export(
                 choice, data, which="external", min_images=int(min_images) if mode == "min images" else 0,
                 top_k=int(top_k) if mode == "top-K" else 0, ids=list(id_list or []) if mode == "list" else [],
-                cameras=list(cameras or []), n=int(n), seed=0, steps=int(steps), guidance=1.0,
+                cameras=list(cameras or []), n=int(n), seed=0, steps=int(steps), guidance=DEFAULT_GUIDANCE,
                 progress=lambda d, t, what: progress(d / max(1, t), desc=f"{what} {d}/{t}"), should_stop=flag.is_set)
         except (StudioError, KeyError, ValueError, FileExistsError, FileNotFoundError) as e:
             return None, "", _err(e)
@@ -216,7 +217,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             g_seed = gr.Number(value=0, precision=0, label="Seed")
                             g_random = gr.Checkbox(label="random seed")
                         g_steps = gr.Slider(2, 50, value=25, step=1, label="Steps (DPM-Solver++)")
-                        g_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance (1 = off)")
+                        g_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (1 = off)")
                         g_n = gr.Slider(1, 16, value=4, step=1, label="Images")
                         with gr.Accordion("Start from a real image (img2img; not the paper's method)", open=False):
                             g_init = gr.Image(type="pil", label="Visible image of this person (optional)",
@@ -241,7 +242,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         a_cam = gr.Dropdown(cam_init, label="Camera token", **pick)
                         a_seed = gr.Number(value=0, precision=0, label="Seed")
                         a_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
-                        a_guid = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance")
+                        a_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
                         a_layers = gr.Dropdown(["all", "down", "mid", "up"], value="all", label="Layers")
                         a_steprange = gr.Dropdown(["all", "first half", "second half"], value="all", label="Steps aggregated")
                         a_go = gr.Button("Show attention maps", variant="primary")

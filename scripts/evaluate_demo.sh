@@ -10,7 +10,7 @@
 #     each strength of STRENGTHS (rows translate-S; STRENGTHS="" skips them).
 #   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
 #   BASE=DIR bash scripts/evaluate_demo.sh ...                 (a base other than the one the checkpoint names)
-#   GUIDANCE=4 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 1 = off)
+#   GUIDANCE=1 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 3, dive generate's)
 #   GUIDANCE=4 NEGATIVE='a {camera} photo of person' bash ...  (guidance along the identity token only)
 set -euo pipefail
 CKPT=${1:-checkpoints/dive-demo}
@@ -23,7 +23,7 @@ N=${3:-2}
 REID_SEEDS=${REID_SEEDS:-0}
 BASE_ARGS=()   # default: the base the checkpoint's dive.json names
 if [ -n "${BASE:-}" ]; then BASE_ARGS=(--base "$BASE"); fi
-GUIDANCE=${GUIDANCE:-1}
+GUIDANCE=${GUIDANCE:-3}
 NEGATIVE=${NEGATIVE:-}   # e.g. 'a {camera} photo of person': guidance along the identity token only
 STRENGTHS=${STRENGTHS-0.6}
 export OMP_WAIT_POLICY=PASSIVE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from dive.generate import DEFAULT_GUIDANCE
 from pathlib import Path
 
 #: a toy world for `dive bench --quick` (a few identities, a few images each)
@@ -38,7 +39,7 @@ class BenchConfig:
     min_images: int = field(default=12, metadata={"help": "external ids expanded: at least this many images (paper: >11)"})
     n_per_camera: int = field(default=6, metadata={"help": "generated images per id and infrared camera (paper: 18)"})
     gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale"})
     gen_seed: int = field(default=0, metadata={"help": "generation / baseline seed"})
     translate_strength: float = field(default=0.0, metadata={
         "help": "also a '+ DiVE img2img' row (`dive translate` at this strength: the external ids' own visible "

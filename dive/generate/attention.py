@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dive.generate import DEFAULT_GUIDANCE
 from dive.checkpoint import CheckpointError
 
 LAYER_GROUPS = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
@@ -854,7 +855,7 @@ class AttentionConfig:
     seed: int = field(default=0, metadata={"help": "global seed, as in `dive generate`"})
     index: int = field(default=0, metadata={"help": "image index, as in `dive generate` (same seed -> same image)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1: off)"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale (1: off)"})
     negative_prompt: str = field(default="", metadata={
         "help": "negative prompt (used when guidance > 1); {camera} / {identity} become each image's tokens: "
                 "'a {camera} photo of person' guides along the identity only"})

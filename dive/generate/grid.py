@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dive.checkpoint import reference_path, resolve_base
+from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, load_generator
 from dive.generate.run import select_identities
 from dive.utils.io import save_image
@@ -31,7 +32,7 @@ class GridConfig:
                 "keep identity in the light it was trained on?)", "choices": ["infrared", "all"]})
     seed: int = field(default=0, metadata={"help": "generation seed"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
-    guidance: float = field(default=1.0, metadata={"help": "guidance scale"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "guidance scale"})
     negative_prompt: str = field(default="", metadata={
         "help": "negative prompt (guidance > 1); {camera} / {identity} become each image's tokens"})
 

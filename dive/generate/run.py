@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dive.checkpoint import IdentityToken, TokenTable, resolve_base, trained_base
+from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json, write_text
@@ -47,7 +48,7 @@ class GenerateConfig:
     n: int = field(default=18, metadata={"help": "images per identity and camera"})
     seed: int = field(default=0, metadata={"help": "global seed; each image's seed derives from (seed, identity, camera, index)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1: off)"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale (1: off)"})
     negative_prompt: str = field(default="", metadata={
         "help": "negative prompt (used when guidance > 1); {camera} / {identity} become each image's tokens: "
                 "'a {camera} photo of person' guides along the identity only"})

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from dive.baselines.common import (SETTINGS_FILE, BaselineSelection, base_settings, finish_out, load_baseline_inputs,
                                    plan_jobs, prepare_out, read_rgb)
 from dive.checkpoint import checkpoint_hash, resolve_base
+from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import Generator, ImageJob, image_seed, load_generator
 from dive.utils.io import save_image
 
@@ -45,7 +46,7 @@ class TranslateConfig(BaselineSelection):
     strength: float = field(default=0.6, metadata={
         "help": "how much of the source is noised away (0-1]: 1 forgets it (plain generation), lower keeps more"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps of the full schedule (strength x steps run)"})
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale (1: off)"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale (1: off)"})
     negative_prompt: str = field(default="", metadata={"help": "negative prompt (guidance > 1); {camera} / {identity} as in dive generate"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
