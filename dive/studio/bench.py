@@ -1,5 +1,5 @@
 """`dive studio-latency`: how long the first Generate takes once the studio is up (default
-settings: 4 images, 25 steps, guidance 1), measured as a user's client sees it."""
+settings: 4 images, 25 steps, the default guidance), measured as a user's client sees it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def first_image_latency(data: Path | None = None, repeats: int = 3) -> dict:
 
     from gradio_client import Client
 
+    from dive.generate import DEFAULT_GUIDANCE
     from dive.studio.service import REPO_ROOT, Studio
 
     if str(REPO_ROOT) not in sys.path:  # app.py lives at the repository root
@@ -40,11 +41,11 @@ def first_image_latency(data: Path | None = None, repeats: int = 3) -> dict:
         times = []
         for k in range(repeats):
             t = time.perf_counter()
-            gallery, _, msg, _ = client.predict(ck, idt, cam, k, False, 25, 1.0, 4, api_name="/generate")
+            gallery, _, msg, _ = client.predict(ck, idt, cam, k, False, 25, DEFAULT_GUIDANCE, 4, api_name="/generate")
             times.append(time.perf_counter() - t)
             if len(gallery) != 4:
                 raise RuntimeError(f"generate returned {len(gallery)} images: {msg}")
     finally:
         demo.close()
     return {"checkpoint": ck, "load_seconds": round(load_s, 2), "first_request_s": round(times[0], 2),
-            "all_requests_s": [round(t, 2) for t in times], "images": 4, "steps": 25, "guidance": 1.0}
+            "all_requests_s": [round(t, 2) for t in times], "images": 4, "steps": 25, "guidance": DEFAULT_GUIDANCE}
