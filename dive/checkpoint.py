@@ -203,13 +203,10 @@ class TokenTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenTable":
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"{path}: missing; a DiVE checkpoint needs its token table")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+        from dive.utils.io import read_json
+
+        d = read_json(path, missing="a DiVE checkpoint needs its token table", error=CheckpointError,
+                      missing_error=CheckpointError)
         return cls.from_dict(d, source=str(path))
 
 

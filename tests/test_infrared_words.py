@@ -97,6 +97,10 @@ def test_infrared_words_recover_the_worlds_infrared_order(tmp_path):
 def test_load_infrared_words_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="dive infrared-words"):
         load_infrared_words(tmp_path / "none.json")
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    with pytest.raises(ValueError, match=str(listed)):
+        load_infrared_words(listed)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "dive-infrared-words/1", "words": {"red": "very white"}}))
     with pytest.raises(ValueError, match=str(bad)):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from dive.generate import DEFAULT_GUIDANCE
 from pathlib import Path
+
+from dive.generate import DEFAULT_GUIDANCE
 
 #: a toy world for `dive bench --quick` (a few identities, a few images each)
 QUICK_WORLD = dict(vi_train_ids=8, vi_val_ids=2, vi_test_ids=6, vi_images_per_camera=(2, 3), ext_ids=10,

@@ -158,6 +158,10 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
               "| generator | FD (lower is better) | identity R1 | identity mAP | intra/inter AUC | without source: "
               "R1 / mAP / AUC |", "|---|---|---|---|---|---|"]
     table6 = {}
+
+    def _auc(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
     for key, label in GENERATORS:
         s = metrics.get("sources", {}).get(key)
         if s is None:
@@ -167,9 +171,6 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
                "auc": s["distances"].get("auc"), "rank1_without_source": w["rank1"], "mAP_without_source": w["mAP"],
                "auc_without_source": s.get("auc_without_source", s["distances"].get("auc"))}
         table6[key] = row
-
-        def _auc(v):
-            return "n/a" if v is None else f"{v:.3f}"
         lines.append(f"| {label} | {row['fd']:.3f} | {row['rank1']:.2f} | {row['mAP']:.2f} | {_auc(row['auc'])} | "
                      f"{row['rank1_without_source']:.2f} / {row['mAP_without_source']:.2f} / "
                      f"{_auc(row['auc_without_source'])} |")

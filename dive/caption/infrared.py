@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dive.data.records import Record
 from dive.utils.config import config_to_dict
-from dive.utils.io import write_json
+from dive.utils.io import read_json, write_json
 
 INFRARED_WORDS_FILE = "infrared_words.json"
 INFRARED_WORDS_FORMAT = "dive-infrared-words/1"
@@ -170,14 +170,9 @@ def load_infrared_words(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
         path = path / INFRARED_WORDS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; expected a file written by `dive infrared-words`")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    d = read_json(path, missing="expected a file written by `dive infrared-words`")
     words = d.get("words") if isinstance(d, dict) else None
-    if d.get("format") != INFRARED_WORDS_FORMAT or not isinstance(words, dict) or not all(
+    if not isinstance(words, dict) or d.get("format") != INFRARED_WORDS_FORMAT or not all(
             isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"\w+", k) and re.fullmatch(r"\w+", v)
             for k, v in words.items()):
         raise ValueError(f"{path}: expected {{'format': '{INFRARED_WORDS_FORMAT}', 'words': {{colour: grey word}}}} "

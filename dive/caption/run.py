@@ -41,7 +41,7 @@ from tqdm import tqdm
 from dive.caption.reader import INPUT_SIZE, READER_CONFIG, AttributeReader
 from dive.data.records import Modality, Record
 from dive.utils.config import config_to_dict
-from dive.utils.io import load_rgb_tensor, write_json, write_text
+from dive.utils.io import load_rgb_tensor, read_json, write_json, write_text
 from dive.utils.state import step_generator, warmup_cosine
 from dive.utils.threads import torch_threads
 
@@ -79,12 +79,7 @@ def load_captions(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
         path = path / CAPTIONS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; expected a captions file written by `dive caption`")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    d = read_json(path, missing="expected a captions file written by `dive caption`")
     if not isinstance(d, dict) or d.get("format") != CAPTIONS_FORMAT or not isinstance(d.get("captions"), dict):
         raise ValueError(f"{path}: expected {{'format': '{CAPTIONS_FORMAT}', 'captions': {{'<dataset>/<pid>': text}}}}")
     bad = [k for k, v in d["captions"].items() if not isinstance(v, str) or "/" not in k or not v.strip()]

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dive.generate import DEFAULT_GUIDANCE
 from dive.checkpoint import CheckpointError
+from dive.generate import DEFAULT_GUIDANCE
 
 LAYER_GROUPS = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
 MASK_METHODS = ("border", "center", "identity")

@@ -59,6 +59,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike, *, missing: str, error: type[Exception] = ValueError,
+              missing_error: type[Exception] = FileNotFoundError) -> Any:
+    """The parsed JSON of `path`. A missing file raises `missing_error` ("{path}: missing; " +
+    `missing`), invalid JSON raises `error`; both name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise missing_error(f"{path}: missing; {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+
+
 def save_image(path: str | os.PathLike, image, **save_kwargs) -> None:
     """Save a PIL image atomically; the format is taken from the final suffix."""
     path = Path(path)
