@@ -61,3 +61,22 @@ def test_shipped_demo_names_infrared_colours_by_their_grey():
     t = renamed[0]
     assert table.prompt(t, vis).endswith(t.caption)
     assert table.prompt(t, ir).endswith(table.infrared_caption(t.caption))
+
+
+def test_bench_defaults_are_shipped_on_one_base_and_recipe(tmp_path):
+    """`dive bench` from a clean clone must find its three DiVE checkpoints shipped (nothing to
+    train) and accept them as one Table 3 set: the same base, the same recipe but for each variant's
+    own change."""
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import ensure_checkpoints
+    from dive.checkpoint import trained_base
+
+    defaults = BenchConfig()
+    repo = SHIPPED.parent
+    cfg = BenchConfig(out=tmp_path, base=repo / defaults.base, checkpoint=repo / defaults.checkpoint,
+                      modality_checkpoint=repo / defaults.modality_checkpoint,
+                      ir_only_checkpoint=repo / defaults.ir_only_checkpoint)
+    found = ensure_checkpoints(cfg)
+    assert set(found) == {"camera", "modality", "ir-only"} and not (tmp_path / "dive").exists()
+    assert found["camera"].resolve() == (SHIPPED / "dive-demo").resolve()
+    assert {trained_base(p).resolve() for p in found.values()} == {cfg.base.resolve()}
