@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dive.generate import DEFAULT_GUIDANCE
 from dive.utils.threads import torch_threads
 
 
@@ -25,7 +26,7 @@ class GenerateBenchConfig:
     n: int = field(default=64, metadata={"help": "images per timed run"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass (both loops)"})
     steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
-    guidance: float = field(default=1.0, metadata={"help": "classifier-free guidance scale"})
+    guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale (generation's default)"})
     repeats: int = field(default=3, metadata={"help": "timed runs of each loop (best is kept)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     attention: bool = field(default=True, metadata={"help": "also time attention recording on (all layers and steps)"})
