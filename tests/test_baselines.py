@@ -251,3 +251,28 @@ def test_cyclegan_apply_writes_a_source(gan_run, tiny_world_dir, ext_ids, tmp_pa
     rows = lambda p: {json.loads(x)["path"]: json.loads(x)["source_path"]  # noqa: E731
                       for x in (p / "manifest.jsonl").read_text().splitlines()}
     assert rows(gray) == rows(out)
+
+
+def test_a_finished_cyclegan_is_reused_only_on_its_own_data(gan_run, tiny_world_dir, ext_ids, tmp_path):
+    """The bench takes a shipped translator instead of training one, after checking that it was
+    trained on the same VI images; one from another world is refused by name."""
+    from dive.baselines.cyclegan import check_trained_on
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import comparison_baselines
+
+    assert check_trained_on(gan_run, tiny_world_dir)["steps"] == TINY_GAN["steps"]
+    cfg = BenchConfig(out=tmp_path / "bench", data=tiny_world_dir, cyclegan=gan_run, n_per_camera=N, quick=True)
+    folders = comparison_baselines(cfg)
+    assert not (cfg.out / "cyclegan").exists()  # nothing trained
+    check_source(folders["cyclegan"], ext_ids, N, (32, 16), "cyclegan")
+    other = tmp_path / "other-world-gan"
+    other.mkdir()
+    (other / GENERATOR_WEIGHTS).write_bytes((gan_run / GENERATOR_WEIGHTS).read_bytes())
+    meta = json.loads((gan_run / GENERATOR_CONFIG).read_text())
+    meta["data"]["ids"] += 1
+    (other / GENERATOR_CONFIG).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="other-world-gan"):
+        check_trained_on(other, tiny_world_dir)
+    with pytest.raises(ValueError, match="other-world-gan"):
+        comparison_baselines(BenchConfig(out=tmp_path / "bench2", data=tiny_world_dir, cyclegan=other, n_per_camera=N,
+                                         quick=True))

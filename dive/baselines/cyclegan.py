@@ -366,6 +366,25 @@ class CycleGAN:
                 "loss_identity": loss_idt.item(), "loss_d": float(loss_d.item()), "lr": cfg.lr * factor}
 
 
+def _data_summary(vis_recs: list[Record], ir_recs: list[Record]) -> dict:
+    return {"visible_images": len(vis_recs), "infrared_images": len(ir_recs),
+            "ids": len({r.pid for r in vis_recs + ir_recs})}
+
+
+def check_trained_on(generator: Path, data: Path, fmt: str = "auto") -> dict:
+    """A finished generator's generator.json, after checking that it was trained on `data`'s VI
+    images (the same image and identity counts in the splits it names): a translator shipped or
+    trained for one world must not stand in for another's baseline."""
+    _, meta = load_generator(generator)
+    splits = tuple(meta.get("config", {}).get("vi_splits", ("train",)))
+    vis_recs, ir_recs, _ = vi_training_records(Path(data), fmt, splits)
+    if meta.get("data") != _data_summary(vis_recs, ir_recs):
+        raise ValueError(f"{generator}: trained on VI data {meta.get('data')}, but {data} holds "
+                         f"{_data_summary(vis_recs, ir_recs)} in splits {list(splits)}; train one on this data "
+                         "(`dive baseline cyclegan train`) or give a folder that does not exist")
+    return meta
+
+
 def _comparable(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in RESUMABLE_KEYS}
 
@@ -376,8 +395,7 @@ def train_cyclegan(cfg: CycleGANTrainConfig, *, progress: bool = True) -> Path:
     run = Path(cfg.out)
     vis_recs, ir_recs, fmt = vi_training_records(cfg.data, cfg.format, cfg.vi_splits)
     cfg_dict = config_to_dict(cfg) | {"data": str(cfg.data.resolve()), "format": fmt}
-    data_meta = {"visible_images": len(vis_recs), "infrared_images": len(ir_recs),
-                 "ids": len({r.pid for r in vis_recs + ir_recs})}
+    data_meta = _data_summary(vis_recs, ir_recs)
     config_path = run / "config.json"
     if config_path.exists():
         try:

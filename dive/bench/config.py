@@ -44,6 +44,9 @@ class BenchConfig:
     translate_strength: float = field(default=0.0, metadata={
         "help": "also a '+ DiVE img2img' row (`dive translate` at this strength: the external ids' own visible "
                 "images redrawn by the per-camera checkpoint; not the paper's method); 0: off"})
+    cyclegan: Path | None = field(default=Path("checkpoints/cyclegan-synthvi"), metadata={
+        "help": "trained CycleGAN baseline (generator.safetensors + generator.json; checked to be trained on --data's "
+                "VI images); trained by the bench in OUT/cyclegan when the folder is missing"})
     cyclegan_steps: int = field(default=1300, metadata={"help": "CycleGAN baseline training steps"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "ReID seeds of Tables 1/2"})
     ablation_seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "ReID seeds of Tables 3 and 5"})
@@ -68,7 +71,7 @@ class BenchConfig:
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
 
     def __post_init__(self) -> None:
-        for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint"):
+        for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -89,7 +92,7 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
     quick run never reads or writes the full-size ones (only the shipped base is shared)."""
     out = cfg.out
     return dataclasses.replace(
-        cfg, data=out / "world", checkpoint=None, modality_checkpoint=None, ir_only_checkpoint=None,
+        cfg, data=out / "world", checkpoint=None, modality_checkpoint=None, ir_only_checkpoint=None, cyclegan=None,
         dive_steps=12, min_images=4, n_per_camera=2, gen_steps=8, cyclegan_steps=12, seeds=(0,),
         ablation_seeds=(0,), methods=("agw",), id_counts=(3,), reid_epochs=2, reid_batches_per_epoch=0,
     )
