@@ -1,0 +1,45 @@
+"""The bench's ReID rows from the runs finished so far (a bench still running, or cut off by a
+stop, resumes later; this reads its folder without touching it).
+
+    python scripts/bench_progress.py runs/bench-v3
+
+Prints, per ReID recipe and training set, all-search / indoor R1 and mAP as mean ± sample std over
+the finished seeds, and the paper's claim check on what exists (the same `claim_check` the bench's
+Table 1 uses)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from dive.bench.tables import claim_check
+from dive.reid.baselines import aggregate
+
+NAME = re.compile(r"^(?P<set>.+)-(?P<method>agw|caj)-seed(?P<seed>\d+)$")
+
+
+def main(out: Path) -> None:
+    runs: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for report in sorted(out.glob("reid/*/report.json")):
+        m = NAME.match(report.parent.name)
+        if m:
+            runs.setdefault((m["method"], m["set"]), []).append((int(m["seed"]), json.loads(report.read_text())))
+    for method in sorted({k[0] for k in runs}):
+        print(f"\n{method.upper()} (percent; mean ± sample std over the seeds listed)")
+        print("| train set | seeds | all R1 | all mAP | indoor R1 | indoor mAP |\n|---|---|---|---|---|---|")
+        rows = {}
+        for (meth, train_set), reps in sorted(runs.items()):
+            if meth != method:
+                continue
+            agg = rows[train_set] = aggregate([r for _, r in reps])
+            cell = lambda k: (f"{agg[k]['mean']:.2f} ± {agg[k]['std']:.2f}" if len(reps) > 1  # noqa: E731
+                              else f"{agg[k]['mean']:.2f}")
+            print(f"| {train_set} | {','.join(str(s) for s, _ in reps)} | {cell('sysu-all/rank1')} | "
+                  f"{cell('sysu-all/mAP')} | {cell('sysu-indoor/rank1')} | {cell('sysu-indoor/mAP')} |")
+        print("claim check on these rows:", json.dumps(claim_check(rows)))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bench-v3"))
