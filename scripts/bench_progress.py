@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from dive.bench.tables import claim_check
+from dive.bench.tables import _cell, claim_check
 from dive.reid.baselines import aggregate
 
 NAME = re.compile(r"^(?P<set>.+)-(?P<method>agw|caj)-seed(?P<seed>\d+)$")
@@ -34,10 +34,8 @@ def main(out: Path) -> None:
             if meth != method:
                 continue
             agg = rows[train_set] = aggregate([r for _, r in reps])
-            cell = lambda k: (f"{agg[k]['mean']:.2f} ± {agg[k]['std']:.2f}" if len(reps) > 1  # noqa: E731
-                              else f"{agg[k]['mean']:.2f}")
-            print(f"| {train_set} | {','.join(str(s) for s, _ in reps)} | {cell('sysu-all/rank1')} | "
-                  f"{cell('sysu-all/mAP')} | {cell('sysu-indoor/rank1')} | {cell('sysu-indoor/mAP')} |")
+            cells = " | ".join(_cell(agg, proto, key) for proto in ("sysu-all", "sysu-indoor") for key in ("rank1", "mAP"))
+            print(f"| {train_set} | {','.join(str(s) for s, _ in reps)} | {cells} |")
         print("claim check on these rows:", json.dumps(claim_check(rows)))
 
 

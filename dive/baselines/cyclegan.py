@@ -377,10 +377,10 @@ def check_trained_on(generator: Path, data: Path, fmt: str = "auto") -> dict:
     trained for one world must not stand in for another's baseline."""
     _, meta = load_generator(generator)
     splits = tuple(meta.get("config", {}).get("vi_splits", ("train",)))
-    vis_recs, ir_recs, _ = vi_training_records(Path(data), fmt, splits)
-    if meta.get("data") != _data_summary(vis_recs, ir_recs):
+    here = _data_summary(*vi_training_records(Path(data), fmt, splits)[:2])
+    if meta.get("data") != here:
         raise ValueError(f"{generator}: trained on VI data {meta.get('data')}, but {data} holds "
-                         f"{_data_summary(vis_recs, ir_recs)} in splits {list(splits)}; train one on this data "
+                         f"{here} in splits {list(splits)}; train one on this data "
                          "(`dive baseline cyclegan train`) or give a folder that does not exist")
     return meta
 

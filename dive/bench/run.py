@@ -192,8 +192,8 @@ def translate_source(cfg: BenchConfig, checkpoint: Path) -> dict[str, Path]:
 
 
 def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
-    from dive.baselines.cyclegan import (CycleGANApplyConfig, CycleGANTrainConfig, apply_cyclegan, check_trained_on,
-                                         train_cyclegan)
+    from dive.baselines.cyclegan import (GENERATOR_WEIGHTS, CycleGANApplyConfig, CycleGANTrainConfig, apply_cyclegan,
+                                         check_trained_on, train_cyclegan)
     from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
 
     folders = {}
@@ -207,7 +207,7 @@ def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
     if cfg.cyclegan is not None and cfg.cyclegan.exists():
         check_trained_on(cfg.cyclegan, cfg.data)
         run = cfg.cyclegan
-    elif not (run / "generator.safetensors").exists():
+    elif not (run / GENERATOR_WEIGHTS).exists():
         _log(f"training the CycleGAN baseline ({cfg.cyclegan_steps} steps) in {run}")
         train_cyclegan(CycleGANTrainConfig(data=cfg.data, out=run, steps=cfg.cyclegan_steps, seed=cfg.gen_seed,
                                            save_every=max(1, min(250, cfg.cyclegan_steps))), progress=not cfg.quick)
