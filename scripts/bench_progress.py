@@ -10,22 +10,20 @@ Table 1 uses)."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
+from dive.bench.run import parse_reid_run_name
 from dive.bench.tables import _cell, claim_check
 from dive.reid.baselines import aggregate
-
-NAME = re.compile(r"^(?P<set>.+)-(?P<method>agw|caj)-seed(?P<seed>\d+)$")
-
 
 def main(out: Path) -> None:
     runs: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     for report in sorted(out.glob("reid/*/report.json")):
-        m = NAME.match(report.parent.name)
-        if m:
-            runs.setdefault((m["method"], m["set"]), []).append((int(m["seed"]), json.loads(report.read_text())))
+        parsed = parse_reid_run_name(report.parent.name)
+        if parsed:
+            train_set, method, seed = parsed
+            runs.setdefault((method, train_set), []).append((seed, json.loads(report.read_text())))
     for method in sorted({k[0] for k in runs}):
         print(f"\n{method.upper()} (percent; mean ± sample std over the seeds listed)")
         print("| train set | seeds | all R1 | all mAP | indoor R1 | indoor mAP |\n|---|---|---|---|---|---|")

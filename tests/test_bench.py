@@ -99,6 +99,31 @@ def test_bench_reid_jobs_budget_and_tables(tmp_path):
     assert sum(1 for k in keys if k.startswith("grayscale|agw|")) == 3
 
 
+def test_bench_runs_longest_first_and_names_its_run_folders_reversibly(tmp_path):
+    """Parallel workers finish together only if the long runs start first (an expanded set before
+    the baseline, CAJ's 1.5x images per batch before AGW); progress scripts read the run folders
+    back by their names."""
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import longest_first, parse_reid_run_name, reid_jobs
+
+    def job(key, method, batches):
+        return (key, "unused", "sysu_mm01", str(tmp_path / key), method, 0, {"batches_per_epoch": batches, "epochs": 8})
+
+    jobs = [job("baseline|agw|0", "agw", 150), job("dive|agw|0", "agw", 300), job("baseline|caj|0", "caj", 150),
+            job("dive|caj|0", "caj", 300), job("small|agw|0", "agw", 180)]
+    assert [j[0] for j in longest_first(jobs)] == [
+        "dive|caj|0", "dive|agw|0", "baseline|caj|0", "small|agw|0", "baseline|agw|0"]
+
+    cfg = BenchConfig(out=tmp_path, diagnostics=False)
+    names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only", "dive-camera-k64")
+    for j in reid_jobs(cfg, {n: tmp_path / n for n in names}):
+        train_set, method, seed = j[0].split("|")
+        assert parse_reid_run_name(Path(j[3]).name) == (train_set, method, int(seed))
+    assert parse_reid_run_name("dive-camera-k64-agw-seed0") == ("dive-camera-k64", "agw", 0)
+    for foreign in ("notes", "baseline-agw-seedx", "baseline-sgd-seed0", "-agw-seed0"):
+        assert parse_reid_run_name(foreign) is None
+
+
 def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     """A finished run is reused only if its saved config is this job's recipe: after a budget change
     the stale report must not reach the tables."""

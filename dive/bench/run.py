@@ -316,6 +316,22 @@ def finished_report(job: tuple) -> dict | None:
     return json.loads((run / "report.json").read_text())
 
 
+def reid_run_name(train_set: str, method: str, seed: int) -> str:
+    """The folder name of one ReID run under out/reid (read back by `parse_reid_run_name`)."""
+    return f"{train_set}-{method}-seed{seed}"
+
+
+def parse_reid_run_name(name: str) -> tuple[str, str, int] | None:
+    """(train set, method, seed) of a `reid_run_name`, or None for a folder the bench did not name."""
+    from dive.reid.train import METHODS
+
+    head, sep, seed = name.rpartition("-seed")
+    train_set, _, method = head.rpartition("-")
+    if not sep or not seed.isdigit() or not train_set or method not in METHODS:
+        return None
+    return train_set, method, int(seed)
+
+
 def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     overrides = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
     if cfg.reid_epochs:
@@ -350,7 +366,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     out = []
     for train_set, method, seed in dict.fromkeys(jobs):
         data, fmt = sets[train_set]
-        run = cfg.out / "reid" / f"{train_set}-{method}-seed{seed}"
+        run = cfg.out / "reid" / reid_run_name(train_set, method, seed)
         out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed,
                     overrides | per_set.get(train_set, {})))
     return out
