@@ -124,6 +124,39 @@ def test_bench_runs_longest_first_and_names_its_run_folders_reversibly(tmp_path)
         assert parse_reid_run_name(foreign) is None
 
 
+def test_bench_inputs_check_names_the_base_only_when_the_bench_trained_on_it(tmp_path):
+    """A rerun with other checkpoints is refused; a different --base is refused only when a
+    checkpoint was trained by the bench on it (given checkpoints render on their own base)."""
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import check_inputs
+    from dive.checkpoint import EMBEDS_FILE, LORA_FILE, TOKENS_FILE
+
+    def fake(folder, content):
+        folder.mkdir(parents=True)
+        for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE):
+            (folder / name).write_text(content + name)
+        return folder
+
+    bases = [tmp_path / "base-a", tmp_path / "base-b"]
+    for i, base in enumerate(bases):
+        (base / "unet").mkdir(parents=True)
+        (base / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(bytes([i]) * 8)
+    given = {"camera": fake(tmp_path / "shipped", "a")}
+    out = tmp_path / "bench"
+    out.mkdir()
+    check_inputs(BenchConfig(out=out, base=bases[0]), given)
+    check_inputs(BenchConfig(out=out, base=bases[1]), given)  # the base is not what renders them
+    with pytest.raises(ValueError, match="use a new --out"):
+        check_inputs(BenchConfig(out=out, base=bases[0]), {"camera": fake(tmp_path / "retrained", "b")})
+
+    trained_out = tmp_path / "bench-trained"
+    trained = {"camera": fake(trained_out / "dive" / "camera", "c")}
+    check_inputs(BenchConfig(out=trained_out, base=bases[0]), trained)
+    check_inputs(BenchConfig(out=trained_out, base=bases[0]), trained)
+    with pytest.raises(ValueError, match="use a new --out"):
+        check_inputs(BenchConfig(out=trained_out, base=bases[1]), trained)
+
+
 def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     """A finished run is reused only if its saved config is this job's recipe: after a budget change
     the stale report must not reach the tables."""

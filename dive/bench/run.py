@@ -452,18 +452,23 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
 
 
 def check_inputs(cfg: BenchConfig, checkpoints: dict[str, Path]) -> None:
-    """Finished stages are reused on a rerun, so a rerun must see the same base and checkpoints:
-    their hashes are recorded in inputs.json on the first run and compared on every later one."""
+    """Finished stages are reused on a rerun, so a rerun must see the same checkpoints, and the same
+    base when the bench trained one of them (a given checkpoint renders on its own base, so --base
+    alone does not change its images): their hashes are recorded in inputs.json on the first run
+    and compared on every later one."""
     from dive.checkpoint import checkpoint_hash
     from dive.utils.io import sha256_file
 
-    unet = next((cfg.base / "unet").glob("*.safetensors"), None)
-    now = {"base_unet_sha256": sha256_file(unet) if unet else None,
-           "checkpoints": {k: checkpoint_hash(v) for k, v in sorted(checkpoints.items())}}
+    now: dict = {"checkpoints": {k: checkpoint_hash(v) for k, v in sorted(checkpoints.items())}}
+    out = cfg.out.resolve()
+    if any(out in Path(v).resolve().parents for v in checkpoints.values()):  # trained here on --base
+        unet = next((cfg.base / "unet").glob("*.safetensors"), None)
+        now["base_unet_sha256"] = sha256_file(unet) if unet else None
     path = cfg.out / "inputs.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != now:
+        if old.get("checkpoints") != now["checkpoints"] or (
+                "base_unet_sha256" in now and old.get("base_unet_sha256") != now["base_unet_sha256"]):
             raise ValueError(f"{path}: this bench folder was made with another base or DiVE checkpoint "
                              f"(recorded {old}, now {now}); its finished stages would be stale: use a new --out")
     else:
