@@ -26,7 +26,8 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     from dive.data.registry import load_dataset
 
     out, stdout, _ = quick_bench
-    for name in ("tables.md", "tables.json", "bench.json", "table5-ids.png", "metrics/metrics.json"):
+    for name in ("tables.md", "tables.json", "bench.json", "table5-ids.png", "identity-vs-reid.png",
+                 "metrics/metrics.json"):
         assert (out / name).is_file(), name
     tables = json.loads((out / "tables.json").read_text())["tables"]
     main = tables["main-agw"]["rows"]
@@ -77,6 +78,29 @@ def test_quick_bench_refuses_a_folder_made_with_other_checkpoints(quick_bench):
     (out / "inputs.json").write_text(json.dumps(inputs))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode != 0 and "use a new --out" in res.stderr
+
+
+def test_identity_payoff_pairs_each_generators_identity_with_its_reid_row_at_the_same_seeds():
+    """Table 6's identity Rank-1 beside the ReID row of the same generator, at the ablation seeds
+    only (a 3-seed mean would mix with the 1-seed oracle), with the rank correlation."""
+    from dive.bench.tables import identity_payoff
+
+    def rep(r1):
+        return {"results": {p: {"rank1": r1, "mAP": r1 + 5} for p in ("sysu-all", "sysu-indoor")}}
+
+    reid = {"baseline": {0: 10.0, 1: 30.0}, "grayscale": {0: 8.0, 1: 50.0}, "dive-camera": {0: 9.0},
+            "oracle": {0: 20.0}}
+    reports = {f"{t}|agw|{s}": rep(v) for t, vs in reid.items() for s, v in vs.items()}
+    reports["oracle|caj|0"] = rep(99.0)  # another method must not leak in
+    quality = {"grayscale": {"rank1": 1.0}, "dive-camera": {"rank1": 1.5}, "oracle": {"rank1": 7.0},
+               "cyclegan": {"rank1": 0.8}}  # no ReID run: no point
+    pay = identity_payoff(reports, quality, seeds=(0,))
+    assert set(pay["points"]) == {"grayscale", "dive-camera", "oracle"}
+    assert pay["points"]["grayscale"] == {"identity_rank1": 1.0, "reid_rank1": 8.0, "reid_mAP": 13.0}
+    assert pay["baseline_rank1"] == 10.0 and pay["spearman"] == pytest.approx(1.0)
+    reid_flipped = {**reports, "grayscale|agw|0": rep(30.0)}  # the least identity gives the most ReID
+    assert identity_payoff(reid_flipped, quality, seeds=(0,))["spearman"] == pytest.approx(-0.5)
+    assert "spearman" not in identity_payoff(reports, {"grayscale": {"rank1": 1.0}}, seeds=(0,))
 
 
 def test_bench_reid_jobs_budget_and_tables(tmp_path):
