@@ -98,6 +98,9 @@ def test_identity_payoff_pairs_each_generators_identity_with_its_reid_row_at_the
     assert set(pay["points"]) == {"grayscale", "dive-camera", "oracle"}
     assert pay["points"]["grayscale"] == {"identity_rank1": 1.0, "reid_rank1": 8.0, "reid_mAP": 13.0}
     assert pay["baseline_rank1"] == 10.0 and pay["spearman"] == pytest.approx(1.0)
+    assert pay["baseline_long_rank1"] is None  # (no diagnostics run)
+    long = identity_payoff({**reports, "baseline-long|agw|0": rep(12.0)}, quality, seeds=(0,))
+    assert long["baseline_long_rank1"] == 12.0 and "baseline-long" not in long["points"]
     reid_flipped = {**reports, "grayscale|agw|0": rep(30.0)}  # the least identity gives the most ReID
     assert identity_payoff(reid_flipped, quality, seeds=(0,))["spearman"] == pytest.approx(-0.5)
     assert "spearman" not in identity_payoff(reports, {"grayscale": {"rank1": 1.0}}, seeds=(0,))
