@@ -225,11 +225,13 @@ def _cmd_generate_bench(args: argparse.Namespace) -> int:
     res = generate_bench(dataclass_from_args(GenerateBenchConfig, args))
     print(f"ours: {res['ours_images_per_s']} images/s | plain diffusers loop: {res['plain_diffusers_images_per_s']} "
           f"images/s | ratio {res['ratio']} ({res['images']} images, batch {res['batch_size']}, {res['steps']} steps, "
-          f"guidance {res['guidance']}, {res['threads']} threads, best of {res['repeats']})")
+          f"guidance {res['guidance']}, {res['threads']} threads, best of {res['repeats']}; "
+          f"median of the {res['repeats']} back-to-back pairs: ratio {res['ratio_median_of_pairs']})")
     if "attention" in res:
         a = res["attention"]
         print(f"attention recording on: {a['recorded_s']} s vs off {a['plain_s']} s for {a['n']} images: "
-              f"overhead {a['overhead_pct']}% (same images: {a['identical']})")
+              f"overhead {a['overhead_pct']}% (median of back-to-back pairs: {a['overhead_pct_median_of_pairs']}%; "
+              f"same images: {a['identical']})")
     print(json.dumps(res))
     return 0
 

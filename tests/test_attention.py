@@ -300,3 +300,4 @@ def test_attention_overhead_micro(gen):
     res = attention_overhead(gen, n=4, steps=25, repeats=2)
     print(f"\nattention recording overhead (micro_base, 4 images x 25 steps, CPU): {res}")
     assert res["identical"] and res["records"] == 25 * len(LAYERS) and res["plain_s"] > 0
+    assert res["overhead_pct_median_of_pairs"] > -100
