@@ -128,7 +128,7 @@ def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
         ax.axhline(payoff["baseline_long_rank1"], color="grey", ls=":", lw=1.2,
                    label="baseline, as many batches as + DiVE")
     if payoff["baseline_rank1"] is not None or payoff["baseline_long_rank1"] is not None:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_xlabel("identity Rank-1 of the generated IR (Table 6)")
     ax.set_ylabel("AGW all-search R1 with it added")
     rho = payoff.get("spearman")
