@@ -67,13 +67,28 @@ def claim_check(rows: dict[str, dict]) -> dict:
     return {"holds": all(checks.values()), "checks": checks}
 
 
-def _plot(path: Path, xs, series: dict[str, list], xlabel: str, title: str) -> None:
+def _figure(figsize):
+    """A headless matplotlib figure and axes (the bench runs without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    return plt.subplots(figsize=figsize, dpi=120)
+
+
+def _save(fig, path: Path) -> None:
+    """Written whole or not at all, then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _plot(path: Path, xs, series: dict[str, list], xlabel: str, title: str) -> None:
+    fig, ax = _figure((5, 3.4))
     for label, ys in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel(xlabel)
@@ -81,10 +96,7 @@ def _plot(path: Path, xs, series: dict[str, list], xlabel: str, title: str) -> N
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def identity_payoff(reports: dict, quality: dict, seeds) -> dict:
@@ -112,12 +124,7 @@ def identity_payoff(reports: dict, quality: dict, seeds) -> dict:
 
 
 def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.4, 3.8), dpi=120)
+    fig, ax = _figure((5.4, 3.8))
     for key, p in payoff["points"].items():
         ax.scatter(p["identity_rank1"], p["reid_rank1"], s=28)
         ax.annotate(labels.get(key, key).split(":")[0], (p["identity_rank1"], p["reid_rank1"]), fontsize=7,
@@ -135,10 +142,7 @@ def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
     ax.set_title(f"Identity kept vs ReID gain (seeds {payoff['seeds']}"
                  + (f", Spearman {rho:+.2f})" if rho is not None else ")"), fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[str, int], timings: dict) -> dict:
