@@ -332,12 +332,19 @@ def parse_reid_run_name(name: str) -> tuple[str, str, int] | None:
     return train_set, method, int(seed)
 
 
-def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
-    overrides = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
+def reid_recipe(cfg: BenchConfig) -> dict:
+    """The bench's changes to `dive reid run`'s training defaults, shared by every ReID job (and by
+    scripts that add a row beside a finished bench)."""
+    recipe = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
     if cfg.reid_epochs:
-        overrides["epochs"] = cfg.reid_epochs
-        overrides["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
-        overrides["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
+        recipe["epochs"] = cfg.reid_epochs
+        recipe["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
+        recipe["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
+    return recipe
+
+
+def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
+    overrides = reid_recipe(cfg)
     sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
     per_set: dict[str, dict] = {}
     main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera") + (

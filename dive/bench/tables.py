@@ -114,12 +114,10 @@ def identity_payoff(reports: dict, quality: dict, seeds) -> dict:
                  "baseline_long_rank1": rows["baseline-long"]["sysu-all/rank1"]["mean"] if "baseline-long" in rows
                  else None}
     if len(points) >= 3:
-        import numpy as np
+        from scipy.stats import spearmanr
 
-        x = np.array([p["identity_rank1"] for p in points.values()])
-        y = np.array([p["reid_rank1"] for p in points.values()])
-        rx, ry = x.argsort().argsort(), y.argsort().argsort()
-        out["spearman"] = float(np.corrcoef(rx, ry)[0, 1])
+        out["spearman"] = float(spearmanr([p["identity_rank1"] for p in points.values()],
+                                          [p["reid_rank1"] for p in points.values()]).statistic)
     return out
 
 
