@@ -181,6 +181,30 @@ def test_oracle_renders_the_ids_in_the_infrared_cameras(tiny_world_dir, ext_ids,
         run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "o6", material="silk"), progress=False)
 
 
+def test_vae_round_trip_is_an_export_source_close_to_its_input(tiny_world_dir, ext_ids, tmp_path):
+    """The oracle through the base's VAE (the bench's "perfect UNet on this base" row): same rows,
+    reconstructed pixels near but not equal to the source's, kept as they are on a rerun."""
+    from dive.baselines.vae_roundtrip import vae_round_trip
+
+    base = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-sd-base"
+    src = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "oracle", n=1), progress=False)
+    info = vae_round_trip(src, base, tmp_path / "rt", progress=False)
+    rt = check_source(tmp_path / "rt", ext_ids, 1, (128, 64), "oracle")
+    assert info["images"] == len(rt.rows) and rt.settings["vae_round_trip"] == info
+    errors = []
+    for r in rt.rows:
+        a = np.asarray(Image.open(r.path), np.float32)
+        b = np.asarray(Image.open(src / Path(r.path).relative_to(tmp_path / "rt")), np.float32)
+        errors.append(np.abs(a - b).mean())
+    assert 0 < np.mean(errors) < 40  # a reconstruction: changed, but the same picture
+    assert abs(np.mean(errors) - info["mean_abs_error"]) < 0.01
+    assert vae_round_trip(src, base, tmp_path / "rt", progress=False) == info  # finished: reused
+    with pytest.raises(FileNotFoundError, match="manifest.jsonl"):
+        vae_round_trip(tmp_path / "nothing", base, tmp_path / "rt2", progress=False)
+    with pytest.raises(FileNotFoundError, match="vae/config.json"):
+        vae_round_trip(src, tmp_path, tmp_path / "rt3", progress=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # CycleGAN
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
     assert set(tables["quality"]) == {"dive-camera", "dive-translate", "dive-modality", "dive-ir-only", "grayscale",
-                                      "cyclegan", "oracle"}
+                                      "cyclegan", "oracle", "oracle-vae"}
     # the img2img row starts from the very images the grayscale baseline copies
     def sources(name):
         lines = (out / "synthetic" / name / "manifest.jsonl").read_text().splitlines()
@@ -44,7 +44,12 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
 
     assert sources("dive-translate") == sources("grayscale")
     diag = tables["diagnostics"]  # one-seed rows outside the claim: longer baseline, perfect generator
-    assert set(diag) == {"baseline", "baseline-long", "dive-camera", "oracle"}
+    assert set(diag) == {"baseline", "baseline-long", "dive-camera", "oracle", "oracle-vae"}
+    # the perfect-UNet row: the oracle's very images, each through the base's VAE
+    vae_rows = (out / "synthetic" / "oracle-vae" / "manifest.jsonl").read_text()
+    assert vae_rows == (out / "synthetic" / "oracle" / "manifest.jsonl").read_text()
+    first = json.loads(vae_rows.splitlines()[0])["path"]
+    assert (out / "synthetic" / "oracle-vae" / first).read_bytes() != (out / "synthetic" / "oracle" / first).read_bytes()
     assert "oracle" not in main and not any("oracle" in what for what in tables["main-agw"]["claim"].get("checks", {}))
     long_cfg = json.loads((out / "reid" / "baseline-long-agw-seed0" / "config.json").read_text())["train"]
     dive_rep = json.loads((out / "reid" / "dive-camera-agw-seed0" / "report.json").read_text())

@@ -233,6 +233,22 @@ def oracle_source(cfg: BenchConfig) -> Path:
     return out
 
 
+def oracle_vae_source(cfg: BenchConfig, oracle: Path, checkpoint: Path) -> Path:
+    """With `diagnostics`: the oracle's renders through the DiVE checkpoint's base VAE, i.e. what a
+    perfect UNet on that base would draw: its ReID row tells whether the base's VAE or the UNet and
+    its tokens stand between DiVE and the oracle's gain."""
+    from dive.baselines.vae_roundtrip import vae_round_trip
+    from dive.checkpoint import resolve_base
+
+    out = cfg.out / "synthetic" / "oracle-vae"
+    if not (out / "manifest.jsonl").exists():
+        base = resolve_base(checkpoint)
+        _log(f"oracle through {base}/vae (a perfect UNet on this base) -> {out}")
+        with torch_threads(cfg.threads):
+            vae_round_trip(oracle, base, out, progress=not cfg.quick)
+    return out
+
+
 def subset_source(src: Path, dst: Path, count: int, seed: int) -> Path:
     """A synthetic folder holding the images of `count` of `src`'s identities (a seeded, nested
     choice: the first `count` of one fixed permutation), hard-linked, for Table 5."""
@@ -364,7 +380,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
         per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
                                     or epoch_batches_of(*sets["dive-camera"])}
         sets["baseline-long"] = sets["baseline"]
-        for train_set in ("baseline-long", "oracle"):
+        for train_set in ("baseline-long", "oracle", "oracle-vae"):
             for seed in cfg.ablation_seeds:
                 jobs.append((train_set, "agw", seed))
     for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
@@ -510,10 +526,12 @@ def run_bench(cfg: BenchConfig) -> dict:
     for k in cfg.id_counts:
         table5[f"dive-camera-k{k}"] = subset_source(sources["dive-camera"], cfg.out / "synthetic" / f"dive-camera-k{k}",
                                                     k, cfg.gen_seed)
-    oracle = timed("oracle", oracle_source, cfg)
-    exports = timed("exports", export_all, cfg, sources | table5 | ({"oracle": oracle} if cfg.diagnostics else {}))
+    ceilings = {"oracle": timed("oracle", oracle_source, cfg)}
+    if cfg.diagnostics:
+        ceilings["oracle-vae"] = timed("oracle vae", oracle_vae_source, cfg, ceilings["oracle"], checkpoints["camera"])
+    exports = timed("exports", export_all, cfg, sources | table5 | (ceilings if cfg.diagnostics else {}))
     reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
-    metrics = timed("metrics", quality, cfg, sources | {"oracle": oracle}, reports)
+    metrics = timed("metrics", quality, cfg, sources | ceilings, reports)
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": _count_ids(sources["dive-camera"])}
     id_counts |= {name: _count_ids(folder) for name, folder in table5.items()}

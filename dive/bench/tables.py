@@ -28,11 +28,13 @@ DIAGNOSTIC_ROWS = (
     ("baseline-long", "baseline, trained for as many batches as + DiVE"),
     ("dive-camera", "+ DiVE IR"),
     ("oracle", "+ true IR renders of the external ids (oracle: a ceiling, not a method)"),
+    ("oracle-vae", "+ the same through the base's VAE (a perfect UNet on this base)"),
 )
 GENERATORS = (("dive-camera", "DiVE"), ("dive-translate", "DiVE img2img"), ("cyclegan", "CycleGAN"),
               ("grayscale", "grayscale"), ("dive-modality", "DiVE (token per modality)"),
               ("dive-ir-only", "DiVE (IR-only training)"),
-              ("oracle", "oracle: true IR renders (ceiling, not a method)"))
+              ("oracle", "oracle: true IR renders (ceiling, not a method)"),
+              ("oracle-vae", "oracle through the base's VAE (a perfect UNet on this base)"))
 _HEAD = "| {} | All-search R1 | All-search mAP | Indoor R1 | Indoor mAP |\n|---|---|---|---|---|"
 
 

@@ -1,0 +1,33 @@
+#!/bin/bash
+# One Table 1 row beside a finished bench, from a folder of synthetic infrared images that already
+# exists (any generator, a baseline, or a control such as scripts/vae_ceiling.py's round trip): the
+# bench's export and AGW recipe (the bench's own `reid_recipe`, one thread per run, two seeds in
+# parallel). NAME names the export and the ReID runs (reid/NAME-agw-seedS); rows by
+# scripts/bench_progress.py.
+#   bash scripts/bench_row.sh runs/control/oracle-vae runs/bench-control oracle-vae
+set -euo pipefail
+SRC=${1:?synthetic folder}; OUT=${2:?out folder}; NAME=${3:?row name}
+SEEDS=${SEEDS:-"0 1 2"}; DATA=${DATA:-data/synthvi}
+export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
+dive export --data "$DATA" --synthetic "$SRC" --out "$OUT/exports/$NAME"
+# the bench's default ReID recipe as `dive reid run` flags
+RECIPE=$(python - <<'PY'
+from dive.bench.config import BenchConfig
+from dive.bench.run import reid_recipe
+r = reid_recipe(BenchConfig())
+flags = ["--batches-per-epoch", r["batches_per_epoch"]]
+if "epochs" in r:
+    flags += ["--epochs", r["epochs"], "--warmup-epochs", r["warmup_epochs"], "--lr-steps", *r["lr_steps"]]
+print(*flags)
+PY
+)
+for s in $SEEDS; do
+  run="$OUT/reid/$NAME-agw-seed$s"
+  [ -f "$run/report.json" ] && continue
+  dive reid run --data "$OUT/exports/$NAME" --out "$run" --seed "$s" --method agw $RECIPE \
+    --threads 1 --force --no-progress > "$OUT/reid-$NAME-seed$s.log" 2>&1 &
+  # two at a time, as the bench runs them
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 5; done
+done
+wait
+python scripts/bench_progress.py "$OUT"
