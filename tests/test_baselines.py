@@ -181,6 +181,38 @@ def test_oracle_renders_the_ids_in_the_infrared_cameras(tiny_world_dir, ext_ids,
         run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "o6", material="silk"), progress=False)
 
 
+def test_oracle_at_infrared_word_tones(tiny_world_dir, tmp_path):
+    """--nir-words: every dyed part (garments, shoes, accessories: captions name all their colours)
+    at its word group's mean NIR, whatever its material; seeded like the true oracle."""
+    from dive.baselines.oracle import word_nir_table
+    from dive.data.synthvi.render import Tones
+    from dive.data.synthvi.world import COLOR_NIR
+
+    three = tmp_path / "three.json"
+    groups = {"black": ("gray", "pink", "green"), "gray": ("black", "yellow", "blue")}
+    three.write_text(json.dumps({"words": {c: next((w for w, g in groups.items() if c in g), "white")
+                                           for c in COLOR_NIR}}))
+    table = word_nir_table(three)
+    assert table["pink"] == table["green"] == pytest.approx(np.mean([COLOR_NIR[c] for c in groups["black"]]))
+    assert table["red"] == table["white"] != table["pink"]
+    tones = Tones(True, table)
+    assert (tones.garment("red", "leather") == table["red"]).all() and (tones.accessory("pink") == table["pink"]).all()
+    assert not (Tones(False, table).garment("red", "cotton") == table["red"]).all()  # visible light: the dye's colour
+    cfg = dict(data=tiny_world_dir, n=1)
+    true = run_oracle(OracleConfig(out=tmp_path / "true", **cfg), progress=False)
+    by_words = run_oracle(OracleConfig(out=tmp_path / "three", nir_words=three, **cfg), progress=False)
+    again = run_oracle(OracleConfig(out=tmp_path / "three2", nir_words=three, **cfg), progress=False)
+    images = lambda root: {k: v for k, v in tree_hashes(root).items() if k.startswith("images/")}
+    assert images(by_words) == images(again) and images(by_words).keys() == images(true).keys()
+    assert images(by_words) != images(true)
+    settings = json.loads((by_words / SETTINGS_FILE).read_text())
+    assert "infrared word" in settings["transform"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"words": {"red": "white"}}))
+    with pytest.raises(ValueError, match="no infrared word for the colours"):
+        run_oracle(OracleConfig(out=tmp_path / "bad", nir_words=bad, **cfg), progress=False)
+
+
 def test_vae_round_trip_is_an_export_source_close_to_its_input(tiny_world_dir, ext_ids, tmp_path):
     """The oracle through the base's VAE (the bench's "perfect UNet on this base" row): same rows,
     reconstructed pixels near but not equal to the source's, kept as they are on a rerun."""

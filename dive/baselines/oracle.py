@@ -35,6 +35,24 @@ class OracleConfig(BaselineSelection):
         "help": "render every garment in this material instead of its own (e.g. denim): the ceiling of a generator "
                 "that knows all a visible image shows (colours, patterns, shape) but not the materials, which only "
                 "infrared reveals (empty: the true materials)"})
+    nir_words: Path | None = field(default=None, metadata={
+        "help": "a colour -> infrared word table (`dive infrared-words` output): every garment, shoe and accessory "
+                "drawn at the mean NIR of the dyes that share its word, whatever its material: the ceiling of a "
+                "generator that follows its infrared words perfectly and knows nothing finer"})
+
+
+def word_nir_table(path: Path) -> dict[str, float]:
+    """Dye -> the mean true NIR (`COLOR_NIR`, cotton) of every dye given the same infrared word."""
+    from dive.data.synthvi.world import COLOR_NIR
+
+    try:
+        words = json.loads(Path(path).read_text())["words"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: not a `dive infrared-words` table with a 'words' map ({err})") from None
+    missing = sorted(set(COLOR_NIR) - set(words))
+    if missing:
+        raise ValueError(f"{path}: no infrared word for the colours {missing}")
+    return {c: float(np.mean([COLOR_NIR[d] for d in COLOR_NIR if words[d] == words[c]])) for c in COLOR_NIR}
 
 
 def _load_world(data: Path) -> tuple[dict, dict]:
@@ -62,6 +80,7 @@ def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
             raise ValueError(f"material {cfg.material!r}: not a SynthVI material (one of {', '.join(MATERIALS)})")
         people = {k: {**p, "upper": {**p["upper"], "material": cfg.material},
                       "lower": {**p["lower"], "material": cfg.material}} for k, p in people.items()}
+    garment_nir = word_nir_table(cfg.nir_words) if cfg.nir_words else None
     H, W, world_seed = int(world["height"]), int(world["width"]), int(world["seed"])
     jobs, keys, cams = plan_jobs(inputs, min_images=cfg.min_images, top_k=cfg.top_k, cameras=cfg.cameras, n=cfg.n,
                                  seed=cfg.seed, baseline="oracle")
@@ -73,7 +92,9 @@ def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
                              seed=cfg.seed, height=H, width=W, world_seed=world_seed,
                              transform="SynthVI renderer: the identity's attributes in the infrared camera "
                                        "(a ceiling, not a method)"
-                                       + (f"; every garment rendered as {cfg.material}" if cfg.material else ""))
+                                       + (f"; every garment rendered as {cfg.material}" if cfg.material else "")
+                                       + (f"; garments at their infrared word's mean NIR ({cfg.nir_words})"
+                                          if cfg.nir_words else ""))
     prepare_out(cfg.out, settings, inputs.protected, cfg.force)
     strips = {c: background_strip(world_seed, "vi", VI_CAMERAS[c].scene, c, H, W) for c in cams}
     for job in tqdm(jobs, desc="oracle", unit="img", disable=not progress):
@@ -83,7 +104,7 @@ def run_oracle(cfg: OracleConfig, *, progress: bool = True) -> Path:
             raise KeyError(f"{cfg.data / 'identities.json'}: no external identity {key}")
         rng = np.random.default_rng(np.random.SeedSequence([world_seed, cfg.seed, 4242, r["pid"], r["camid"], r["index"]]))
         img = render_image(Identity.from_dict(people[key]), VI_CAMERAS[r["camid"]], strips[r["camid"]], rng,
-                           height=H, width=W)
+                           height=H, width=W, garment_nir=garment_nir)
         save_image(cfg.out / job.rel, Image.fromarray(img))
         r |= {"height": H, "width": W}
     return finish_out(cfg.out, jobs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -34,12 +35,17 @@ from dive.data.synthvi.world import (
 
 
 class Tones:
-    def __init__(self, infrared: bool):
+    """`garment_nir` (infrared only): a dye -> NIR table that replaces dye x material, for controls
+    such as "what a generator that knows only each colour's infrared word would draw"."""
+
+    def __init__(self, infrared: bool, garment_nir: Mapping[str, float] | None = None):
         self.infrared = infrared
+        self.garment_nir = garment_nir
 
     def garment(self, color: str, material: str) -> np.ndarray:
         if self.infrared:
-            return np.full(3, nir_of(color, material), dtype=np.float32)
+            nir = self.garment_nir[color] if self.garment_nir is not None else nir_of(color, material)
+            return np.full(3, nir, dtype=np.float32)
         return np.asarray(COLORS[color], dtype=np.float32)
 
     def accessory(self, color: str) -> np.ndarray:
@@ -369,15 +375,17 @@ def render_image(
     height: int,
     width: int,
     pose: Pose | None = None,
+    garment_nir: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """One uint8 (height, width, 3) image of `ident` seen by `camera` (infrared as 3 equal channels)."""
+    """One uint8 (height, width, 3) image of `ident` seen by `camera` (infrared as 3 equal channels;
+    `garment_nir`: see `Tones`)."""
     pose = pose or sample_pose(camera, rng)
     offset = int(rng.integers(0, background_strip.shape[1] - width + 1))
     bg = background_strip[:, offset : offset + width]
     if rng.random() < 0.5:
         bg = bg[:, ::-1]
     canvas = _Canvas(bg)
-    tones = Tones(camera.infrared)
+    tones = Tones(camera.infrared, garment_nir)
     paint_person(canvas, ident, pose, tones, rng)
     img = canvas.img
     if camera.infrared:
