@@ -19,7 +19,7 @@ class BenchConfig:
     infrared camera (paper 18), ReID as `dive reid run`'s defaults but with 6 epochs of AGW's length
     (it grows with the training set: a fixed budget starves the expanded sets), 3 ReID seeds for
     Tables 1/2 and 1 for the ablations, comparison baselines with AGW only (Table 2: baseline vs
-    + DiVE, as in the paper), the diagnostic rows off (--diagnostics adds them, ~6 minutes); the
+    + DiVE, as in the paper), the diagnostic rows off (--diagnostics adds them, ~15 minutes); the
     DiVE ablation checkpoints are trained by the bench when not shipped."""
 
     out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
@@ -64,10 +64,11 @@ class BenchConfig:
         "help": "ReID recipes also trained on the comparison baselines' sets; the others train on the "
                 "baseline and + DiVE only (the paper's Table 2)"})
     diagnostics: bool = field(default=False, metadata={
-        "help": "two extra AGW rows at the ablation seeds: the baseline trained for as many batches as "
-                "+ DiVE, and + the external ids' true infrared renders (the oracle: what a perfect "
-                "generator would add; a ceiling, not a method); off by default to keep the bench within "
-                "2 hours (~6 minutes more); the quick bench always has them"})
+        "help": "three extra AGW rows at the ablation seeds: the baseline trained for as many batches as "
+                "+ DiVE, + the external ids' true infrared renders (the oracle: what a perfect generator "
+                "would add; a ceiling, not a method), and + the same through the DiVE checkpoint's base "
+                "VAE (what a perfect UNet on that base would add); off by default to keep the bench within "
+                "2 hours (~15 minutes more: the first two took 6, the VAE row 10); the quick bench always has them"})
     reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
     threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
