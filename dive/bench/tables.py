@@ -124,11 +124,16 @@ def identity_payoff(reports: dict, quality: dict, seeds) -> dict:
 
 
 def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
+    import textwrap
+
     fig, ax = _figure((5.4, 3.8))
+    right = max((p["identity_rank1"] for p in payoff["points"].values()), default=0.0)
     for key, p in payoff["points"].items():
         ax.scatter(p["identity_rank1"], p["reid_rank1"], s=28)
-        ax.annotate(labels.get(key, key).split(":")[0], (p["identity_rank1"], p["reid_rank1"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        # long labels wrapped, and written leftwards in the right part of the plot so none is cut off
+        left = p["identity_rank1"] > 0.85 * right
+        ax.annotate(textwrap.fill(labels.get(key, key).split(":")[0], 18), (p["identity_rank1"], p["reid_rank1"]),
+                    fontsize=7, xytext=(-4 if left else 4, 3), textcoords="offset points", ha="right" if left else "left")
     if payoff["baseline_rank1"] is not None:
         ax.axhline(payoff["baseline_rank1"], color="grey", ls="--", lw=1, label="baseline (VI only)")
     if payoff["baseline_long_rank1"] is not None:
