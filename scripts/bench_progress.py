@@ -16,7 +16,6 @@ place: would it hold with those images?"""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from dive.bench.run import parse_reid_run_name

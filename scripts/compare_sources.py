@@ -1,55 +1,53 @@
-"""Side by side: a few external ids' real visible images, then the first images of each synthetic
-folder (same ids), one row per id, one block of columns per folder. For looking at what a
-generator draws next to the truth (`dive baseline oracle`) and its VAE round trip.
+"""Side by side: the source visible image of each output, then the same output path in several
+baseline-style folders (`dive baseline grayscale|oracle|cyclegan apply`, `dive translate`), which
+choose the same source per path for the same seed.
 
-    python scripts/compare_sources.py OUT.png DIR [DIR ...]      (env IDS=8 PER=3 VISIBLE=2)
+    python scripts/compare_sources.py OUT.png DATA_ROOT FOLDER [FOLDER ...] [--rows 12] [--every 4]
+
+DATA_ROOT is the world (or external dataset) root the first folder's manifest `source_path` is
+relative to: `data/synthvi` (its `external/` is used) or a Market-1501 folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dive.data.registry import load_dataset
 
-H, W = 128, 64
-
-
-def main(out: str, folders: list[str]) -> None:
-    n_ids, per, n_vis = (int(os.environ.get(k, d)) for k, d in (("IDS", 8), ("PER", 3), ("VISIBLE", 2)))
-    manifests = [[json.loads(x) for x in (Path(f) / "manifest.jsonl").read_text().splitlines() if x.strip()]
-                 for f in folders]
-    pids = sorted({r["pid"] for r in manifests[0]})[:n_ids]
-    ext = load_dataset("synthvi", Path(os.environ.get("DATA", "data/synthvi")))
-    visible = {}
-    for r in sorted(ext.records, key=lambda r: str(r.path)):
-        if r.dataset == "synthvi_ext" and r.pid in pids:
-            visible.setdefault(r.pid, []).append(r.path)
-    cols = n_vis + per * len(folders)
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("folders", type=Path, nargs="+")
+    p.add_argument("--rows", type=int, default=12)
+    p.add_argument("--every", type=int, default=4, help="take every k-th manifest row (spreads over ids)")
+    args = p.parse_args()
+    root = args.data / "external" if (args.data / "external").is_dir() else args.data
+    rows = [json.loads(x) for x in (args.folders[0] / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    rows = rows[:: args.every][: args.rows]
+    with Image.open(args.folders[0] / rows[0]["path"]) as im:
+        w, h = im.size
     head = 14
-    sheet = Image.new("RGB", (cols * W, head + len(pids) * H), "white")
+    sheet = Image.new("RGB", (w * (len(args.folders) + 1), head + h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((2, 1), "visible", fill="black")
-    for k, f in enumerate(folders):
-        draw.text(((n_vis + k * per) * W + 2, 1), Path(f).name[: per * 10], fill="black")
-    for i, pid in enumerate(pids):
-        ims = [Image.open(p).convert("RGB") for p in visible.get(pid, [])[:n_vis]]
-        ims += [None] * (n_vis - len(ims))
-        for f, rows in zip(folders, manifests):
-            mine = [r for r in rows if r["pid"] == pid][:per]
-            ims += [Image.open(Path(f) / r["path"]).convert("RGB") for r in mine] + [None] * (per - len(mine))
-        for j, im in enumerate(ims):
-            if im is not None:
-                sheet.paste(im.resize((W, H)), (j * W, head + i * H))
-    sheet.save(out)
-    print(f"{out}: {len(pids)} ids x ({n_vis} visible + {per} per folder x {len(folders)} folders)")
+    for k, name in enumerate(["source", *[f.name for f in args.folders]]):
+        draw.text((k * w + 2, 1), name.replace("translate-", "img2img ")[:11], fill="black")
+    for i, r in enumerate(rows):
+        with Image.open(root / r["source_path"]) as im:
+            sheet.paste(im.convert("RGB").resize((w, h), Image.Resampling.BICUBIC), (0, head + i * h))
+        for k, folder in enumerate(args.folders, start=1):
+            path = folder / r["path"]
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing; the folders must share output paths (same selection and seed)")
+            with Image.open(path) as im:
+                sheet.paste(im.convert("RGB"), (k * w, head + i * h))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"written: {args.out} ({len(rows)} rows x {len(args.folders) + 1} columns)")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2:])
+    main()
