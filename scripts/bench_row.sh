@@ -13,8 +13,9 @@ SEEDS=${SEEDS:-"0 1 2"}; DATA=${DATA:-data/synthvi}; METHOD=${METHOD:-agw}
 export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 case "$SRC" in
   baseline) TRAIN="$DATA" ;;
-  external-rgb)  # as the bench: every external id with at least its min_images (12) visible images
-    dive export --data "$DATA" --out "$OUT/exports/$NAME" --external-ids all --min-external-images 12
+  external-rgb)  # as the bench: every external id with at least its min_images visible images
+    MIN=$(python -c 'from dive.bench.config import BenchConfig; print(BenchConfig().min_images)')
+    dive export --data "$DATA" --out "$OUT/exports/$NAME" --external-ids all --min-external-images "$MIN"
     TRAIN="$OUT/exports/$NAME" ;;
   *) dive export --data "$DATA" --synthetic "$SRC" --out "$OUT/exports/$NAME"
      TRAIN="$OUT/exports/$NAME" ;;
