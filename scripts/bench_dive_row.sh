@@ -5,8 +5,12 @@
 #   GEN_ARGS="--guidance 7.5" bash scripts/bench_dive_row.sh checkpoints/dive-demo runs/bench-g7.5
 set -euo pipefail
 CKPT=${1:?checkpoint}; OUT=${2:?out folder}
-GEN_ARGS=${GEN_ARGS:-}; N=${N:-6}
+GEN_ARGS=${GEN_ARGS:-}
 export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
-dive generate --checkpoint "$CKPT" --out "$OUT/synthetic/dive-camera" --min-images 12 --n "$N" --steps 25 \
-  --seed 0 $GEN_ARGS
+# the bench's generation settings (BenchConfig) as `dive generate` flags; N overrides the count
+read -r MIN BENCH_N STEPS GUIDANCE SEED < <(python -c 'from dive.bench.config import BenchConfig as B; c = B()
+print(c.min_images, c.n_per_camera, c.gen_steps, c.guidance, c.gen_seed)')
+N=${N:-$BENCH_N}
+dive generate --checkpoint "$CKPT" --out "$OUT/synthetic/dive-camera" --min-images "$MIN" --n "$N" --steps "$STEPS" \
+  --guidance "$GUIDANCE" --seed "$SEED" $GEN_ARGS
 bash "$(dirname "$0")/bench_row.sh" "$OUT/synthetic/dive-camera" "$OUT" dive-camera
