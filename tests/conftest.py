@@ -64,8 +64,11 @@ def studio_dirs(micro_base, micro_dive_run, tmp_path_factory):
     data = root / "data"
     shipped = root / "shipped"
     shutil.copytree(micro_base, data / "bases" / "micro")
-    shutil.copytree(micro_dive_run / "final", shipped / "dive-demo")
-    meta = json.loads((shipped / "dive-demo" / "dive.json").read_text())
+    from dive.studio.service import DEMO_NAME
+
+    demo = shipped / DEMO_NAME
+    shutil.copytree(micro_dive_run / "final", demo)
+    meta = json.loads((demo / "dive.json").read_text())
     meta["base"] = str(data / "bases" / "micro")
-    (shipped / "dive-demo" / "dive.json").write_text(json.dumps(meta))
+    (demo / "dive.json").write_text(json.dumps(meta))
     return data, shipped

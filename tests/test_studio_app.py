@@ -48,12 +48,13 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     from gradio_client import Client
 
     from dive.checkpoint import TokenTable
+    from dive.studio.service import DEMO_NAME
 
     _, shipped = studio_dirs
-    table = TokenTable.load(shipped / "dive-demo" / "tokens.json")
+    table = TokenTable.load(shipped / DEMO_NAME / "tokens.json")
     idt, cam = table.identities[0].token, table.infrared_cameras()[0].token
     client = Client(app_url, verbose=False)
-    ck = "shipped: dive-demo"
+    ck = f"shipped: {DEMO_NAME}"
     assert {"/generate", "/attention", "/export"} <= set(client.view_api(return_format="dict")["named_endpoints"])
 
     gallery, _, msg, _ = client.predict(ck, None, None, 0, False, 3, 1.0, 2, None, 0.6, api_name="/generate")

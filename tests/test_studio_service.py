@@ -12,7 +12,7 @@ from PIL import Image
 
 from dive.checkpoint import check_checkpoint_dir
 from dive.studio.sandbox import Sandbox, StudioError
-from dive.studio.service import Studio
+from dive.studio.service import DEMO_NAME, Studio
 
 
 def test_sandbox_refuses_traversal(tmp_path):
@@ -31,9 +31,10 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
     data, shipped = studio_dirs
     studio = Studio(data, shipped_dir=shipped)
     labels = [c.label for c in studio.checkpoints()]
-    assert labels[0] == "shipped: dive-demo"  # shipped first, then any runs other tests made
+    assert labels[0] == f"shipped: {DEMO_NAME}"  # shipped first, then any runs other tests made
     # the studio opens on the demo by its exact name, not on another folder sharing its prefix
-    assert Studio.default_choice(["shipped: a", "shipped: dive-demo-v2", "shipped: dive-demo"]) == "shipped: dive-demo"
+    demo = f"shipped: {DEMO_NAME}"
+    assert Studio.default_choice(["shipped: a", f"{demo}-v2", demo, "shipped: dive-demo"]) == demo
     assert Studio.default_choice(["shipped: a", "run 1: final"]) == "shipped: a" and Studio.default_choice([]) is None
     table = studio.table(labels[0])
     ids = studio.identity_choices(table)
