@@ -342,10 +342,14 @@ def trained_base(checkpoint: str | Path, *, search: Iterable[str | Path] = ()) -
     """The base folder a checkpoint's dive.json names, if it is at hand: as written, relative to
     one of `search`, or relative to the repository (shipped checkpoints name shipped bases)."""
     named = _named_base(checkpoint)
-    if not named:
-        return None
+    return find_base(named, search=search) if named else None
+
+
+def find_base(name: str | Path, *, search: Iterable[str | Path] = ()) -> Path | None:
+    """A base folder named as a dive.json names it: as written, relative to one of `search`, or
+    relative to the repository; None when none of these is a diffusers folder."""
     for root in (Path(), *map(Path, search), _REPO_ROOT):
-        cand = root / named
+        cand = root / name
         if (cand / "model_index.json").exists():
             return cand.resolve()
     return None

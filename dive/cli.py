@@ -248,7 +248,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
     from dive.train.trainer import package_checkpoint
 
-    print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16)}")
+    print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16, base_name=args.base_name)}")
     return 0
 
 
@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
     p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
     p.add_argument("--float32", action="store_true", help="keep the LoRA weights in float32 (default: float16, half the size)")
+    p.add_argument("--base-name", default=None, help="name this base folder in dive.json instead of the one it trained on "
+                   "(e.g. a shipped copy, repository-relative: checkpoints/NAME); refused unless its weights are identical")
     p.set_defaults(func=_cmd_package)
 
     p = sub.add_parser("studio-latency", help="time the studio's first Generate (4 images, default settings)")

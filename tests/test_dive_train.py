@@ -165,6 +165,30 @@ def test_package_checkpoint_adds_references(micro_dive_run, tmp_path):
     assert all(reference_path(out, t.token).exists() for t in table.identities)
 
 
+def test_package_names_a_copy_of_its_base_and_refuses_another(micro_base, micro_dive_run, tmp_path):
+    """Shipping a checkpoint beside a copy of its base: dive.json names the copy (found from any
+    folder), and a folder whose weights differ from the trained base is refused by file name."""
+    import json
+    import shutil
+
+    from dive.checkpoint import trained_base
+    from dive.train.trainer import package_checkpoint
+
+    copy = tmp_path / "bases" / "copy"
+    shutil.copytree(micro_base, copy)
+    out = package_checkpoint(micro_dive_run / "final", tmp_path / "pkg", base_name=copy)
+    meta = json.loads((out / "dive.json").read_text())
+    assert meta["base"] == str(copy) and trained_base(out) == copy.resolve()
+    assert meta["config"]["base"] == json.loads((micro_dive_run / "final" / "dive.json").read_text())["config"]["base"]
+    unet = next((copy / "unet").glob("*.safetensors"))
+    unet.write_bytes(unet.read_bytes()[:-4] + b"\0\0\0\1")
+    with pytest.raises(ValueError, match="unet/.*differ"):
+        package_checkpoint(micro_dive_run / "final", tmp_path / "pkg2", base_name=copy)
+    with pytest.raises(ValueError, match="not a diffusers base"):
+        package_checkpoint(micro_dive_run / "final", tmp_path / "pkg3", base_name=tmp_path / "nowhere")
+    assert not (tmp_path / "pkg2").exists() and not (tmp_path / "pkg3").exists()
+
+
 def test_packaged_lora_is_float16_and_renders_the_same(micro_base, micro_dive_run, tmp_path):
     """Shipped checkpoints store the LoRA in float16 (half the size, keeping diffusers' adapter
     metadata); loaded back into the float32 UNet it renders what the float32 run does."""

@@ -600,15 +600,41 @@ def training_set_from_config(cfg: dict) -> TrainingSet:
                               infrared_words=load_infrared_words(cfg["infrared_words"]) if cfg.get("infrared_words") else None)
 
 
-def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = torch.float16) -> Path:
+def _same_base_weights(trained: Path, named: Path) -> list[str]:
+    """Weight files (relative paths) in which two base folders differ; [] when they are copies."""
+    from dive.utils.io import sha256_file
+
+    files = sorted({f.relative_to(b) for b in (trained, named) for f in b.rglob("*.safetensors")})
+    return [str(f) for f in files if not ((trained / f).exists() and (named / f).exists()
+                                         and sha256_file(trained / f) == sha256_file(named / f))]
+
+
+def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = torch.float16,
+                       base_name: str | Path | None = None) -> Path:
     """Copy a run's checkpoint-N (or final) without its training state, adding reference images:
     the form in which checkpoints are shipped. The training data named in its dive.json must be at hand.
     The UNet LoRA files are stored as `lora_dtype` (default float16, half the size; None keeps
-    float32): `load_lora_weights` casts them to the UNet's dtype on loading."""
-    from dive.checkpoint import INFRARED_LORA_FILE, LORA_FILE, check_checkpoint_dir, training_config
+    float32): `load_lora_weights` casts them to the UNet's dtype on loading. `base_name`: write this
+    path as the checkpoint's base in dive.json (a shipped copy of the base it trained on, named
+    relative to the repository so the checkpoint finds it on any machine); refused unless its
+    weights are byte-identical to the trained base's."""
+    from dive.checkpoint import (INFRARED_LORA_FILE, LORA_FILE, META_FILE, check_checkpoint_dir, find_base, trained_base,
+                                 training_config)
 
     src, dst = Path(src), Path(dst)
     cfg = training_config(check_checkpoint_dir(src))
+    if base_name is not None:
+        trained = trained_base(src)
+        if trained is None:
+            raise ValueError(f"{src / META_FILE}: the base it trained on is not at hand, so {base_name} cannot be "
+                             "checked to be a copy of it")
+        named = find_base(base_name)
+        if named is None:
+            raise ValueError(f"{base_name}: not a diffusers base folder (no model_index.json), here or in the repository")
+        differ = _same_base_weights(trained, named)
+        if differ:
+            raise ValueError(f"{base_name}: not a copy of the base {src} trained on ({trained}): "
+                             f"{', '.join(differ)} differ")
     ts = training_set_from_config(cfg)
     if not ts.table.describes_same_tokens(TokenTable.load(src / TOKENS_FILE)):
         raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
@@ -621,6 +647,10 @@ def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = to
             if (dst / name).exists():
                 cast_safetensors(dst / name, lora_dtype)
     write_references(dst, ts)
+    if base_name is not None:
+        meta = json.loads((dst / META_FILE).read_text())
+        meta["base"] = str(base_name)  # config.base keeps the path it trained on
+        write_json(dst / META_FILE, meta)
     return check_checkpoint_dir(dst)
 
 
