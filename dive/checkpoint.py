@@ -255,12 +255,28 @@ def is_checkpoint_dir(directory: str | Path) -> bool:
         return False
 
 
+def _hashed_bytes(path: Path) -> bytes:
+    """A file's bytes as `checkpoint_hash` reads them: a safetensors header with its keys sorted.
+    The library writes its metadata map in no fixed order, so the same tensors packaged twice could
+    differ in their first bytes (and did: session 20)."""
+    raw = path.read_bytes()
+    if path.suffix != ".safetensors" or len(raw) < 8:
+        return raw
+    n = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + n])
+    except ValueError:
+        return raw
+    return json.dumps(header, sort_keys=True).encode() + raw[8 + n :]
+
+
 def checkpoint_hash(directory: str | Path) -> str:
-    """Short content hash of the weights and token table: recorded in every exported manifest."""
+    """Short content hash of the weights and token table: recorded in every exported manifest; the
+    same tensors and tokens give the same hash however their files' headers were ordered."""
     h = hashlib.sha256()
     for name in (LORA_FILE, EMBEDS_FILE, TOKENS_FILE, TEXT_LORA_FILE, INFRARED_LORA_FILE):
         if name not in (TEXT_LORA_FILE, INFRARED_LORA_FILE) or (Path(directory) / name).exists():
-            h.update((Path(directory) / name).read_bytes())
+            h.update(_hashed_bytes(Path(directory) / name))
     return h.hexdigest()[:16]
 
 

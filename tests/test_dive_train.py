@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dive.checkpoint import EMBEDS_FILE, LORA_FILE, TOKENS_FILE, TokenTable, check_checkpoint_dir
 from dive.train.data import build_training_set, load_sources
@@ -187,6 +187,34 @@ def test_package_names_a_copy_of_its_base_and_refuses_another(micro_base, micro_
     with pytest.raises(ValueError, match="not a diffusers base"):
         package_checkpoint(micro_dive_run / "final", tmp_path / "pkg3", base_name=tmp_path / "nowhere")
     assert not (tmp_path / "pkg2").exists() and not (tmp_path / "pkg3").exists()
+
+
+def test_checkpoint_hash_reads_tensors_not_header_order(micro_dive_run, tmp_path):
+    """safetensors writes its metadata map in no fixed order: two files with the same tensors and
+    metadata, headers ordered differently, hash alike; a changed tensor does not."""
+    import json
+    import shutil
+
+    from dive.checkpoint import checkpoint_hash
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(micro_dive_run / "final", a)
+    shutil.copytree(micro_dive_run / "final", b)
+    raw = (b / LORA_FILE).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    flipped = json.dumps(dict(reversed(list(header.items()))), separators=(",", ":")).encode()
+    flipped += b" " * (n - len(flipped))
+    assert len(flipped) == n
+    (b / LORA_FILE).write_bytes(raw[:8] + flipped + raw[8 + n :])
+    assert (a / LORA_FILE).read_bytes() != (b / LORA_FILE).read_bytes()
+    assert load_file(str(b / LORA_FILE)).keys() == load_file(str(a / LORA_FILE)).keys()
+    assert checkpoint_hash(a) == checkpoint_hash(b)
+    tensors = load_file(str(b / EMBEDS_FILE))
+    key = next(iter(tensors))
+    tensors[key] = tensors[key] + 1e-3
+    save_file(tensors, str(b / EMBEDS_FILE))
+    assert checkpoint_hash(a) != checkpoint_hash(b)
 
 
 def test_packaged_lora_is_float16_and_renders_the_same(micro_base, micro_dive_run, tmp_path):
