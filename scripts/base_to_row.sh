@@ -6,9 +6,10 @@
 # its last checkpoint and reuses finished images and ReID runs.
 #   bash scripts/base_to_row.sh runs/base-v3-6k/model runs/dive-v3-6k runs/bench-dive-6k
 #   RECIPE_FROM=checkpoints/dive-demo (default): the checkpoint whose recipe is copied
+#   TRAIN_SEED=1: another DiVE training seed (default 0, the demo's): recipe or luck?
 set -euo pipefail
 BASE=${1:?base model}; RUN=${2:?training run folder}; OUT=${3:?bench row folder}
-export RECIPE_FROM=${RECIPE_FROM:-checkpoints/dive-demo} BASE RUN
+export RECIPE_FROM=${RECIPE_FROM:-checkpoints/dive-demo} TRAIN_SEED=${TRAIN_SEED:-0} BASE RUN
 export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 if [ ! -f "$RUN/packaged/dive.json" ]; then
   python - <<'PY'
@@ -20,7 +21,8 @@ from dive.train.trainer import DiVETrainConfig, train_dive
 
 recipe = variant_recipe(Path(os.environ["RECIPE_FROM"]))
 train_dive(DiVETrainConfig(**recipe, base=Path(os.environ["BASE"]), data=Path("data/synthvi"),
-                           out=Path(os.environ["RUN"]), threads=2, save_every=250, preview_every=500))
+                           out=Path(os.environ["RUN"]), seed=int(os.environ["TRAIN_SEED"]), threads=2,
+                           save_every=250, preview_every=500))
 PY
   dive package "$RUN/final" "$RUN/packaged"
 fi
