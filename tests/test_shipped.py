@@ -78,5 +78,5 @@ def test_bench_defaults_are_shipped_on_one_base_and_recipe(tmp_path):
                       ir_only_checkpoint=repo / defaults.ir_only_checkpoint)
     found = ensure_checkpoints(cfg)
     assert set(found) == {"camera", "modality", "ir-only"} and not (tmp_path / "dive").exists()
-    assert found["camera"].resolve() == (SHIPPED / "dive-demo").resolve()
+    assert found["camera"].resolve() == (SHIPPED / "dive-demo-v3-9k").resolve()
     assert {trained_base(p).resolve() for p in found.values()} == {cfg.base.resolve()}

@@ -25,14 +25,14 @@ class BenchConfig:
     out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
     data: Path = field(default=Path("data/synthvi"), metadata={"help": "SynthVI world (built with --world-seed when missing)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
-    base: Path = field(default=Path("checkpoints/tiny-sd-base-v3"), metadata={
+    base: Path = field(default=Path("checkpoints/tiny-sd-base-v3-9k"), metadata={
         "help": "diffusers base folder the bench trains missing DiVE checkpoints on (a given checkpoint renders on its own base)"})
-    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo"), metadata={
+    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo-v3-9k"), metadata={
         "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing). "
-                "Default: the shipped demo (base v3, with its Table 3 ablations below on the same base and recipe)"})
-    modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality-v3"), metadata={
+                "Default: the demo recipe on base v3-9k (its Table 3 ablations below on the same base and recipe)"})
+    modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality-v3-9k"), metadata={
         "help": "Table 3: one token per modality (trained by the bench when missing)"})
-    ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only-v3"), metadata={
+    ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only-v3-9k"), metadata={
         "help": "Table 3: VI images of the infrared modality only (trained by the bench when missing)"})
     dive_steps: int = field(default=4000, metadata={
         "help": "steps of a per-camera DiVE checkpoint the bench has to train (ablations it trains copy the "
