@@ -211,6 +211,23 @@ def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     assert finished_report(job) is None
 
 
+def test_table6_reads_its_feature_model_from_this_bench_folder(tmp_path, monkeypatch):
+    """Runs brought in from another bench folder (or a moved folder) keep the path they were trained
+    at in report.json; Table 6 must read the model in this bench's own reid/ folder."""
+    import dive.metrics.quality as quality_mod
+    from dive.bench.config import BenchConfig
+    from dive.bench.run import quality
+
+    seen = {}
+    monkeypatch.setattr(quality_mod, "quality_report", lambda **kw: seen.update(kw) or {"sources": {}})
+    cfg = BenchConfig(out=tmp_path / "bench", seeds=(1, 0))
+    reports = {"baseline|agw|1": {"run": str(tmp_path / "elsewhere" / "reid" / "baseline-agw-seed1")}}
+    quality(cfg, {"dive-camera": tmp_path / "gen"}, reports)
+    assert seen["reid_run"] == cfg.out / "reid" / "baseline-agw-seed1"
+    with pytest.raises(ValueError, match="seed 1"):
+        quality(cfg, {"dive-camera": tmp_path / "gen"}, {})
+
+
 def test_ablations_copy_the_camera_checkpoints_recipe_and_share_its_base(micro_base, micro_dive_run, tmp_path):
     """Table 3 changes one thing at a time: an ablation the bench trains takes the per-camera
     checkpoint's recipe, and a given ablation made on another base is refused by name."""

@@ -468,7 +468,11 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
         done = json.loads((out / "metrics.json").read_text())
         if set(done.get("sources", {})) >= set(sources):
             return done
-    extractor = Path(reports[f"baseline|agw|{cfg.seeds[0]}"]["run"])
+    if f"baseline|agw|{cfg.seeds[0]}" not in reports:
+        raise ValueError(f"Table 6 needs the baseline AGW run at seed {cfg.seeds[0]} as its feature extractor")
+    # the run's folder in this bench, not the path its report was written at: a bench folder that
+    # was moved, or runs brought in from another folder, must not read a model elsewhere
+    extractor = cfg.out / "reid" / reid_run_name("baseline", "agw", cfg.seeds[0])
     _log(f"quality metrics (features: {extractor}) -> {out}")
     return quality_report(real_ir=cfg.data, synthetic=tuple(sources.values()), reid_run=extractor, out=out,
                           progress=False, tsne=not cfg.quick)
