@@ -20,7 +20,7 @@ from dive.studio.sandbox import Sandbox, StudioError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "checkpoints"
-SHIPPED_BASE = SHIPPED_DIR / "tiny-sd-base-v3"  # the base of the shipped demo; studio training runs start from it
+SHIPPED_BASE = SHIPPED_DIR / "tiny-sd-base-v3-9k"  # the base of the studio's demo (DEMO_NAME); studio training runs start from it
 DEMO_NAME = "dive-demo-v3-9k"  # the shipped checkpoint the studio opens on: the bench's default generator
 
 #: training presets offered by the studio's form
