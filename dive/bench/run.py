@@ -337,6 +337,11 @@ def reid_run_name(train_set: str, method: str, seed: int) -> str:
     return f"{train_set}-{method}-seed{seed}"
 
 
+def reid_run_dir(cfg: BenchConfig, train_set: str, method: str, seed: int) -> Path:
+    """Where this bench keeps one ReID run (its jobs write there; Table 6 reads its feature model there)."""
+    return cfg.out / "reid" / reid_run_name(train_set, method, seed)
+
+
 def parse_reid_run_name(name: str) -> tuple[str, str, int] | None:
     """(train set, method, seed) of a `reid_run_name`, or None for a folder the bench did not name."""
     from dive.reid.train import METHODS
@@ -389,7 +394,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     out = []
     for train_set, method, seed in dict.fromkeys(jobs):
         data, fmt = sets[train_set]
-        run = cfg.out / "reid" / reid_run_name(train_set, method, seed)
+        run = reid_run_dir(cfg, train_set, method, seed)
         out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed,
                     overrides | per_set.get(train_set, {})))
     return out
@@ -472,7 +477,7 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
         raise ValueError(f"Table 6 needs the baseline AGW run at seed {cfg.seeds[0]} as its feature extractor")
     # the run's folder in this bench, not the path its report was written at: a bench folder that
     # was moved, or runs brought in from another folder, must not read a model elsewhere
-    extractor = cfg.out / "reid" / reid_run_name("baseline", "agw", cfg.seeds[0])
+    extractor = reid_run_dir(cfg, "baseline", "agw", cfg.seeds[0])
     _log(f"quality metrics (features: {extractor}) -> {out}")
     return quality_report(real_ir=cfg.data, synthetic=tuple(sources.values()), reid_run=extractor, out=out,
                           progress=False, tsne=not cfg.quick)
