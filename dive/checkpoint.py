@@ -30,10 +30,13 @@ Training, generation, export and the studio import this module; none of them imp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import string
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -438,13 +441,41 @@ def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARE
                               f"encoder has width {width}; it was trained on {trained_on or 'another base'}")
     tokens = table.learned_tokens
     pipe.load_textual_inversion([emb[t] for t in tokens], token=tokens)
-    pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
-    if has_infrared_adapter(directory):
-        pipe.load_lora_weights(str(directory), weight_name=INFRARED_LORA_FILE, adapter_name=INFRARED_ADAPTER)
-        pipe.set_adapters([adapter_name])
+    with _quiet_expected_lora_notices(pipe):
+        pipe.load_lora_weights(str(directory), weight_name=LORA_FILE, adapter_name=adapter_name)
+        if has_infrared_adapter(directory):
+            pipe.load_lora_weights(str(directory), weight_name=INFRARED_LORA_FILE, adapter_name=INFRARED_ADAPTER)
+            pipe.set_adapters([adapter_name])
     if (directory / TEXT_LORA_FILE).exists():
         merge_text_lora(pipe.text_encoder, directory / TEXT_LORA_FILE)
     return table
+
+
+# the diffusers modules that log "No LoRA keys associated to <text encoder>" while loading a UNet-only LoRA
+_LORA_LOGGERS = ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft")
+
+
+@contextlib.contextmanager
+def _quiet_expected_lora_notices(pipe):
+    """Drop the two notices every DiVE checkpoint load used to print, and only those: diffusers'
+    "No LoRA keys associated to <text encoder>" (DiVE's LoRA files are UNet-only by design; a text
+    LoRA has its own file) and peft's "Already found a `peft_config`" (the infrared adapter is a
+    second adapter on purpose). Anything else, such as a UNet with no matching keys, still shows."""
+    text_notice = f"No LoRA keys associated to {type(pipe.text_encoder).__name__} "
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(text_notice)
+
+    loggers = [logging.getLogger(name) for name in _LORA_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(keep)
 
 
 def merge_text_lora(text_encoder, path: str | Path) -> None:

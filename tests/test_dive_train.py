@@ -565,3 +565,43 @@ def test_second_stage_trains_only_the_infrared_adapter(micro_base, tiny_world_di
         DiVETrainer(DiVETrainConfig(**{**stage2.__dict__, "infrared_adapter": False, "init_from": None}), progress=False)
     with pytest.raises(ValueError, match="token table"):
         DiVETrainer(DiVETrainConfig(**{**stage2.__dict__, "seed": 1}), progress=False)  # other camera strings
+
+
+def test_loading_a_checkpoint_drops_only_the_expected_lora_notices(micro_base, infrared_adapter_run):
+    """Every checkpoint load used to print diffusers' "No LoRA keys associated to CLIPTextModel" and
+    peft's "Already found a `peft_config`" (UNet-only LoRA files, a second adapter: both by design).
+    load_into_pipeline drops those two and nothing else; a plain diffusers load right after still
+    prints the first, so the filter does not outlive the call."""
+    import logging
+    import warnings
+
+    from diffusers import StableDiffusionPipeline
+
+    from dive.checkpoint import load_into_pipeline
+
+    final = infrared_adapter_run[0] / "final"
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    root = logging.getLogger("diffusers")
+    root.addHandler(handler)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(micro_base), safety_checker=None,
+                                                       requires_safety_checker=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_into_pipeline(pipe, final)
+        assert not [m for m in messages if m.startswith("No LoRA keys associated to")]
+        assert not [w for w in caught if "peft_config" in str(w.message)]
+        assert pipe.get_list_adapters()["unet"] == ["dive", "infrared"]  # both adapters still loaded
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.load_lora_weights(str(final), weight_name=LORA_FILE, adapter_name="again")
+        assert [m for m in messages if m.startswith("No LoRA keys associated to CLIPTextModel")]
+        assert [w for w in caught if "peft_config" in str(w.message)]
+    finally:
+        root.removeHandler(handler)
