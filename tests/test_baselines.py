@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+from dive import defaults
 from dive.baselines.common import SETTINGS_FILE, assign_sources, load_baseline_inputs, select_external_ids
 from dive.baselines.cyclegan import (GENERATOR_CONFIG, GENERATOR_WEIGHTS, CycleGANApplyConfig, CycleGANTrainConfig,
                                      apply_cyclegan, train_cyclegan)
@@ -218,7 +219,7 @@ def test_vae_round_trip_is_an_export_source_close_to_its_input(tiny_world_dir, e
     reconstructed pixels near but not equal to the source's, kept as they are on a rerun."""
     from dive.baselines.vae_roundtrip import vae_round_trip
 
-    base = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-sd-base"
+    base = defaults.shipped(defaults.BASE_NAME)
     src = run_oracle(OracleConfig(data=tiny_world_dir, out=tmp_path / "oracle", n=1), progress=False)
     info = vae_round_trip(src, base, tmp_path / "rt", progress=False)
     rt = check_source(tmp_path / "rt", ext_ids, 1, (128, 64), "oracle")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dive import defaults
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def quick_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
-           "--reid-workers", "1", "--base", str(REPO / "checkpoints" / "tiny-sd-base"), "--translate-strength", "0.6"]
+           "--reid-workers", "1", "--base", str(REPO / defaults.BASE), "--translate-strength", "0.6"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd

@@ -20,7 +20,11 @@ def _size_mb(folder: Path) -> float:
 
 
 def test_something_is_shipped():
-    assert [d.name for d in BASES].count("tiny-sd-base") == 1 and any(d.name == "dive-demo" for d in DIVE)
+    from dive import defaults
+
+    assert [d.name for d in BASES] == [defaults.BASE_NAME]
+    assert {d.name for d in DIVE} == {defaults.DEMO_NAME, defaults.ABLATION_MODALITY_NAME, defaults.ABLATION_IR_ONLY_NAME}
+    assert all((SHIPPED / name).is_dir() for name in defaults.SHIPPED.values())
 
 
 @pytest.mark.parametrize("base", BASES, ids=lambda d: d.name)
@@ -50,9 +54,10 @@ def test_shipped_dive_checkpoint_fits_the_base_it_names(ckpt):
 def test_shipped_demo_names_infrared_colours_by_their_grey():
     """The demo was trained with `--infrared-words`: its infrared prompts carry the fitted grey
     words (tokens.json), its visible prompts the reader's colours."""
+    from dive import defaults
     from dive.checkpoint import TOKENS_FILE, TokenTable
 
-    table = TokenTable.load(SHIPPED / "dive-demo" / TOKENS_FILE)
+    table = TokenTable.load(SHIPPED / defaults.DEMO_NAME / TOKENS_FILE)
     assert set(table.infrared_words.values()) == {"black", "gray", "white"}
     ir = table.infrared_cameras()[0]
     vis = next(c for c in table.cameras if c.modality == "visible" and c.dataset == ir.dataset)
@@ -69,14 +74,15 @@ def test_bench_defaults_are_shipped_on_one_base_and_recipe(tmp_path):
     own change."""
     from dive.bench.config import BenchConfig
     from dive.bench.run import ensure_checkpoints
+    from dive import defaults
     from dive.checkpoint import trained_base
 
-    defaults = BenchConfig()
+    d = BenchConfig()
     repo = SHIPPED.parent
-    cfg = BenchConfig(out=tmp_path, base=repo / defaults.base, checkpoint=repo / defaults.checkpoint,
-                      modality_checkpoint=repo / defaults.modality_checkpoint,
-                      ir_only_checkpoint=repo / defaults.ir_only_checkpoint)
+    cfg = BenchConfig(out=tmp_path, base=repo / d.base, checkpoint=repo / d.checkpoint,
+                      modality_checkpoint=repo / d.modality_checkpoint,
+                      ir_only_checkpoint=repo / d.ir_only_checkpoint)
     found = ensure_checkpoints(cfg)
     assert set(found) == {"camera", "modality", "ir-only"} and not (tmp_path / "dive").exists()
-    assert found["camera"].resolve() == (SHIPPED / "dive-demo-v3-9k").resolve()
+    assert found["camera"].resolve() == (SHIPPED / defaults.DEMO_NAME).resolve()
     assert {trained_base(p).resolve() for p in found.values()} == {cfg.base.resolve()}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from dive import defaults
 from dive.base.models import (
     TinySDConfig,
     build_text_encoder,
@@ -68,7 +69,8 @@ class BasePretrainConfig:
     """Pretraining of the tiny base. The defaults (base v3) take about 70 minutes on a 2-core CPU."""
 
     data: Path = field(metadata={"help": "a SynthVI world (its web/ pool is used)"})
-    out: Path = field(default=Path("checkpoints/tiny-sd-base"), metadata={"help": "final diffusers folder"})
+    out: Path = field(default=defaults.RUNS / "base-pretrain" / "model", metadata={
+        "help": "final diffusers folder (under checkpoints/ only with --force: shipped models are not overwritten)"})
     run_dir: Path = field(default=Path("runs/base-pretrain"), metadata={"help": "checkpoints, logs, previews (resumable)"})
     seed: int = field(default=0, metadata={"help": "seed of every random step"})
     vae_steps: int = field(default=6000, metadata={"help": "VAE training steps (v2's 2,000 left its loss still falling and blurred checks away)"})
@@ -102,9 +104,15 @@ class BasePretrainConfig:
         "help": "a base this command made (its dive_base.json): keep its VAE, tokenizer and frozen text encoder and "
                 "train its UNet `steps` more (a warm restart of the schedule, on batches the first run did not draw); "
                 "the model sizes are that base's"})
+    force: bool = field(default=False, metadata={"help": "allow --out inside the repository's checkpoints/ folder"})
     model: TinySDConfig = field(default_factory=TinySDConfig, metadata={"cli": False})
 
     def __post_init__(self) -> None:
+        shipped_root = (defaults.REPO_ROOT / defaults.CHECKPOINTS).resolve()
+        out = Path(self.out).resolve()
+        if not self.force and (out == shipped_root or shipped_root in out.parents):
+            raise ValueError(f"--out {self.out}: inside the shipped checkpoints/ folder; write under runs/ "
+                             "(the default) or pass --force to replace a shipped model")
         synced = {"text_time_embedding": self.text_time_embedding}
         if self.unet_channels:
             if len(self.unet_channels) != 3:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dive import defaults
 from dive.generate import DEFAULT_GUIDANCE
 
 #: a toy world for `dive bench --quick` (a few identities, a few images each)
@@ -23,16 +24,16 @@ class BenchConfig:
     DiVE ablation checkpoints are trained by the bench when not shipped."""
 
     out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
-    data: Path = field(default=Path("data/synthvi"), metadata={"help": "SynthVI world (built with --world-seed when missing)"})
+    data: Path = field(default=defaults.DATA, metadata={"help": "SynthVI world (built with --world-seed when missing)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
-    base: Path = field(default=Path("checkpoints/tiny-sd-base-v3-9k"), metadata={
+    base: Path = field(default=defaults.BASE, metadata={
         "help": "diffusers base folder the bench trains missing DiVE checkpoints on (a given checkpoint renders on its own base)"})
-    checkpoint: Path | None = field(default=Path("checkpoints/dive-demo-v3-9k"), metadata={
+    checkpoint: Path | None = field(default=defaults.DEMO, metadata={
         "help": "DiVE checkpoint: per-camera tokens, both modalities (trained by the bench when missing). "
-                "Default: the demo recipe on base v3-9k (its Table 3 ablations below on the same base and recipe)"})
-    modality_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-modality-v3-9k"), metadata={
+                "Default: the shipped demo (its Table 3 ablations below share its base and recipe)"})
+    modality_checkpoint: Path | None = field(default=defaults.ABLATION_MODALITY, metadata={
         "help": "Table 3: one token per modality (trained by the bench when missing)"})
-    ir_only_checkpoint: Path | None = field(default=Path("checkpoints/dive-ablation-ir-only-v3-9k"), metadata={
+    ir_only_checkpoint: Path | None = field(default=defaults.ABLATION_IR_ONLY, metadata={
         "help": "Table 3: VI images of the infrared modality only (trained by the bench when missing)"})
     dive_steps: int = field(default=4000, metadata={
         "help": "steps of a per-camera DiVE checkpoint the bench has to train (ablations it trains copy the "
@@ -45,7 +46,7 @@ class BenchConfig:
     translate_strength: float = field(default=0.0, metadata={
         "help": "also a '+ DiVE img2img' row (`dive translate` at this strength: the external ids' own visible "
                 "images redrawn by the per-camera checkpoint; not the paper's method); 0: off"})
-    cyclegan: Path | None = field(default=Path("checkpoints/cyclegan-synthvi"), metadata={
+    cyclegan: Path | None = field(default=defaults.CYCLEGAN, metadata={
         "help": "trained CycleGAN baseline (generator.safetensors + generator.json; checked to be trained on --data's "
                 "VI images); trained by the bench in OUT/cyclegan when the folder is missing"})
     cyclegan_steps: int = field(default=1300, metadata={"help": "CycleGAN baseline training steps"})

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
+from dive import defaults
 from dive.generate import DEFAULT_GUIDANCE
 from dive.utils.threads import torch_threads
 
 
 @dataclass
 class GenerateBenchConfig:
-    checkpoint: Path = field(default=Path("checkpoints/dive-demo"), metadata={"help": "DiVE checkpoint"})
+    checkpoint: Path = field(default=defaults.DEMO, metadata={"help": "DiVE checkpoint"})
     base: Path | None = field(default=None, metadata={"help": "diffusers base folder; None: the one the checkpoint's dive.json names"})
     n: int = field(default=64, metadata={"help": "images per timed run"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass (both loops)"})

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from dive import defaults
 from dive.baselines.common import (SETTINGS_FILE, BaselineSelection, base_settings, finish_out, load_baseline_inputs,
                                    plan_jobs, prepare_out, read_rgb)
 from dive.checkpoint import checkpoint_hash, resolve_base
@@ -40,7 +41,7 @@ BASELINE_NAME = "dive-translate"
 class TranslateConfig(BaselineSelection):
     """DiVE img2img from the identity's own visible images, N per infrared camera."""
 
-    checkpoint: Path = field(default=Path("checkpoints/dive-demo"), metadata={"help": "DiVE checkpoint folder"})
+    checkpoint: Path = field(default=defaults.DEMO, metadata={"help": "DiVE checkpoint folder"})
     base: Path | None = field(default=None, metadata={
         "help": "diffusers SD-1.x folder the checkpoint was trained on; None: the one its dive.json names"})
     strength: float = field(default=0.6, metadata={

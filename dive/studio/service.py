@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dive import defaults
 from dive.checkpoint import CheckpointError, TokenTable, check_checkpoint_dir, reference_path, trained_base
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_DIR = REPO_ROOT / "checkpoints"
-SHIPPED_BASE = SHIPPED_DIR / "tiny-sd-base-v3-9k"  # the base of the studio's demo (DEMO_NAME); studio training runs start from it
-DEMO_NAME = "dive-demo-v3-9k"  # the shipped checkpoint the studio opens on: the bench's default generator
+REPO_ROOT = defaults.REPO_ROOT
+SHIPPED_DIR = REPO_ROOT / defaults.CHECKPOINTS
+SHIPPED_BASE = defaults.shipped(defaults.BASE_NAME)  # the demo's base; studio training runs start from it
+DEMO_NAME = defaults.DEMO_NAME  # the shipped checkpoint the studio opens on: the bench's default generator
 
 #: training presets offered by the studio's form
 TRAIN_PRESETS = {
