@@ -1,0 +1,3 @@
+from dive.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,15 @@
+"""What every command module of the `dive` command line shares."""
+
+from __future__ import annotations
+
+import argparse
+
+from dive.utils.config import add_dataclass_arguments
+
+
+def add_stage(sub, name: str, help_text: str, config_cls: type, func) -> argparse.ArgumentParser:
+    """A command whose options are exactly its stage's config dataclass."""
+    p = sub.add_parser(name, help=help_text)
+    add_dataclass_arguments(p, config_cls)
+    p.set_defaults(func=func)
+    return p
