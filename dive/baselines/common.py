@@ -34,7 +34,8 @@ import numpy as np
 from dive.checkpoint import identity_token_name
 from dive.data.records import Modality, Record
 from dive.data.registry import EXTERNAL_FORMATS, detect_format, load_dataset, load_external
-from dive.utils.io import write_json, write_text
+from dive.utils.io import load_rgb, write_json, write_text
+from dive.utils.lock import LOCK_FILE
 
 SYSU_INFRARED = (3, 6)
 SETTINGS_FILE = "generate.json"  # the name `dive.export.sources.read_synthetic_source` reads
@@ -205,7 +206,7 @@ def prepare_out(out: Path, settings: dict, protected: list[Path], force: bool) -
     if Path(out).exists():
         if not Path(out).is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
-        if any(Path(out).iterdir()):
+        if any(p.name != LOCK_FILE for p in Path(out).iterdir()):  # the run's own lock does not count
             try:
                 old = json.loads(settings_path.read_text())
             except (OSError, json.JSONDecodeError):
@@ -239,16 +240,12 @@ def finish_out(out: Path, jobs: list[Job]) -> Path:
 def read_rgb(path: str | Path, height: int, width: int):
     """A source image as RGB at height x width (bicubic resize when needed); a clear error naming
     the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (width, height):
-                im = im.resize((width, height), Image.Resampling.BICUBIC)
-            return im
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err.__class__.__name__}: {err})") from None
+    im = load_rgb(path)
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.Resampling.BICUBIC)
+    return im
 
 
 def base_settings(baseline: str, inputs: BaselineInputs, cams: tuple[int, ...], keys: list[tuple[str, int]],

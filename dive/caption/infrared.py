@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dive.data.records import Record
 from dive.utils.config import config_to_dict
-from dive.utils.io import read_json, write_json
+from dive.utils.io import load_rgb, read_json, write_json
 
 INFRARED_WORDS_FILE = "infrared_words.json"
 INFRARED_WORDS_FORMAT = "dive-infrared-words/1"
@@ -122,17 +122,12 @@ def grey_words_for(greys: dict[str, float], words: tuple[str, ...]) -> dict[str,
 def measure_rows(records: list[Record], captions: dict[str, str], cfg: InfraredWordsConfig, *,
                  progress: bool = True) -> tuple[list[tuple[str, list[str], float]], int, int]:
     """(part, colours, the id's mean grey in that part's box) for every captioned id with infrared images."""
-    from PIL import Image
-
     from dive.caption.run import caption_key
 
     per_id: dict[str, list[tuple[float, float]]] = defaultdict(list)
     infrared = [r for r in records if r.is_infrared and caption_key(r.dataset, r.pid) in captions]
     for r in tqdm(infrared, desc="infrared greys", unit="img", disable=not progress):
-        try:
-            gray = np.asarray(Image.open(r.path).convert("L"), np.float32) / 255.0
-        except OSError as err:
-            raise ValueError(f"{r.path}: cannot read the infrared image ({err})") from None
+        gray = np.asarray(load_rgb(r.path).convert("L"), np.float32) / 255.0
         per_id[caption_key(r.dataset, r.pid)].append((box_mean(gray, cfg.upper_box), box_mean(gray, cfg.lower_box)))
     rows = []
     for key, vals in sorted(per_id.items()):
@@ -148,7 +143,7 @@ def measure_rows(records: list[Record], captions: dict[str, str], cfg: InfraredW
 
 def run_infrared_words(cfg: InfraredWordsConfig, *, progress: bool = True) -> Path:
     from dive.caption.run import load_captions
-    from dive.train.data import load_sources
+    from dive.data.sources import load_sources
 
     captions = load_captions(cfg.captions)
     vi, _ = load_sources(Path(cfg.data), cfg.data_format, None, None)

@@ -29,7 +29,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from dive.utils.io import atomic_path, write_json, write_text
+from dive.utils.io import atomic_path, load_rgb, write_json, write_text
+from dive.utils.lock import LOCK_FILE
 
 EXPORT_VERSION = 1
 DONE_FILE = "export.json"  # written last: marks a complete export
@@ -90,8 +91,7 @@ def write_agw_arrays(out: Path, lists: dict[str, list[tuple[str, int]]], height:
                     if should_stop is not None and should_stop():
                         del arr
                         raise Stopped
-                    with Image.open(out / rel) as im:
-                        arr[i] = np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
+                    arr[i] = np.asarray(load_rgb(out / rel).resize((width, height), Image.Resampling.LANCZOS))
                     if tick is not None:
                         tick()
                 arr.flush()
@@ -120,12 +120,12 @@ def _sniff(data: bytes) -> str:
     return "other"
 
 
-def encode_image(data: bytes, image_format: str, jpeg_quality: int) -> bytes:
-    """The bytes an image is exported as: the source's own when it already has the format."""
+def encode_image(data: bytes, image_format: str, jpeg_quality: int, *, name: str | Path = "image") -> bytes:
+    """The bytes an image is exported as: the source's own when it already has the format
+    (`name` names the source in errors)."""
     if image_format == "keep" or _sniff(data) == image_format:
         return data
-    with Image.open(io.BytesIO(data)) as im:
-        rgb = im.convert("RGB")
+    rgb = load_rgb(name, data=data)
     buf = io.BytesIO()
     if image_format == "jpg":
         rgb.save(buf, format="JPEG", quality=jpeg_quality)
@@ -161,7 +161,7 @@ def prepare_out(out: Path, settings: dict, force: bool) -> dict | None:
         if not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
         done, partial = _read_json(out / DONE_FILE), _read_json(out / PARTIAL_FILE)
-        if done is None and partial is None and any(out.iterdir()):
+        if done is None and partial is None and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise FileExistsError(f"{out}: not empty and not a `dive export` folder; choose a new --out")
         old = (partial or done or {}).get("settings")
         if old is not None and old != settings and not force:
@@ -179,7 +179,7 @@ def prune(out: Path, keep: set[str]) -> int:
         d = Path(dirpath)
         for name in filenames:
             rel = (d / name).relative_to(out).as_posix()
-            if rel not in keep:
+            if rel not in keep and rel != LOCK_FILE:
                 (d / name).unlink()
                 removed += 1
         if d != out and not any(d.iterdir()):

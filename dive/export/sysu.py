@@ -42,7 +42,6 @@ is any input folder, a folder inside one, or a folder containing one.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import time
 from collections import Counter, defaultdict
@@ -50,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
 from tqdm import tqdm
 
 from dive.data.readers.sysu_mm01 import SYSU_SPLIT_FILES, format_id_file
@@ -59,7 +57,8 @@ from dive.export.files import (AGW_FILES, DONE_FILE, EXPORT_VERSION, LLCM_FILES,
                                prune, training_lists, write_agw_arrays, write_llcm_idx)
 from dive.export.sources import ExportInputs, SyntheticSource, load_inputs, read_synthetic_source, relpath_in
 from dive.utils.config import config_to_dict
-from dive.utils.io import write_bytes, write_json, write_text
+from dive.utils.io import load_rgb, write_bytes, write_json, write_text
+from dive.utils.lock import output_lock
 
 SYSU_VISIBLE = (1, 2, 4, 5)
 SYSU_INFRARED = (3, 6)
@@ -288,7 +287,15 @@ def _settings(cfg: ExportConfig) -> dict:
 
 def export_dataset(cfg: ExportConfig, *, progress: bool = True, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write (or complete) the export; returns a summary (`complete` False when stopped)."""
+    """Write (or complete) the export; returns a summary (`complete` False when stopped). Holds the
+    output folder's lock."""
+    check_output(Path(cfg.out), [Path(cfg.data), *([Path(cfg.external)] if cfg.external else []), *cfg.synthetic])
+    with output_lock(cfg.out):  # taken once the output is known to be no input
+        return _export(cfg, progress, should_stop, on_progress)
+
+
+def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] | None,
+            on_progress: Callable[[int, int], None] | None) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     inp = load_inputs(cfg.data, cfg.format, cfg.external, cfg.external_format)
@@ -320,9 +327,8 @@ def export_dataset(cfg: ExportConfig, *, progress: bool = True, should_stop: Cal
     for it in plan.items:
         if should_stop is not None and should_stop():
             return stopped()
-        data = encode_image(it.src.read_bytes(), cfg.image_format, cfg.jpeg_quality)
-        with Image.open(io.BytesIO(data)) as im:
-            it.row["width"], it.row["height"] = im.size
+        data = encode_image(it.src.read_bytes(), cfg.image_format, cfg.jpeg_quality, name=it.src)
+        it.row["width"], it.row["height"] = load_rgb(it.src, data=data).size  # decoded: no damaged file is exported
         it.row["sha256"] = hashlib.sha256(data).hexdigest()
         dest = out / it.rel
         if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:

@@ -14,7 +14,7 @@ from dive.checkpoint import reference_path, resolve_base
 from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, load_generator
 from dive.generate.run import select_identities
-from dive.utils.io import save_image
+from dive.utils.io import load_rgb, save_image
 
 
 @dataclass
@@ -50,7 +50,7 @@ def identity_grid(cfg: GridConfig) -> Path:
     rows = []
     for r, t in enumerate(ids):
         ref_path = reference_path(cfg.checkpoint, t.token)
-        ref = np.asarray(Image.open(ref_path).convert("RGB").resize((3 * W, H))) if ref_path.exists() else np.full((H, 3 * W, 3), 200, np.uint8)
+        ref = np.asarray(load_rgb(ref_path).resize((3 * W, H))) if ref_path.exists() else np.full((H, 3 * W, 3), 200, np.uint8)
         gap = np.full((H, 6, 3), 255, np.uint8)
         rows.append(np.concatenate([ref, gap, *images[r * per_row : (r + 1) * per_row]], axis=1))
     grid = np.concatenate(rows, axis=0)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dive.utils.io import sha256_file
+from dive.utils.io import load_rgb, sha256_file
 from dive.utils.threads import torch_threads
 
 REID_FEATURES = ("pooled", "bnneck")
@@ -387,8 +387,6 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, paths: Sequence[str], infrared: Sequence[bool], *, progress: bool = False,
                  desc: str = "features") -> np.ndarray:
-        from PIL import Image
-
         paths = [str(p) for p in paths]
         if len(np.asarray(infrared).reshape(-1)) != len(paths):
             raise ValueError(f"{len(np.asarray(infrared).reshape(-1))} modality flags for {len(paths)} images")
@@ -398,8 +396,7 @@ class InceptionFeatures:
             for s in _batches(len(paths), self.batch_size, progress, desc):
                 batch = []
                 for p in paths[s:s + self.batch_size]:
-                    with Image.open(p) as im:
-                        a = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy())
+                    a = torch.from_numpy(np.asarray(load_rgb(p), dtype=np.uint8).copy())
                     x = a.permute(2, 0, 1)[None].float().div_(255.0)  # each image resized at its own size
                     batch.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False))
                 out[s:s + len(batch)] = self.model(torch.cat(batch).to(self.device)).float().cpu().numpy()

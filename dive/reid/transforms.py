@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dive.utils.io import load_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -38,11 +40,10 @@ GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
     """An image file as uint8 (3, height, width) RGB (bilinear resize when the size differs)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+    im = load_rgb(path)
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def load_images(paths: Sequence[str], height: int, width: int, progress: bool = False,

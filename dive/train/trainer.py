@@ -34,7 +34,7 @@ from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
-from dive.utils.io import cast_safetensors, load_rgb_tensor, save_image, write_json
+from dive.utils.io import cast_safetensors, load_rgb, load_rgb_tensor, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
@@ -584,8 +584,7 @@ def write_references(checkpoint: Path, ts: TrainingSet, per_identity: int = 3) -
             continue
         ims = []
         for r in picks:
-            with Image.open(r.path) as im:
-                ims.append(np.asarray(im.convert("RGB").resize((64, 128))))
+            ims.append(np.asarray(load_rgb(r.path).resize((64, 128))))
         save_image(reference_path(checkpoint, t.token), Image.fromarray(np.concatenate(ims, axis=1)), quality=90)
 
 

@@ -169,6 +169,13 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def as_rgb(im):
+    """An image already in memory (an upload, a caller's PIL image) as RGB, converted the way
+    `load_rgb` converts files (16-bit grey scaled, transparency over white)."""
+    im.load()
+    return im if im.mode == "RGB" else _to_rgb(im)
+
+
 def load_rgb(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS, data: bytes | None = None):
     """The image at `path` as a fully decoded PIL image in mode RGB.
 
