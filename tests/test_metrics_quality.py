@@ -70,7 +70,7 @@ def test_intra_smaller_than_inter_and_retrieval():
     q_ids, g_ids = np.repeat(np.arange(6), 3), np.repeat(np.arange(6), 4)
     q = centres[q_ids] + 0.2 * rng.normal(size=(18, 16))
     g = centres[g_ids] + 0.2 * rng.normal(size=(24, 16))
-    from dive.metrics.ranking import cosine_distance
+    from dive.utils.ranking import cosine_distance
 
     dist = cosine_distance(q, g)
     s = distance_stats(dist, q_ids[:, None] == g_ids[None, :], bins=20)

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from dive.metrics.ranking import cosine_distance, evaluate_ranking, sysu_cam3_cam2_mask
 from dive.reid.bench_eval import benchmark_eval
 from dive.reid.protocols import (
     PROTOCOLS,
@@ -16,6 +15,7 @@ from dive.reid.protocols import (
     sample_single_shot_gallery,
     trial_rng,
 )
+from dive.utils.ranking import cosine_distance, evaluate_ranking, sysu_cam3_cam2_mask
 
 
 def _toy(seed: int = 0, per_cam: int = 3, ids: int = 6, cams=(1, 2, 4, 5), nq: int = 20):

@@ -1,11 +1,11 @@
-"""Hand-computed checks of dive.metrics.ranking (CMC on de-duplicated identities, mAP, mINP)."""
+"""Hand-computed checks of dive.utils.ranking (CMC on de-duplicated identities, mAP, mINP)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dive.metrics.ranking import (
+from dive.utils.ranking import (
     EXCLUSION_RULES,
     cosine_distance,
     evaluate_ranking,

@@ -143,7 +143,7 @@ def measure_rows(records: list[Record], captions: dict[str, str], cfg: InfraredW
 
 def run_infrared_words(cfg: InfraredWordsConfig, *, progress: bool = True) -> Path:
     from dive.caption.run import load_captions
-    from dive.train.data import load_sources
+    from dive.data.sources import load_sources
 
     captions = load_captions(cfg.captions)
     vi, _ = load_sources(Path(cfg.data), cfg.data_format, None, None)

@@ -96,7 +96,7 @@ def _write_captions(out: Path, captions: dict[str, str], source: str) -> Path:
 
 def _identity_records(cfg: CaptionConfig) -> tuple[str, dict[str, list[Record]]]:
     from dive.data.registry import detect_format
-    from dive.train.data import load_sources
+    from dive.data.sources import load_sources
 
     vi, ext = load_sources(cfg.data, cfg.data_format, cfg.external, cfg.external_format)
     per_id: dict[str, list[Record]] = {}

@@ -1,1 +1,2 @@
-"""Leaf metric helpers (pure numpy) shared by several stages; see `dive.metrics.ranking`."""
+"""Quality of generated images: feature extractors (`features`) and the `dive metrics` report
+(`quality`). Ranking metrics (CMC, mAP, mINP) live lower, in `dive.utils.ranking`."""

@@ -21,7 +21,7 @@ format ``dive generate`` writes and ``dive export`` reads), only its infrared im
   distributions is written as ``<source>-distances.png``.
 * **Identity-preservation retrieval**: the synthetic-IR images as queries against the gallery of
   all real visible images of the folder's identities (multi-shot, nothing excluded), scored by
-  ``dive.metrics.ranking.evaluate_ranking``: Rank-1/5/10, mAP, mINP (percent), with the chance
+  ``dive.utils.ranking.evaluate_ranking``: Rank-1/5/10, mAP, mINP (percent), with the chance
   Rank-1 (100 / gallery ids).
 * **Without the source image**: rows made from one real image (grayscale copies, img2img, CycleGAN:
   the manifest's ``source_path``) are also scored with that image left out of their own gallery
@@ -58,9 +58,9 @@ from typing import Sequence
 import numpy as np
 
 from dive.data.records import Record
-from dive.metrics.ranking import cosine_distance, evaluate_ranking
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, write_json, write_text
+from dive.utils.ranking import cosine_distance, evaluate_ranking
 
 REPORT_VERSION = 1
 VI_FORMATS = ("auto", "synthvi", "sysu_mm01", "llcm", "regdb")

@@ -1,4 +1,4 @@
-"""Standard VI-ReID evaluation protocols (SYSU-MM01, LLCM, RegDB) on top of `dive.metrics.ranking`.
+"""Standard VI-ReID evaluation protocols (SYSU-MM01, LLCM, RegDB) on top of `dive.utils.ranking`.
 
 Why a separate layer: the ranking metrics are protocol-agnostic; what makes numbers comparable
 with published tables is *which* gallery is ranked (cameras, single-shot sampling, trials) and
@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from dive.metrics.ranking import EXCLUSION_RULES, cosine_distance, evaluate_ranking
+from dive.utils.ranking import EXCLUSION_RULES, cosine_distance, evaluate_ranking
 
 __all__ = [
     "Protocol",
@@ -59,7 +59,7 @@ class Protocol:
     dataset: str
     query_modality: str
     gallery_modality: str
-    exclusion: str  # key of dive.metrics.ranking.EXCLUSION_RULES
+    exclusion: str  # key of dive.utils.ranking.EXCLUSION_RULES
     gallery_cams: Optional[tuple[int, ...]] = None  # None: every gallery camera given
     single_shot: bool = False  # one random image per (identity, camera), re-drawn per trial
     fixed_trials: Optional[int] = None  # e.g. RegDB: always 1 (splits are the caller's trials)

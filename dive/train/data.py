@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from dive.checkpoint import CameraToken, IdentityToken, TokenTable, identity_token_name, random_camera_strings
 from dive.data.records import Modality, Record
-from dive.data.registry import detect_format, load_dataset
+from dive.data.sources import load_sources  # noqa: F401  (the trainer, tests and scripts import it from here)
 
 GRANULARITIES = ("camera", "modality")
 
@@ -24,27 +23,6 @@ class TrainingSet:
     records: list[Record]
     table: TokenTable
     prompts: list[str]  # one per record
-
-
-def load_sources(vi: Path, vi_format: str | None = None, external: Path | None = None,
-                 external_format: str | None = None) -> tuple[list[Record], list[Record]]:
-    """VI train(+val) records and external training records; a SynthVI root gives both."""
-    vi = Path(vi)
-    fmt = vi_format or detect_format(vi)
-    if fmt == "synthvi":
-        ds = load_dataset("synthvi", vi)
-        vi_recs = [r for r in ds.records if r.dataset == "synthvi_vi" and r.split in ("train", "val")]
-        ext_recs = [r for r in ds.records if r.dataset == "synthvi_ext" and r.split == "train"]
-        if external is not None:
-            raise ValueError(f"{vi} is a SynthVI world that already holds its external set; drop --external")
-        return vi_recs, ext_recs
-    vi_ds = load_dataset(fmt, vi)
-    vi_recs = [r for r in vi_ds.records if r.split in ("train", "val")]
-    ext_recs: list[Record] = []
-    if external is not None:
-        ext_ds = load_dataset(external_format or detect_format(external), external)
-        ext_recs = [r for r in ext_ds.records if r.split == "train" and r.pid > 0]
-    return vi_recs, ext_recs
 
 
 def build_training_set(vi_records: list[Record], ext_records: list[Record], *, min_images: int = 12,

@@ -3,7 +3,7 @@
 Why: the paper's single LoRA must learn "draw this identity token in infrared" as an interaction
 between the camera token and the identity token. SD 1.5 is deep enough to compose the two; the
 tiny base's one-layer blocks are not, and a LoRA shared with visible images learned one infrared
-figure for everyone (checkpoints/README.md, session 7). A LoRA switched on by the camera's
+figure for everyone (checkpoints/README.md). A LoRA switched on by the camera's
 modality has no interaction to learn: it only turns what the base draws from a visible-learned
 token into infrared.
 
@@ -23,8 +23,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from dive.checkpoint import INFRARED_ADAPTER
-
 
 def _lora_layers(model: torch.nn.Module, adapter: str) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(getattr(m, "lora_B", None), torch.nn.ModuleDict) and adapter in m.lora_B]
@@ -35,9 +33,10 @@ class AdapterGate:
 
     The mask has one entry per image; a batch that classifier-free guidance doubled
     ([unconditional, conditional]) gets the mask tiled, so an image's two branches agree.
+    `adapter` names the peft adapter to switch (DiVE's: `dive.checkpoint.INFRARED_ADAPTER`).
     """
 
-    def __init__(self, model: torch.nn.Module, adapter: str = INFRARED_ADAPTER):
+    def __init__(self, model: torch.nn.Module, adapter: str):
         self.mask: torch.Tensor | None = None
         layers = _lora_layers(model, adapter)
         if not layers:

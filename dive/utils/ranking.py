@@ -1,7 +1,7 @@
 """Exact, vectorised re-identification ranking metrics (CMC, mAP, mINP).
 
-Pure numpy and a leaf module (imports nothing from the rest of `dive`) so that training,
-export and the ReID protocol layer can all use the same numbers.
+Pure numpy and a leaf module (imports nothing from the rest of `dive`) so that data inspection,
+the ReID protocol layer and the quality metrics, from the lowest layer up, use the same numbers.
 
 Conventions (these decide results when details differ between public codebases):
 
