@@ -24,6 +24,7 @@ def quick_bench(tmp_path_factory):
     return out, res.stdout, cmd
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_table_and_file(quick_bench):
     from dive.data.registry import load_dataset
 
@@ -67,6 +68,7 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     assert len(ds.records) == len(rows)
 
 
+@pytest.mark.slow
 def test_quick_bench_rerun_reuses_finished_stages(quick_bench):
     out, _, cmd = quick_bench
     before = {p: p.stat().st_mtime_ns for p in (out / "reid").glob("*/report.json")}
@@ -77,6 +79,7 @@ def test_quick_bench_rerun_reuses_finished_stages(quick_bench):
     assert timings["reid"] < 5 and timings["dive checkpoints"] < 5
 
 
+@pytest.mark.slow
 def test_quick_bench_refuses_a_folder_made_with_other_checkpoints(quick_bench):
     out, _, cmd = quick_bench
     inputs = json.loads((out / "inputs.json").read_text())
@@ -117,7 +120,7 @@ def test_bench_reid_jobs_budget_and_tables(tmp_path):
     """Default budget is AGW's epoch (0: grows with the training set); CAJ trains on baseline and
     + DiVE only; every job of the main table runs 3 seeds."""
     from dive.bench.config import BenchConfig
-    from dive.bench.run import reid_jobs
+    from dive.bench.jobs import reid_jobs
 
     cfg = BenchConfig(out=tmp_path, diagnostics=False)  # (the quick bench covers the diagnostic rows)
     names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only",
@@ -138,7 +141,7 @@ def test_bench_runs_longest_first_and_names_its_run_folders_reversibly(tmp_path)
     the baseline, CAJ's 1.5x images per batch before AGW); progress scripts read the run folders
     back by their names."""
     from dive.bench.config import BenchConfig
-    from dive.bench.run import longest_first, parse_reid_run_name, reid_jobs
+    from dive.bench.jobs import longest_first, parse_reid_run_name, reid_jobs
 
     def job(key, method, batches):
         return (key, "unused", "sysu_mm01", str(tmp_path / key), method, 0, {"batches_per_epoch": batches, "epochs": 8})
@@ -162,7 +165,7 @@ def test_bench_inputs_check_names_the_base_only_when_the_bench_trained_on_it(tmp
     """A rerun with other checkpoints is refused; a different --base is refused only when a
     checkpoint was trained by the bench on it (given checkpoints render on their own base)."""
     from dive.bench.config import BenchConfig
-    from dive.bench.run import check_inputs
+    from dive.bench.stages import check_inputs
     from dive.checkpoint import EMBEDS_FILE, LORA_FILE, TOKENS_FILE
 
     def fake(folder, content):
@@ -195,7 +198,7 @@ def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     """A finished run is reused only if its saved config is this job's recipe: after a budget change
     the stale report must not reach the tables."""
     from dive.bench.config import BenchConfig
-    from dive.bench.run import _job_train_config, finished_report, reid_jobs
+    from dive.bench.jobs import _job_train_config, finished_report, reid_jobs
     from dive.utils.config import config_to_dict
 
     cfg = BenchConfig(out=tmp_path, methods=("agw",), seeds=(0,), id_counts=(), diagnostics=False)
@@ -236,7 +239,7 @@ def test_ablations_copy_the_camera_checkpoints_recipe_and_share_its_base(micro_b
     import shutil
 
     from dive.bench.config import BenchConfig
-    from dive.bench.run import ensure_checkpoints, variant_recipe
+    from dive.bench.stages import ensure_checkpoints, variant_recipe
 
     camera = micro_dive_run / "final"
     recipe = variant_recipe(camera)
@@ -272,7 +275,7 @@ def test_ir_only_ablation_trains_from_a_visible_identity_recipe(micro_base, micr
     import shutil
 
     from dive.bench.config import BenchConfig
-    from dive.bench.run import ensure_checkpoints, variant_recipe
+    from dive.bench.stages import ensure_checkpoints, variant_recipe
     from dive.checkpoint import training_config
 
     camera = tmp_path / "camera"

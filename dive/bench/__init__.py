@@ -1,1 +1,2 @@
-"""`dive bench`: the paper's tables in miniature on SynthVI (see run.py for the stages)."""
+"""`dive bench`: the paper's tables in miniature on SynthVI (run.py drives the stages in stages.py and
+the ReID jobs in jobs.py; rows.py adds rows beside a finished bench)."""

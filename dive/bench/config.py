@@ -23,7 +23,7 @@ class BenchConfig:
     + DiVE, as in the paper), the diagnostic rows off (--diagnostics adds them, ~15 minutes); the
     DiVE ablation checkpoints are trained by the bench when not shipped."""
 
-    out: Path = field(default=Path("runs/bench"), metadata={"help": "bench folder (resumable: finished stages are reused)"})
+    out: Path = field(default=defaults.RUNS / "bench", metadata={"help": "bench folder (resumable: finished stages are reused)"})
     data: Path = field(default=defaults.DATA, metadata={"help": "SynthVI world (built with --world-seed when missing)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
     base: Path = field(default=defaults.BASE, metadata={

@@ -1,0 +1,178 @@
+"""The bench's ReID runs: the recipe every job shares (`reid_recipe`), the jobs of every table and
+the folders they write (`reid_jobs`, `reid_run_dir`), reuse of finished runs of the same recipe,
+and running them in parallel, longest first."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dive.bench.config import BenchConfig
+from dive.bench.stages import log
+from dive.utils.config import config_to_dict
+
+
+def _job_train_config(args: tuple):
+    from dive.reid.train import ReIDTrainConfig
+
+    key, data, fmt, run, method, seed, overrides = args
+    return ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
+
+
+def _reid_job(args: tuple) -> tuple[str, dict]:
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+
+    key, data, fmt = args[:3]
+    return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), _job_train_config(args), ReIDEvalConfig())
+
+
+#: run settings that do not change what a ReID run learns
+_NOT_RECIPE = {"out", "force", "progress", "threads", "eval_threads", "log_every"}
+
+
+def finished_report(job: tuple) -> dict | None:
+    """The report of a finished run of exactly this job's recipe, else None: a rerun after a budget
+    or recipe change must retrain, never mix old runs into new tables."""
+    run = Path(job[3])
+    if not (run / "report.json").exists() or not (run / "config.json").exists():
+        return None
+    saved = json.loads((run / "config.json").read_text()).get("train", {})
+    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
+    if any(saved.get(k) != v for k, v in want.items() if k not in _NOT_RECIPE):
+        return None
+    return json.loads((run / "report.json").read_text())
+
+
+def reid_run_name(train_set: str, method: str, seed: int) -> str:
+    """The folder name of one ReID run under out/reid (read back by `parse_reid_run_name`)."""
+    return f"{train_set}-{method}-seed{seed}"
+
+
+def reid_run_dir(cfg: BenchConfig, train_set: str, method: str, seed: int) -> Path:
+    """Where this bench keeps one ReID run (its jobs write there; Table 6 reads its feature model there)."""
+    return cfg.out / "reid" / reid_run_name(train_set, method, seed)
+
+
+def parse_reid_run_name(name: str) -> tuple[str, str, int] | None:
+    """(train set, method, seed) of a `reid_run_name`, or None for a folder the bench did not name."""
+    from dive.reid.train import METHODS
+
+    head, sep, seed = name.rpartition("-seed")
+    train_set, _, method = head.rpartition("-")
+    if not sep or not seed.isdigit() or not train_set or method not in METHODS:
+        return None
+    return train_set, method, int(seed)
+
+
+def reid_recipe(cfg: BenchConfig) -> dict:
+    """The bench's changes to `dive reid run`'s training defaults, shared by every ReID job (and by
+    scripts that add a row beside a finished bench)."""
+    recipe = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
+    if cfg.reid_epochs:
+        recipe["epochs"] = cfg.reid_epochs
+        recipe["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
+        recipe["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
+    return recipe
+
+
+def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
+    overrides = reid_recipe(cfg)
+    sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
+    per_set: dict[str, dict] = {}
+    main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera") + (
+        ("dive-translate",) if "dive-translate" in sets else ())
+    jobs = []
+    for method in cfg.methods:
+        for train_set in main if method in cfg.comparisons_for else ("baseline", "dive-camera"):
+            for seed in cfg.seeds:
+                jobs.append((train_set, method, seed))
+    ablations = ["dive-modality", "dive-ir-only"] + [n for n in sets if n.startswith("dive-camera-k")]
+    for train_set in ablations:
+        for seed in cfg.ablation_seeds:
+            jobs.append((train_set, "agw", seed))
+    if cfg.diagnostics:
+        # is a gain only more optimisation? the baseline for as many batches as + DiVE gets;
+        # and what would a perfect generator add? the external ids' true infrared renders
+        per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
+                                    or epoch_batches_of(*sets["dive-camera"])}
+        sets["baseline-long"] = sets["baseline"]
+        for train_set in ("baseline-long", "oracle", "oracle-vae"):
+            for seed in cfg.ablation_seeds:
+                jobs.append((train_set, "agw", seed))
+    for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
+        if seed not in cfg.seeds:
+            jobs += [("baseline", "agw", seed), ("dive-camera", "agw", seed)]
+    out = []
+    for train_set, method, seed in dict.fromkeys(jobs):
+        data, fmt = sets[train_set]
+        run = reid_run_dir(cfg, train_set, method, seed)
+        out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed,
+                    overrides | per_set.get(train_set, {})))
+    return out
+
+
+def epoch_batches_of(data: Path | str, fmt: str) -> int:
+    """What `batches_per_epoch=0` resolves to on a training set (AGW's epoch, with `dive reid
+    run`'s default P and K)."""
+    from dive.data.records import Modality
+    from dive.reid.run import ReIDDataConfig, load_reid_data
+    from dive.reid.sampler import agw_epoch_batches
+    from dive.reid.train import ReIDTrainConfig
+
+    d = ReIDTrainConfig(out=Path("unused"))
+    train = load_reid_data(ReIDDataConfig(data=Path(data), format=fmt)).train
+    visible = sum(1 for r in train if r.modality == Modality.VISIBLE)
+    return agw_epoch_batches(visible, d.num_ids, d.num_per_modality)
+
+
+#: a CAJ batch holds 1.5x the images of an AGW batch (the channel-augmented visible copies)
+_METHOD_COST = {"agw": 1.0, "caj": 1.5}
+
+
+def longest_first(jobs: list[tuple]) -> list[tuple]:
+    """Jobs ordered by their expected training time, longest first: with runs in parallel, a long
+    run started last would leave the other workers idle at the end (expanded sets train twice as
+    long as the baseline, and a CAJ batch is 1.5x an AGW one)."""
+    from functools import cache
+
+    batches_of = cache(epoch_batches_of)
+
+    def cost(job: tuple) -> float:
+        data, fmt, method, overrides = job[1], job[2], job[4], job[6]
+        per_epoch = overrides.get("batches_per_epoch") or batches_of(data, fmt)
+        return per_epoch * overrides.get("epochs", 1) * _METHOD_COST.get(method, 1.0)
+
+    return sorted(jobs, key=cost, reverse=True)
+
+
+def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:
+    reports: dict[str, dict] = {}
+    todo = []
+    for job in jobs:
+        done = finished_report(job)
+        if done is not None:
+            reports[job[0]] = done
+        else:
+            todo.append(job)
+    if not todo:
+        return reports
+    todo = longest_first(todo)
+    log(f"ReID: {len(todo)} runs to do ({len(reports)} reused), {cfg.reid_workers} in parallel, longest first")
+    bar = tqdm(total=len(todo), desc="reid runs")
+    if cfg.reid_workers <= 1:
+        for job in todo:
+            key, rep = _reid_job(job)
+            reports[key] = rep
+            bar.update()
+    else:
+        with ProcessPoolExecutor(cfg.reid_workers, mp_context=get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_reid_job, job) for job in todo]):
+                key, rep = fut.result()
+                reports[key] = rep
+                bar.update()
+    bar.close()
+    return reports
