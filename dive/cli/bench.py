@@ -18,6 +18,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_row(args: argparse.Namespace) -> int:
+    from dive.bench.rows import BenchProgressConfig, BenchRowConfig, bench_progress, bench_row, progress_lines
+
+    cfg = dataclass_from_args(BenchRowConfig, args)
+    bench_row(cfg)
+    print("\n".join(progress_lines(bench_progress(BenchProgressConfig(folders=(cfg.out,))))))
+    return 0
+
+
+def _cmd_bench_progress(args: argparse.Namespace) -> int:
+    from dive.bench.rows import BenchProgressConfig, bench_progress, progress_lines
+
+    print("\n".join(progress_lines(bench_progress(dataclass_from_args(BenchProgressConfig, args)))))
+    return 0
+
+
 def _register_bench(sub) -> None:
     from dive.bench.config import BenchConfig
 
@@ -25,4 +41,19 @@ def _register_bench(sub) -> None:
               BenchConfig, _cmd_bench)
 
 
-COMMANDS = {"bench": _register_bench}
+def _register_bench_row(sub) -> None:
+    from dive.bench.rows import BenchRowConfig
+
+    add_stage(sub, "bench-row", "one Table 1 row beside a finished bench: its export and ReID recipe (or an "
+              "explicit budget) on a synthetic folder, a DiVE checkpoint, the baseline or external RGB",
+              BenchRowConfig, _cmd_bench_row)
+
+
+def _register_bench_progress(sub) -> None:
+    from dive.bench.rows import BenchProgressConfig
+
+    add_stage(sub, "bench-progress", "the rows of the finished ReID runs of bench folders, with the claim check",
+              BenchProgressConfig, _cmd_bench_progress)
+
+
+COMMANDS = {"bench": _register_bench, "bench-row": _register_bench_row, "bench-progress": _register_bench_progress}
