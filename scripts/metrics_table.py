@@ -1,5 +1,5 @@
 """One table over several scoring ReID models: `dive metrics` reports in OUT/metrics-seed*/ (as
-`scripts/evaluate_demo.sh` writes them with REID_SEEDS="0 1 2") -> per source, each model's FD /
+`research/evaluate_demo.sh` writes them with REID_SEEDS="0 1 2") -> per source, each model's FD /
 AUC / identity Rank-1 / mAP and their mean. Rows are comparable only under the same model, which
 is why every model's value is printed beside the mean.
 
@@ -17,12 +17,12 @@ def main() -> None:
     root = Path(sys.argv[1])
     reports = sorted(root.glob("metrics-seed*/metrics.json"))
     if not reports:
-        raise SystemExit(f"{root}: no metrics-seed*/metrics.json (run scripts/evaluate_demo.sh with REID_SEEDS)")
+        raise SystemExit(f"{root}: no metrics-seed*/metrics.json (run research/evaluate_demo.sh with REID_SEEDS)")
     runs = {p.parent.name.removeprefix("metrics-"): json.loads(p.read_text())["sources"] for p in reports}
     names = list(next(iter(runs.values())))
     cols = {"FD": lambda s: s["fd"]["value"], "AUC": lambda s: s["distances"].get("auc"),
             "Rank-1": lambda s: s["retrieval"]["rank1"], "mAP": lambda s: s["retrieval"]["mAP"],
-            # the same with each copy's own source picture out of its gallery (reports since session 13)
+            # the same with each copy's own source picture out of its gallery (newer reports)
             "AUC w/o source": lambda s: s.get("auc_without_source"),
             "Rank-1 w/o source": lambda s: s.get("retrieval_without_source", {}).get("rank1"),
             "mAP w/o source": lambda s: s.get("retrieval_without_source", {}).get("mAP")}

@@ -281,7 +281,7 @@ def test_a_lora_on_every_layer_loads_whole_with_diffusers(micro_base, tiny_world
 
 def test_threads_option_is_scoped_to_the_run(micro_base, tiny_world_dir, tmp_path):
     """--threads sets torch's thread count while the run builds and trains, then gives the caller's back
-    (in-process users such as scripts/identity_probe.py keep their own setting)."""
+    (in-process users such as research/identity_probe.py keep their own setting)."""
     before = torch.get_num_threads()
     seen = []
     cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", steps=1, batch_size=4,

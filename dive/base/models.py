@@ -20,7 +20,7 @@ class TinySDConfig:
     """Sizes of the tiny base. Defaults: ~8.9M-param UNet (64/128/192), 4-layer width-128 CLIP,
     an 8x VAE (16x8 latents at 128x64) with 8 latent channels (see checkpoints/README.md).
 
-    Why this UNet: at 16x8 latents a step is mostly fixed cost on a CPU, so width is cheap (`scripts/unet_step_time.py`,
+    Why this UNet: at 16x8 latents a step is mostly fixed cost on a CPU, so width is cheap (`research/unet_step_time.py`,
     2 threads, batch 32: 32/64/128 0.27 s, 64/128/192 0.43 s), and v2's 32/64/128 drew blurred
     figures that kept no identity even in visible light."""
 

@@ -2,7 +2,7 @@
 
 Why: with the visible captions in infrared prompts, the infrared camera's LoRA has to learn the
 colour -> infrared-grey lookup itself, and at this scale it does not: the upper-garment grey of the
-demo's generated infrared is 0-2% the person's and 98% the seed's (`scripts/ir_tone_probe.py`:
+demo's generated infrared is 0-2% the person's and 98% the seed's (`research/ir_tone_probe.py`:
 between-id share of variance 0.00 external, 0.02 VI ids, vs 0.43 in real infrared and 0.42 in the
 same checkpoint's *visible* renders). A dye's infrared grey is not its visible luminance (SynthVI's
 world, and real fabrics), but the VI set shows it: every VI id is captioned from its visible images

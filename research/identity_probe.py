@@ -4,7 +4,7 @@ visited many times, then scores generated IR against grayscale copies on the sam
 (identity Rank-1 with the VI-only AGW model, `dive metrics`), and the generated IR of the probe's VI ids,
 which it saw in infrared (whether it can draw an infrared identity at all).
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
+    OMP_WAIT_POLICY=PASSIVE python research/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
 
 keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base),
 captions=FILE (every prompt, in training and generation, also names the identity's attributes:
@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from dive import defaults
 from dive.baselines.grayscale import GrayscaleConfig, run_grayscale
 from dive.caption.run import load_captions
 from dive.generate.run import GenerateConfig, generate
@@ -29,7 +30,7 @@ guidance = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
 extra = dict(a.split("=", 1) for a in sys.argv[5:])
 k_vi = int(extra.pop("vi_k", k))
 repeat = int(extra.pop("repeat", 1))
-base = Path(extra.pop("base", "checkpoints/tiny-sd-base"))
+base = Path(extra.pop("base", str(defaults.BASE)))
 data, reid = Path("data/synthvi"), Path("runs/reid-baselines/agw-seed0")
 captions = load_captions(extra["captions"]) if "captions" in extra else None
 vi, ext = load_sources(data)

@@ -3,18 +3,18 @@ timesteps with the right text, with another image's text (shifted by one), and w
 If the right text barely beats the wrong one, the model hardly uses its conditioning, whatever
 the text is (a caption or a learned identity token).
 
-    # the base (a diffusers folder, or a `dive base pretrain` run folder's latest UNet checkpoint):
-    python scripts/text_loss_gap.py base checkpoints/tiny-sd-base
-    python scripts/text_loss_gap.py base runs/base-tte
+    # the base (a diffusers folder):
+    python research/text_loss_gap.py base checkpoints/tiny-sd-base
+    python research/text_loss_gap.py base runs/base-tte/model
     # a DiVE checkpoint: external images with their own identity token vs the next identity's
-    python scripts/text_loss_gap.py dive checkpoints/dive-demo [BASE]
+    python research/text_loss_gap.py dive checkpoints/dive-demo [BASE]
     # the same on the VI set's infrared images (ids the checkpoint saw in infrared)
-    python scripts/text_loss_gap.py dive-ir checkpoints/dive-demo [BASE]
+    python research/text_loss_gap.py dive-ir checkpoints/dive-demo [BASE]
     # the ceiling: how much of the latent variance identity explains (external visible / VI infrared images)
-    python scripts/text_loss_gap.py variance [BASE]
-    python scripts/text_loss_gap.py variance-ir [BASE]
+    python research/text_loss_gap.py variance [BASE]
+    python research/text_loss_gap.py variance-ir [BASE]
     # where the base's cross-attention goes: mean probability per text position (25 steps, all layers)
-    python scripts/text_loss_gap.py attention [BASE]
+    python research/text_loss_gap.py attention [BASE]
 
 Reference: identity alone explains ~29% of the latent variance of SynthVI's external images
 (pixel-aligned identity means over 40 ids), so a model that used identity fully would lose up to
@@ -28,38 +28,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dive import defaults
 from dive.utils.diffusion import diffusion_target
 
 TIMESTEPS = (200, 400, 600, 800, 950)
 
 
 def base_models(path: Path):
-    """(tokenizer, text_encoder, vae, unet, scheduler) of a diffusers folder or a pretrain run folder."""
+    """(tokenizer, text_encoder, vae, unet, scheduler) of a diffusers base folder (a `dive base
+    pretrain` run exports one: give its model folder)."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    if (path / "model_index.json").exists():
-        pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-        return pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config)
-    from dive.base.models import TinySDConfig, build_text_encoder, build_unet, build_vae, training_scheduler
-    from dive.base.pretrain import standardize_latents
-    from dive.base.tokenizer import load_tokenizer
-    from dive.utils.state import latest_checkpoint, load_training_state
-
-    cfg = json.loads((path / "config.json").read_text())
-    model = TinySDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()})
-    tok = load_tokenizer(path / "tokenizer")
-    te, unet, vae = build_text_encoder(model, tok), build_unet(model), build_vae(model)
-    load_training_state(latest_checkpoint(path / "vae"), modules={"vae": vae})
-    # the UNet trained on standardised latents: estimate the per-channel statistics on 1,024 web images
-    files = [json.loads(line)["file"] for line in open("data/synthvi/web/captions.jsonl")][:1024]
-    with torch.no_grad():
-        x = torch.tensor(np.stack([read(Path("data/synthvi/web") / f) for f in files])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        post = vae.encode(x).latent_dist
-        standardize_latents(vae, post.mean, post.std)
-    ck = latest_checkpoint(path / "unet")
-    print(f"{ck}: unet + text encoder (latent statistics estimated on 1,024 images)")
-    load_training_state(ck, modules={"unet": unet, "text_encoder": te})
-    return tok, te.eval(), vae.eval(), unet.eval(), training_scheduler(model.prediction_type)
+    if not (path / "model_index.json").exists():
+        raise SystemExit(f"{path}: expected a diffusers base folder (model_index.json)")
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+    return pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 @torch.no_grad()
@@ -91,7 +74,7 @@ def read(path, size=(64, 128)) -> np.ndarray:
 def main() -> None:
     torch.set_num_threads(2)
     kind = sys.argv[1]
-    path = Path(sys.argv[2] if len(sys.argv) > 2 else "checkpoints/tiny-sd-base")
+    path = Path(sys.argv[2] if len(sys.argv) > 2 else str(defaults.BASE))
     if kind == "base":
         caps = [json.loads(line) for line in open("data/synthvi/web/captions.jsonl")][-64:]
         images = np.stack([read(Path("data/synthvi/web") / c["file"]) for c in caps])
@@ -102,7 +85,7 @@ def main() -> None:
         from dive.data.registry import load_dataset
         from dive.generate.pipeline import load_generator
 
-        base = sys.argv[3] if len(sys.argv) > 3 else "checkpoints/tiny-sd-base"
+        base = sys.argv[3] if len(sys.argv) > 3 else str(defaults.BASE)
         gen = load_generator(base, path)
         gen.use_adapters(infrared=kind == "dive-ir")  # a checkpoint's infrared adapter, if it has one
         table, pipe = gen.table, gen.pipe

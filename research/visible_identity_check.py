@@ -6,7 +6,7 @@ person) or the modality transfer (it draws them in visible but not in infrared).
 generated visible images take the same road as `dive baseline grayscale` takes from real ones, so
 the two rows differ only in who drew the image.
 
-  python scripts/visible_identity_check.py GENERATED_VISIBLE_DIR OUT_DIR
+  python research/visible_identity_check.py GENERATED_VISIBLE_DIR OUT_DIR
   (GENERATED_VISIBLE_DIR: `dive generate ... --cameras <a visible camera token>`; OUT_DIR gets
   images/ + manifest.jsonl that `dive metrics --synthetic OUT_DIR` reads)
 """

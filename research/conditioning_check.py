@@ -5,19 +5,20 @@ different seeds. Two probes:
   2. a DiVE checkpoint: five external identity tokens with one IR camera token.
 If text-differences are far below seed-differences, the model is nearly unconditional.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/conditioning_check.py [BASE] [CHECKPOINT]   # ~1 minute
+    OMP_WAIT_POLICY=PASSIVE python research/conditioning_check.py [BASE] [CHECKPOINT]   # ~1 minute
 """
 import sys
 
 import numpy as np
 import torch
 
+from dive import defaults
 from dive.generate.pipeline import ImageJob, load_generator
 from dive.generate.run import select_cameras
 
 torch.set_num_threads(2)
-base = sys.argv[1] if len(sys.argv) > 1 else "checkpoints/tiny-sd-base"
-ckpt = sys.argv[2] if len(sys.argv) > 2 else "checkpoints/dive-demo"
+base = sys.argv[1] if len(sys.argv) > 1 else str(defaults.BASE)
+ckpt = sys.argv[2] if len(sys.argv) > 2 else str(defaults.DEMO)
 
 
 def diffs(gen, prompts, guidance):

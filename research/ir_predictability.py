@@ -14,7 +14,7 @@ base VAE's posterior mean, averaged over the id's infrared training images) from
 
 R2 is 1 - SSE / SSE of predicting the training ids' mean (0: no better than one figure for everyone).
 
-    python scripts/ir_predictability.py CHECKPOINT [BASE]
+    python research/ir_predictability.py CHECKPOINT [BASE]
 """
 import json
 import os
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from dive import defaults
 from dive.checkpoint import EMBEDS_FILE, TOKENS_FILE, TokenTable
 from dive.data.records import Modality
 from dive.data.registry import load_dataset
@@ -34,7 +35,7 @@ from dive.utils.diffusion import encode_latents
 from dive.utils.io import load_rgb_tensor
 
 ckpt = Path(sys.argv[1])
-base = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("checkpoints/tiny-sd-base")
+base = Path(sys.argv[2]) if len(sys.argv) > 2 else defaults.BASE
 torch.manual_seed(0)
 
 from diffusers import AutoencoderKL  # noqa: E402

@@ -11,8 +11,8 @@ garment's drawn tone belongs to the person rather than to the seed or the camera
 The boxes are fixed fractions of the 128x64 frame (persons are centred; scale varies by camera), so
 the oracle's r(NIR) is the probe's own ceiling.
 
-    python scripts/ir_tone_probe.py DIR [DIR ...]      (folders with manifest.jsonl; data/synthvi)
-    MODALITY=visible python scripts/ir_tone_probe.py DIR   (the folder's visible images instead: a
+    python research/ir_tone_probe.py DIR [DIR ...]      (folders with manifest.jsonl; data/synthvi)
+    MODALITY=visible python research/ir_tone_probe.py DIR   (the folder's visible images instead: a
                                                             generator that draws the person has r(luminance) high)
 """
 from __future__ import annotations

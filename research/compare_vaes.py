@@ -1,8 +1,8 @@
-"""Reconstruction of the web pool's first N images by two VAEs (diffusers folders or base folders):
+"""Which of two VAEs reconstructs person images better? Reconstruction of the web pool's first N images by two VAEs (diffusers folders or base folders):
 mean L1 in [-1, 1] units, and a grid (rows: real, first VAE, second VAE; 8 images).
 
-    python scripts/compare_vaes.py VAE_A VAE_B [N] [GRID]
-    e.g. python scripts/compare_vaes.py checkpoints/tiny-sd-base runs/base-v3/model 256 runs/vae-v2-v3.png
+    python research/compare_vaes.py VAE_A VAE_B [N] [GRID]
+    e.g. python research/compare_vaes.py checkpoints/tiny-sd-base runs/base-v3/model 256 runs/vae-v2-v3.png
 """
 import sys
 from pathlib import Path

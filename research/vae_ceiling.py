@@ -1,11 +1,11 @@
 """How much identity survives the base model's VAE? A ceiling for any generator on that base.
 
-Usage: python scripts/vae_ceiling.py SOURCE BASE OUT
+Usage: python research/vae_ceiling.py SOURCE BASE OUT
 
 SOURCE is a synthetic-source folder (images + manifest.jsonl), e.g. `dive baseline oracle`'s true
 infrared renders of the external ids. Every image is encoded (posterior mean) and decoded by
 BASE's VAE and written to OUT with the same manifest (`dive.baselines.vae_roundtrip`), so `dive
-metrics` scores the round trip next to the originals and `scripts/bench_row.sh` trains ReID on it:
+metrics` scores the round trip next to the originals and `dive bench-row --source OUT --name NAME` trains ReID on it:
 if the reconstructions lose the identity, no UNet trained on this VAE's latents can draw it.
 """
 

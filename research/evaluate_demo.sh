@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The generator's acceptance figures for a DiVE checkpoint (default: the shipped demo):
+# How well does a DiVE checkpoint draw the external ids' identities in infrared? The generator's
+# acceptance figures for a checkpoint (default: the shipped demo):
 #  1. a grid: rows = external identities, columns = real visible images, then generated IR per IR camera;
 #  2. identity check: generated IR of every external id with >= 12 images (N per IR camera) vs
 #     grayscale copies of their visible images, both scored by `dive metrics` with the VI-only AGW
@@ -8,17 +9,17 @@
 #  3. the same check on 256 VI ids, which training showed in infrared (row dive-vi);
 #  4. `dive translate` (img2img from the ids' own visible images, the grayscale copies' sources) at
 #     each strength of STRENGTHS (rows translate-S; STRENGTHS="" skips them).
-#   bash scripts/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
-#   BASE=DIR bash scripts/evaluate_demo.sh ...                 (a base other than the one the checkpoint names)
-#   GUIDANCE=1 bash scripts/evaluate_demo.sh ...               (classifier-free guidance; default 3, dive generate's)
+#   bash research/evaluate_demo.sh [CHECKPOINT] [OUT] [N]      (~5 minutes on 2 cores)
+#   BASE=DIR bash research/evaluate_demo.sh ...                 (a base other than the one the checkpoint names)
+#   GUIDANCE=1 bash research/evaluate_demo.sh ...               (classifier-free guidance; default 3, dive generate's)
 #   GUIDANCE=4 NEGATIVE='a {camera} photo of person' bash ...  (guidance along the identity token only)
 set -euo pipefail
 CKPT=${1:-checkpoints/dive-demo}
 OUT=${2:-runs/evaluate-demo}
 N=${3:-2}
 # The scoring ReID models: AGW trained on the VI set with each of these seeds. Identity Rank-1 near
-# 1% moves with the ReID model's own training run (grayscale copies: 1.66 with session 10's seed-0
-# model, 0.88 with session 11's), so compare rows under the same model and read several:
+# 1% moves with the ReID model's own training run (grayscale copies: 1.66 with one seed-0
+# model, 0.88 with a retrained one), so compare rows under the same model and read several:
 # REID_SEEDS="0 1 2" writes OUT/metrics-seed0, -seed1, -seed2.
 REID_SEEDS=${REID_SEEDS:-0}
 BASE_ARGS=()   # default: the base the checkpoint's dive.json names

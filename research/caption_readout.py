@@ -1,13 +1,13 @@
 """Can the base's own contrastive encoders describe a person? Zero-shot attribute reading, the
-captioner that identities in composable words would need (checkpoints/README.md, session 8).
+captioner that identities in composable words would need (checkpoints/README.md).
 
-Base v2's stage 2 trained the text encoder against a small encoder of VAE latents (CLIP's
+A base's contrastive stage trained the text encoder against a small encoder of VAE latents (CLIP's
 objective) and kept only the text encoder; the image tower is in the run folder. For each external
 id (its visible training images, embeddings averaged), every value of one attribute is scored by
 the caption that differs from the id's true caption in that attribute only; the best-scoring value
 is the reading. Accuracy per attribute against chance (1 / number of values).
 
-    python scripts/caption_readout.py [RUN_TEXT_CHECKPOINT] [BASE] [IDS]
+    python research/caption_readout.py [RUN_TEXT_CHECKPOINT] [BASE] [IDS]
 """
 import dataclasses
 import json
@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from dive import defaults  # noqa: E402
 from dive.base.pretrain import LatentImageEncoder  # noqa: E402
 from dive.data.registry import load_dataset  # noqa: E402
 from dive.data.synthvi.world import COLOR_NAMES, HAIR_COLORS, LOWER_PATTERNS, UPPER_PATTERNS, Identity  # noqa: E402
@@ -28,7 +29,7 @@ from dive.utils.diffusion import encode_latents  # noqa: E402
 from dive.utils.io import load_rgb_tensor  # noqa: E402
 
 state_path = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/base-clip/text/checkpoint-600") / "state.safetensors"
-base = Path(sys.argv[2] if len(sys.argv) > 2 else "checkpoints/tiny-sd-base")
+base = Path(sys.argv[2] if len(sys.argv) > 2 else str(defaults.BASE))
 n_ids = int(sys.argv[3]) if len(sys.argv) > 3 else 128
 torch.manual_seed(0)
 

@@ -1,7 +1,8 @@
-"""Seconds per UNet training step (forward + backward + AdamW) at the tiny base's latent size, for
-several widths: why base v3 is wider (at 16x8 latents a CPU step is mostly fixed cost).
+"""How long does a UNet training step take at each width? Seconds per step (forward + backward +
+AdamW) at the tiny base's latent size: why the base's UNet is wide (at 16x8 latents a CPU step is
+mostly fixed cost).
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/unet_step_time.py [BATCH] [THREADS]   (~1 minute)
+    OMP_WAIT_POLICY=PASSIVE python research/unet_step_time.py [BATCH] [THREADS]   (~1 minute)
 """
 import sys
 import time
