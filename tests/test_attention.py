@@ -1,4 +1,4 @@
-"""Cross-attention recording, aggregation, token location, figure and CLI (dive/generate/attention.py)."""
+"""Cross-attention recording, aggregation, token location, figure and CLI (dive/generate/attention/)."""
 
 import copy
 import json
