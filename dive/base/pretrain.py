@@ -44,7 +44,7 @@ from dive.base.models import (
 from dive.base.tokenizer import load_tokenizer, write_tokenizer_files
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
-from dive.utils.io import load_rgb_tensor, save_image, write_json
+from dive.utils.io import load_rgb_tensor, require_safetensors, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     load_training_state,
@@ -386,10 +386,11 @@ def _continue_unet(cfg: BasePretrainConfig, images, captions, log: Path, progres
                   text_time_embedding=model.text_time_embedding)
     tok_dir = src / "tokenizer"
     tokenizer = load_tokenizer(tok_dir)
-    vae = AutoencoderKL.from_pretrained(str(src / "vae")).requires_grad_(False)
+    require_safetensors(src)
+    vae = AutoencoderKL.from_pretrained(str(src / "vae"), use_safetensors=True).requires_grad_(False)
     mean, std = encode_latents(vae, images, progress=progress)
-    text_encoder = CLIPTextModel.from_pretrained(str(src / "text_encoder"))
-    unet = UNet2DConditionModel.from_pretrained(str(src / "unet"), torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(str(src / "text_encoder"), use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(str(src / "unet"), torch_dtype=torch.float32, use_safetensors=True)
     return _train_unet(cfg, tokenizer, tok_dir, vae, mean, std, captions, log, progress,
                        text_encoder=text_encoder, unet=unet, stream=3, made=made)
 

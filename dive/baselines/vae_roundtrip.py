@@ -4,7 +4,7 @@ Why: the VAE bounds every generator built on its latents. The oracle's true infr
 through the base's VAE are what a *perfect* UNet on that base would draw, so the ReID gain they
 bring separates "the VAE loses the identity" (no generator on this base can help) from "the UNet
 and its tokens do not draw it" (a better-trained generator on the same base could). The bench's
-`--diagnostics` adds that row; `scripts/vae_ceiling.py` runs it alone.
+`--diagnostics` adds that row; `research/vae_ceiling.py` runs it alone.
 
 The output has the source's `manifest.jsonl` (written last: marks completion) and `generate.json`,
 with a `vae_round_trip` entry naming the VAE, so `dive export` / `dive metrics` read it like any
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dive.utils.io import load_rgb_tensor, save_image, write_json, write_text
+from dive.utils.io import load_rgb_tensor, require_safetensors, save_image, write_json, write_text
 
 
 @torch.no_grad()
@@ -46,7 +46,8 @@ def vae_round_trip(source: str | Path, base: str | Path, out: str | Path, *, bat
         raise ValueError(f"{manifest}: no rows")
     if (dst / "manifest.jsonl").exists():
         return json.loads((dst / "generate.json").read_text())["vae_round_trip"]
-    vae = AutoencoderKL.from_pretrained(base / "vae").eval()
+    require_safetensors(base, ("vae",))
+    vae = AutoencoderKL.from_pretrained(base / "vae", use_safetensors=True).eval()
     h, w = int(rows[0]["height"]), int(rows[0]["width"])
     images = load_rgb_tensor([src / r["path"] for r in rows], h, w)
     means, _ = encode_latents(vae, images, batch=batch, flip=False, progress=False)

@@ -33,17 +33,17 @@ Its parts: `tokens` (the token table), `format` (file names, saving, hashing, fi
 from dive.checkpoint.format import (EMBEDS_FILE, INFRARED_ADAPTER, INFRARED_LORA_FILE, LORA_FILE, META_FILE,
                                     REFERENCES_DIR, SHARED_ADAPTER, TEXT_LORA_FILE, TOKENS_FILE, CheckpointError,
                                     _hashed_bytes, _named_base, check_checkpoint_dir, checkpoint_hash, find_base,
-                                    has_infrared_adapter, is_checkpoint_dir, reference_path, resolve_base,
+                                    has_infrared_adapter, is_checkpoint_dir, read_safetensors, reference_path, resolve_base,
                                     save_checkpoint, trained_base, training_config)
-from dive.checkpoint.loading import check_lora_fits, load_into_pipeline, merge_text_lora
+from dive.checkpoint.loading import check_checkpoint, check_lora_fits, load_into_pipeline, merge_text_lora
 from dive.checkpoint.tokens import (CAMERA_MODES, DEFAULT_TEMPLATE, CameraToken, IdentityToken, TokenTable,
-                                    identity_token_name, random_camera_strings)
+                                    check_template, identity_token_name, random_camera_strings)
 
 __all__ = [
     "CAMERA_MODES", "DEFAULT_TEMPLATE", "EMBEDS_FILE", "INFRARED_ADAPTER", "INFRARED_LORA_FILE", "LORA_FILE",
     "META_FILE", "REFERENCES_DIR", "SHARED_ADAPTER", "TEXT_LORA_FILE", "TOKENS_FILE", "CameraToken",
-    "CheckpointError", "IdentityToken", "TokenTable", "check_checkpoint_dir", "check_lora_fits", "checkpoint_hash",
+    "CheckpointError", "IdentityToken", "TokenTable", "check_checkpoint", "check_checkpoint_dir", "check_template", "check_lora_fits", "checkpoint_hash",
     "find_base", "has_infrared_adapter", "identity_token_name", "is_checkpoint_dir", "load_into_pipeline",
-    "merge_text_lora", "random_camera_strings", "reference_path", "resolve_base", "save_checkpoint",
+    "merge_text_lora", "random_camera_strings", "read_safetensors", "reference_path", "resolve_base", "save_checkpoint",
     "trained_base", "training_config",
 ]

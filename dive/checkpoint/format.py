@@ -29,6 +29,41 @@ class CheckpointError(InputError):
     """A folder is not a usable DiVE checkpoint; the message names the file and what was expected."""
 
 
+def read_safetensors(path: str | Path, *, finite: bool = True) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file, never unpickling anything. Every failure is a
+    CheckpointError naming the file: not safetensors (a pickle or zip offered under the name, a
+    damaged header, a truncated body), or, with `finite`, a floating tensor holding NaN or Inf."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    expected = "expected a safetensors file"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; {expected}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip archive (torch.save)"
+        raise CheckpointError(f"{path}: {kind}, not safetensors; {expected} (pickled weights are never loaded)")
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if n < 2 or 8 + n > size or head[8:9] != b"{":
+        raise CheckpointError(f"{path}: damaged or not safetensors (header of {n} bytes in a file of {size}); {expected}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise CheckpointError(f"{path}: damaged safetensors file ({reason}); {expected}") from None
+    if finite:
+        for key, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{path}: tensor {key!r} holds NaN or Inf values; expected finite weights "
+                                      "(did the training diverge?)")
+    return tensors, metadata
+
+
 def reference_path(directory: str | Path, token: str) -> Path:
     return Path(directory) / REFERENCES_DIR / (token.strip("<>").replace("/", "_") + ".jpg")
 

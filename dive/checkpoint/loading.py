@@ -10,53 +10,86 @@ from pathlib import Path
 
 from dive.checkpoint.format import (EMBEDS_FILE, INFRARED_ADAPTER, INFRARED_LORA_FILE, LORA_FILE, SHARED_ADAPTER,
                                     TEXT_LORA_FILE, TOKENS_FILE, CheckpointError, _named_base, check_checkpoint_dir,
-                                    has_infrared_adapter)
+                                    has_infrared_adapter, read_safetensors)
 from dive.checkpoint.tokens import TokenTable
 
 _LORA_SUFFIXES = {".lora.down.weight": "in", ".lora_A.weight": "in", ".lora.up.weight": "out", ".lora_B.weight": "out"}
 
 
-def check_lora_fits(unet, path: str | Path, *, trained_on: str = "") -> None:
-    """Refuse, with the layer and both shapes named, a UNet LoRA file made for another base (e.g. a
-    checkpoint of the 32/64/128 base loaded onto a wider one); diffusers would fail deep inside peft.
-    Only the file's header is read."""
-    from safetensors import safe_open
+def check_checkpoint(directory: str | Path) -> TokenTable:
+    """Everything that can be checked without a base, before loading one: the files are there and
+    are safetensors, hold finite numbers, the embeddings match the token table, and each LoRA
+    layer's down (A) and up (B) ranks agree. Its token table on success; a CheckpointError naming
+    the file otherwise."""
+    directory = check_checkpoint_dir(directory)
+    table = TokenTable.load(directory / TOKENS_FILE)
+    emb, _ = read_safetensors(directory / EMBEDS_FILE)
+    if set(emb) != set(table.learned_tokens):
+        raise CheckpointError(f"{directory / EMBEDS_FILE}: holds {len(emb)} tokens, {TOKENS_FILE} lists "
+                              f"{len(table.learned_tokens)} learned tokens; the files do not belong together")
+    for name in (LORA_FILE, INFRARED_LORA_FILE):
+        if (directory / name).exists():
+            _check_lora_ranks(directory / name, read_safetensors(directory / name)[0])
+    if (directory / TEXT_LORA_FILE).exists():
+        read_safetensors(directory / TEXT_LORA_FILE)
+    return table
 
+
+def _lora_layers(tensors: dict):
+    """(key, layer name, "in" | "out", tensor) of each UNet LoRA weight in a file."""
+    for key, t in tensors.items():
+        if not key.startswith("unet."):
+            continue
+        suffix = next((k for k in _LORA_SUFFIXES if key.endswith(k)), None)
+        if suffix is not None:
+            yield key, key[len("unet."):-len(suffix)], _LORA_SUFFIXES[suffix], t
+
+
+def _check_lora_ranks(path: Path, tensors: dict) -> None:
+    ranks: dict[str, dict[str, int]] = {}
+    for key, name, side, t in _lora_layers(tensors):
+        if t.dim() < 2:
+            raise CheckpointError(f"{path}: LoRA weight {key!r} has shape {tuple(t.shape)}; expected a matrix or a "
+                                  "conv kernel")
+        ranks.setdefault(name, {})[side] = t.shape[0] if side == "in" else t.shape[1]
+    for name, r in sorted(ranks.items()):
+        if len(r) != 2:
+            part = "up (B)" if "in" in r else "down (A)"
+            raise CheckpointError(f"{path}: LoRA layer {name!r} has no {part} weight; expected both halves of each layer")
+        if r["in"] != r["out"]:
+            raise CheckpointError(f"{path}: LoRA layer {name!r} has rank {r['in']} in its down (A) weight and "
+                                  f"{r['out']} in its up (B) weight; expected one rank")
+
+
+def check_lora_fits(unet, path: str | Path, *, trained_on: str = "") -> None:
+    """Refuse, with the file and layer named, a UNet LoRA file that cannot load: not safetensors or
+    damaged, NaN or Inf in a weight, a layer whose down (A) and up (B) ranks disagree, or one made
+    for another base (e.g. a checkpoint of the 32/64/128 base loaded onto a wider one); diffusers
+    would fail deep inside peft, or render black images."""
+    tensors, _ = read_safetensors(path)
+    _check_lora_ranks(Path(path), tensors)
     modules = dict(unet.named_modules())
     hint = f"; it was trained on {trained_on}: pass that base" if trained_on else "; pass the base it was trained on"
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            if not key.startswith("unet."):
-                continue
-            suffix = next((k for k in _LORA_SUFFIXES if key.endswith(k)), None)
-            if suffix is None:
-                continue
-            name, side = key[len("unet."):-len(suffix)], _LORA_SUFFIXES[suffix]
-            module = modules.get(name)
-            if module is None:
-                raise CheckpointError(f"{path}: LoRA layer {name!r} is not in this base's UNet{hint}")
-            shape = f.get_slice(key).get_shape()
-            if side == "in":
-                want, got = getattr(module, "in_features", getattr(module, "in_channels", None)), shape[1]
-            else:
-                want, got = getattr(module, "out_features", getattr(module, "out_channels", None)), shape[0]
-            if want is not None and want != got:
-                raise CheckpointError(f"{path}: LoRA layer {name!r} expects {got} {side}put features, this base's UNet "
-                                      f"has {want}{hint}")
+    for key, name, side, t in _lora_layers(tensors):
+        module = modules.get(name)
+        if module is None:
+            raise CheckpointError(f"{path}: LoRA layer {name!r} is not in this base's UNet{hint}")
+        if side == "in":
+            want, got = getattr(module, "in_features", getattr(module, "in_channels", None)), t.shape[1]
+        else:
+            want, got = getattr(module, "out_features", getattr(module, "out_channels", None)), t.shape[0]
+        if want is not None and want != got:
+            raise CheckpointError(f"{path}: LoRA layer {name!r} expects {got} {side}put features, this base's UNet "
+                                  f"has {want}{hint}")
 
 
 def load_into_pipeline(pipe, directory: str | Path, *, adapter_name: str = SHARED_ADAPTER) -> TokenTable:
     """Load a DiVE checkpoint into a diffusers SD pipeline with diffusers' own loaders. A checkpoint
     with an infrared adapter loads it as adapter "infrared", inactive: the caller switches it on for
     infrared cameras (see `dive.generate.pipeline.Generator`)."""
-    from safetensors.torch import load_file
-
     directory = check_checkpoint_dir(directory)
-    table = TokenTable.load(directory / TOKENS_FILE)
-    emb = load_file(str(directory / EMBEDS_FILE))
-    if set(emb) != set(table.learned_tokens):
-        raise CheckpointError(f"{directory / EMBEDS_FILE}: holds {len(emb)} tokens, {TOKENS_FILE} lists "
-                              f"{len(table.learned_tokens)} learned tokens; the files do not belong together")
+    table = check_checkpoint(directory)
+    emb, _ = read_safetensors(directory / EMBEDS_FILE)
     trained_on = _named_base(directory)
     for name in (LORA_FILE, INFRARED_LORA_FILE):
         if (directory / name).exists():
@@ -109,12 +142,9 @@ def merge_text_lora(text_encoder, path: str | Path) -> None:
     """Add a `text_encoder_lora.safetensors` into the text encoder's linear weights in place:
     W += (alpha / r) * B @ A for each listed module (what a fused LoRA computes)."""
     import torch
-    from safetensors import safe_open
 
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != "dive-text-lora":
         raise CheckpointError(f"{path}: not a DiVE text-encoder LoRA (format {meta.get('format')!r})")
     alpha = float(meta.get("lora_alpha", 0))

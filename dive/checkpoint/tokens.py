@@ -11,9 +11,26 @@ from pathlib import Path
 import numpy as np
 
 from dive.checkpoint.format import TOKENS_FILE, CheckpointError
+from dive.data.records import Modality, whole_number
 
 DEFAULT_TEMPLATE = "a {camera} photo of {identity} person"
 CAMERA_MODES = ("string", "embedding", "both")
+TEMPLATE_FIELDS = ("identity", "camera")
+
+
+def check_template(template: str, source: str = TOKENS_FILE) -> str:
+    """The prompt template if its placeholders are {identity} and {camera} only; else a
+    CheckpointError naming `source` and the placeholder."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: prompt template {template!r} is malformed ({err}); "
+                              "expected text with {identity} and {camera}") from None
+    unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
+    if unknown:
+        raise CheckpointError(f"{source}: prompt template {template!r} has unknown placeholder {{{unknown[0]}}}; "
+                              "expected only {identity} and {camera}")
+    return template
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,10 @@ class IdentityToken:
     #: words the prompt adds after the template ("wearing a red shirt ..."; `dive train --captions`); "" none
     caption: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pid", whole_number(self.pid, f"identity {self.token}: person id"))
+        object.__setattr__(self, "images", whole_number(self.images, f"identity {self.token}: image count"))
+
 
 @dataclass(frozen=True)
 class CameraToken:
@@ -34,6 +55,13 @@ class CameraToken:
     camid: int
     modality: str  # visible / infrared
     learned: bool = False  # True: a learned embedding row; False: a plain string read by the LoRA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "camid", whole_number(self.camid, f"camera {self.token}: camera id"))
+        try:
+            Modality.parse(self.modality)
+        except ValueError as err:
+            raise ValueError(f"camera {self.token}: {err}") from None
 
     @property
     def label(self) -> str:
@@ -54,6 +82,7 @@ class TokenTable:
     infrared_words: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_template(self.template, "token table")
         self._by_token = {t.token: t for t in [*self.identities, *self.cameras]}
         if len(self._by_token) != len(self.identities) + len(self.cameras):
             raise CheckpointError("token table: duplicate tokens")
@@ -142,6 +171,8 @@ class TokenTable:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = TOKENS_FILE) -> "TokenTable":
+        if isinstance(d, dict):
+            check_template(d.get("template", DEFAULT_TEMPLATE), source)
         try:
             return cls(
                 identities=[IdentityToken(**t) for t in d["identities"]],
@@ -151,8 +182,12 @@ class TokenTable:
                 infrared_datasets=list(d.get("infrared_datasets", [])),
                 infrared_words=dict(d.get("infrared_words", {})),
             )
+        except CheckpointError:
+            raise
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{source}: malformed token table ({err}); expected 'identities' and 'cameras' lists") from None
+        except ValueError as err:
+            raise CheckpointError(f"{source}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         from dive.utils.io import write_json

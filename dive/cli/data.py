@@ -46,8 +46,9 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from dive.data.inspect import InspectConfig, format_report, inspect
 
     cfg = dataclass_from_args(InspectConfig, args)
-    print(format_report(inspect(cfg)))
-    return 0
+    report = inspect(cfg)
+    print(format_report(report))
+    return 2 if report["broken"] else 0  # broken images: listed above, and the exit status says so
 
 
 def _register_data(sub) -> None:

@@ -5,6 +5,9 @@ ids with images downsampled to 32x16 and standardised per image, cosine distance
 visible->visible (other cameras), infrared->visible, infrared->grayscale(visible). A world with a
 real gap has infrared->visible far below visible->visible; the grayscale row shows how much a naive
 "infrared = grey copy" assumption recovers. Later stages are judged against this table.
+
+Every image is opened and fully decoded first (`--sample N`: N of them, drawn with `--seed`, for a
+quick look); broken files are listed with a count, and the command exits 2 when there is any.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from dive.data.records import Modality, Record, filter_records
 from dive.data.registry import Dataset, detect_format, load_dataset
-from dive.utils.io import save_image, write_json
-from dive.utils.ranking import cosine_distance, evaluate_ranking
+from dive.metrics.ranking import cosine_distance, evaluate_ranking
+from dive.utils.errors import InputError
+from dive.utils.io import load_rgb, save_image, write_json
 
 FEATURE_SIZE = (16, 32)  # (W, H) of the raw-pixel descriptor
 
@@ -30,15 +35,43 @@ class InspectConfig:
     format: str | None = field(default=None, metadata={"help": "layout name (auto-detected when omitted)"})
     out: Path | None = field(default=None, metadata={"help": "folder for the contact sheets and report.json (default: runs/inspect/<ROOT name>; the dataset itself is never written)"})
     sheet_ids: int = field(default=10, metadata={"help": "identities (rows) on each contact sheet"})
-    seed: int = field(default=0, metadata={"help": "which identities the contact sheet shows"})
+    seed: int = field(default=0, metadata={"help": "which identities the contact sheet shows (and which images --sample opens)"})
+    sample: int | None = field(default=None, metadata={"help": "open only N images, drawn at random with --seed, for a quick look (default: open every image)"})
+
+    def __post_init__(self) -> None:
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"--sample must be at least 1; got {self.sample}")
 
 
-def raw_pixel_features(paths: list[str], *, gray: bool = False) -> np.ndarray:
-    feats = np.empty((len(paths), FEATURE_SIZE[0] * FEATURE_SIZE[1] * 3), dtype=np.float32)
+def _read(path: str, broken: dict[str, str]) -> Image.Image | None:
+    """The image as RGB, or None (and its error noted in `broken`) when it cannot be decoded."""
+    if path in broken:
+        return None
+    try:
+        return load_rgb(path)
+    except InputError as err:
+        broken[path] = str(err)
+        return None
+
+
+def check_images(paths: list[str], *, progress: bool = True, desc: str = "opening images") -> dict[str, str]:
+    """Open and fully decode every image; {path: one-line error} of those that fail."""
+    broken: dict[str, str] = {}
+    for p in tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False):
+        _read(p, broken)
+    return broken
+
+
+def raw_pixel_features(paths: list[str], *, gray: bool = False, broken: dict[str, str] | None = None) -> np.ndarray:
+    """Standardised 32x16 pixels per image; a broken image (noted in `broken`) gets zeros."""
+    broken = {} if broken is None else broken
+    feats = np.zeros((len(paths), FEATURE_SIZE[0] * FEATURE_SIZE[1] * 3), dtype=np.float32)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("L").convert("RGB") if gray else im.convert("RGB")
-            arr = np.asarray(im.resize(FEATURE_SIZE, Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+        im = _read(p, broken)
+        if im is None:
+            continue
+        im = im.convert("L").convert("RGB") if gray else im
+        arr = np.asarray(im.resize(FEATURE_SIZE, Image.Resampling.BILINEAR), dtype=np.float32).ravel()
         feats[i] = (arr - arr.mean()) / (arr.std() + 1e-6)
     return feats
 
@@ -59,16 +92,16 @@ def _retrieval(query: list[Record], gallery: list[Record], qf: np.ndarray, gf: n
     }
 
 
-def modality_gap(records: list[Record]) -> dict | None:
+def modality_gap(records: list[Record], broken: dict[str, str] | None = None) -> dict | None:
     """Raw-pixel NN retrieval over the test ids (or all ids when the dataset has no test split)."""
     test = filter_records(records, split="test") or records
     vis = filter_records(test, modality=Modality.VISIBLE)
     ir = filter_records(test, modality=Modality.INFRARED)
     if not vis or not ir:
         return None
-    vf = raw_pixel_features([r.path for r in vis])
-    vgf = raw_pixel_features([r.path for r in vis], gray=True)
-    irf = raw_pixel_features([r.path for r in ir])
+    vf = raw_pixel_features([r.path for r in vis], broken=broken)
+    vgf = raw_pixel_features([r.path for r in vis], gray=True, broken=broken)
+    irf = raw_pixel_features([r.path for r in ir], broken=broken)
     ids = len({r.pid for r in test})
     return {
         "ids": ids,
@@ -89,8 +122,10 @@ def histogram(counts: list[int], bins: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16,
     return out
 
 
-def contact_sheet(records: list[Record], n_ids: int, seed: int) -> Image.Image:
-    """Identities (rows) x cameras (columns), the first image of each; blank where absent."""
+def contact_sheet(records: list[Record], n_ids: int, seed: int, broken: dict[str, str] | None = None) -> Image.Image:
+    """Identities (rows) x cameras (columns), the first image of each; grey where absent, red
+    where broken."""
+    broken = {} if broken is None else broken
     cams = sorted({(r.modality is Modality.INFRARED, r.camid) for r in records})
     by_key: dict[tuple[int, int], Record] = {}
     for r in sorted(records, key=lambda r: r.path):
@@ -98,9 +133,8 @@ def contact_sheet(records: list[Record], n_ids: int, seed: int) -> Image.Image:
     pids = sorted({r.pid for r in records if r.pid > 0})
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(pids, size=min(n_ids, len(pids)), replace=False).tolist())
-    first = next(iter(by_key.values()))
-    with Image.open(first.path) as im:
-        cw, ch = im.size
+    first = next((im for r in by_key.values() if (im := _read(r.path, broken)) is not None), None)
+    cw, ch = first.size if first is not None else (64, 128)
     cw, ch = min(cw, 96), min(ch, 192)
     label_h, label_w = 14, 40
     sheet = Image.new("RGB", (label_w + cw * len(cams), label_h + ch * len(pick)), (255, 255, 255))
@@ -115,8 +149,11 @@ def contact_sheet(records: list[Record], n_ids: int, seed: int) -> Image.Image:
             if rec is None:
                 draw.rectangle([box, (box[0] + cw - 1, box[1] + ch - 1)], fill=(200, 200, 200))
                 continue
-            with Image.open(rec.path) as im:
-                sheet.paste(im.convert("RGB").resize((cw, ch)), box)
+            im = _read(rec.path, broken)
+            if im is None:
+                draw.rectangle([box, (box[0] + cw - 1, box[1] + ch - 1)], fill=(220, 40, 40))
+                continue
+            sheet.paste(im.resize((cw, ch)), box)
     return sheet
 
 
@@ -147,17 +184,32 @@ def _parts(root: Path, fmt: str | None) -> list[tuple[str, Dataset]]:
     return [(fmt, ds)]
 
 
-def inspect(cfg: InspectConfig) -> dict:
+def _to_open(records: list[Record], sample: int | None, seed: int) -> list[str]:
+    paths = sorted({r.path for r in records})
+    if sample is None or sample >= len(paths):
+        return paths
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1501]))
+    return sorted(rng.choice(paths, size=sample, replace=False).tolist())
+
+
+def inspect(cfg: InspectConfig, *, progress: bool = True) -> dict:
+    """Summary, contact sheet and modality gap of each part of a dataset, after opening its images;
+    `report["broken"]` lists every image that failed to decode (with --sample: among those opened)."""
     root = Path(cfg.root)
     out = Path(cfg.out) if cfg.out else Path("runs") / "inspect" / root.resolve().name
-    report = {"root": str(root), "datasets": []}
-    for i, (name, ds) in enumerate(_parts(root, cfg.format)):
+    parts = _parts(root, cfg.format)
+    paths = sorted({p for _, ds in parts for p in _to_open(ds.records, cfg.sample, cfg.seed)})
+    broken = check_images(paths, progress=progress)
+    report = {"root": str(root), "datasets": [], "images_opened": len(paths),
+              "images": len({r.path for _, ds in parts for r in ds.records}), "sample": cfg.sample}
+    for i, (name, ds) in enumerate(parts):
         part = describe(name, ds.records)
         sheet_path = out / f"contact_sheet_{i}_{ds.name}.png"
-        save_image(sheet_path, contact_sheet(ds.records, cfg.sheet_ids, cfg.seed))
+        save_image(sheet_path, contact_sheet(ds.records, cfg.sheet_ids, cfg.seed, broken))
         part["contact_sheet"] = str(sheet_path)
-        part["modality_gap"] = modality_gap(ds.records)
+        part["modality_gap"] = modality_gap(ds.records, broken)
         report["datasets"].append(part)
+    report["broken"] = [{"path": p, "error": broken[p]} for p in sorted(broken)]
     write_json(out / "report.json", report)
     report["report"] = str(out / "report.json")
     return report
@@ -187,5 +239,13 @@ def format_report(report: dict) -> str:
             for k, v in gap.items():
                 if isinstance(v, dict):
                     lines.append(f"    {k:<34} {v['rank1']:>7.2f} {v['rank10']:>8.2f} {v['mAP']:>7.2f} {v['queries']:>8}")
+    opened, total = report.get("images_opened", 0), report.get("images", 0)
+    how = f"a sample of {opened} of {total}" if opened < total else f"all {total}"
+    broken = report.get("broken", [])
+    lines.append(f"\nimages opened: {how}; broken: {len(broken)}")
+    for b in broken[:50]:
+        lines.append(f"  {b['error']}")
+    if len(broken) > 50:
+        lines.append(f"  ... and {len(broken) - 50} more (all in report.json)")
     lines.append(f"\nreport: {report.get('report', '')}")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from dive.utils.errors import InputError
+
 
 class Modality(str, enum.Enum):
     VISIBLE = "visible"
@@ -19,6 +21,24 @@ class Modality(str, enum.Enum):
             return cls(value)
         except ValueError:
             raise ValueError(f"unknown modality {value!r}; expected 'visible' or 'infrared'") from None
+
+
+def whole_number(value, what: str) -> int:
+    """`value` as an int when it is one (an int, a digit string such as "0012", or a float with no
+    fraction); a ValueError saying what was expected otherwise ("abc", "3.5", True, None)."""
+    if isinstance(value, bool) or value is None:
+        ok = False
+    elif isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, str)):
+        return int(value.__index__())
+    elif isinstance(value, float):
+        ok = value.is_integer()
+    elif isinstance(value, str):
+        ok = value.strip().lstrip("+-").isdigit() and value.strip().isascii()
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} {value!r} is not an integer; expected a whole number such as 12")
+    return int(float(value)) if isinstance(value, float) else int(value)
 
 
 @dataclass(frozen=True, order=True)
@@ -39,7 +59,12 @@ class Record:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", str(self.path))
-        object.__setattr__(self, "modality", Modality.parse(self.modality))
+        try:
+            object.__setattr__(self, "pid", whole_number(self.pid, "person id"))
+            object.__setattr__(self, "camid", whole_number(self.camid, "camera id"))
+            object.__setattr__(self, "modality", Modality.parse(self.modality))
+        except ValueError as err:
+            raise InputError(f"{self.path}: {err}") from None
 
     @property
     def is_infrared(self) -> bool:
@@ -57,7 +82,7 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
-        return cls(d["path"], int(d["pid"]), int(d["camid"]), d["modality"], d["dataset"], d["split"])
+        return cls(d["path"], d["pid"], d["camid"], d["modality"], d["dataset"], d["split"])
 
 
 def filter_records(

@@ -42,7 +42,11 @@ def _plain_pipeline(base: Path, checkpoint: Path):
 
     from dive.checkpoint import INFRARED_ADAPTER, INFRARED_LORA_FILE, LORA_FILE, SHARED_ADAPTER, has_infrared_adapter
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
+    from dive.utils.io import require_safetensors
+
+    require_safetensors(base)
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.load_lora_weights(str(checkpoint), weight_name=LORA_FILE, adapter_name=SHARED_ADAPTER)
     names = [SHARED_ADAPTER]

@@ -16,11 +16,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from dive.checkpoint import (INFRARED_ADAPTER, SHARED_ADAPTER, CameraToken, TokenTable, checkpoint_hash,
-                             has_infrared_adapter, load_into_pipeline)
+from dive.checkpoint import (INFRARED_ADAPTER, SHARED_ADAPTER, CameraToken, TokenTable, check_checkpoint,
+                             checkpoint_hash, has_infrared_adapter, load_into_pipeline)
 from dive.utils.adapters import MergedAdapters
 from dive.utils.diffusion import encode_latents
-from dive.utils.io import as_rgb
+from dive.utils.io import as_rgb, require_safetensors
 
 
 def image_seed(seed: int, identity: str, camera: str, index: int) -> int:
@@ -202,8 +202,11 @@ def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, de
     base = Path(base)
     if not (base / "model_index.json").exists():
         raise FileNotFoundError(f"{base / 'model_index.json'}: missing; --base must be a diffusers SD-1.x folder")
+    require_safetensors(base)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)  # damaged or inconsistent files: one line, before the base loads
     pipe = StableDiffusionPipeline.from_pretrained(str(base), dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False)
+                                                   requires_safety_checker=False, use_safetensors=True)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
     pipe.set_progress_bar_config(disable=True)
     table = TokenTable()

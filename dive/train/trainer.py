@@ -34,7 +34,7 @@ from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
 from dive.utils.diffusion import diffusion_loss, encode_latents
-from dive.utils.io import cast_safetensors, load_rgb, load_rgb_tensor, save_image, write_json
+from dive.utils.io import cast_safetensors, load_rgb, load_rgb_tensor, require_safetensors, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
     prune_checkpoints,
@@ -206,9 +206,10 @@ class DiVETrainer:
             if not (base / sub).is_dir():
                 raise FileNotFoundError(f"{base / sub}: missing; --base must be a diffusers SD-1.x folder")
         self.tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
-        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
-        self.vae = AutoencoderKL.from_pretrained(base / "vae")
-        self.unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        require_safetensors(base)
+        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", use_safetensors=True)
+        self.vae = AutoencoderKL.from_pretrained(base / "vae", use_safetensors=True)
+        self.unet = UNet2DConditionModel.from_pretrained(base / "unet", use_safetensors=True)
         self.noise_scheduler = DDPMScheduler.from_pretrained(base / "scheduler")
         for m in (self.text_encoder, self.vae, self.unet):
             m.requires_grad_(False)

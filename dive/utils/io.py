@@ -230,6 +230,20 @@ def _damaged(path: Path, err: BaseException) -> InputError:
     return InputError(f"{path}: {what} ({reason}); expected a complete JPEG, PNG or BMP file")
 
 
+def require_safetensors(base: str | os.PathLike, parts=("unet", "vae", "text_encoder")) -> None:
+    """Refuse a diffusers folder whose model weights are not safetensors (e.g. .bin only): models
+    load with `use_safetensors=True`, so pickled weights are never read; one line names the folder."""
+    for part in parts:
+        folder = Path(base) / part
+        if not folder.is_dir() or any(folder.glob("*.safetensors")):
+            continue
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        held = f" (it holds {', '.join(found)})" if found else ""
+        raise InputError(f"{folder}: no .safetensors weights{held}; expected a diffusers folder saved with "
+                         "safetensors (pickled weights are never loaded; convert them with save_pretrained "
+                         "on a machine you trust)")
+
+
 def load_rgb_tensor(paths, height: int, width: int, *, resize: bool = False, desc: str = "loading images"):
     """Images as one uint8 tensor (N, 3, height, width). A wrong size is resized when `resize`,
     otherwise an error naming the file."""
