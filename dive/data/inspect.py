@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from dive.data.records import Modality, Record, filter_records
 from dive.data.registry import Dataset, detect_format, load_dataset
-from dive.metrics.ranking import cosine_distance, evaluate_ranking
 from dive.utils.errors import InputError
 from dive.utils.io import load_rgb, save_image, write_json
+from dive.utils.ranking import cosine_distance, evaluate_ranking
 
 FEATURE_SIZE = (16, 32)  # (W, H) of the raw-pixel descriptor
 
