@@ -4,8 +4,13 @@ cross-attention of each token, export an expanded dataset, and run training in t
     python app.py            # http://127.0.0.1:7860, the shipped demo checkpoint, no network
 
 Layout and wiring only: every action calls `dive.studio.service.Studio`, which calls the same stage
-functions as the `dive` command line. Named API endpoints (for gradio_client): /generate,
-/attention, /export.
+functions as the `dive` command line. Named API endpoints (for gradio_client): /generate (no
+arguments: the form's defaults), /generate_every_camera, /generate_many_identities, /reuse,
+/attention, /export, /train (no arguments: the quick smoke test), /runs, /stop, /resume.
+
+Runs are server state: the run list is read from the run store (SQLite) on page load and on a
+timer, so a run can be watched, stopped and resumed after a reload or from another browser.
+Every image served or zipped is a PNG carrying its settings (`dive.studio.pngmeta`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dive.generate import DEFAULT_GUIDANCE  # noqa: E402
+from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
+
+DEFAULT_PRESET = "quick smoke test"
+PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
+               "and makes no useful model. full: the demo's recipe (hours on a CPU).")
 
 DEFAULT_DATA = Path(os.environ.get("DIVE_STUDIO_DATA", "studio_data"))
 CSS = """
@@ -41,12 +51,18 @@ def _err(e: Exception) -> str:
 
 def build_app(studio: Studio) -> gr.Blocks:
     stop_flags: dict[str, threading.Event] = {}
-    ck_labels = [c.label for c in studio.checkpoints()]
-    default_ck = Studio.default_choice(ck_labels)
-    # server-side choices of the token pickers start as the default checkpoint's; the page load
-    # event refreshes them per checkpoint. Custom values are allowed: the service checks tokens.
+    def ck_choices():
+        return [(c.display, c.label) for c in studio.checkpoints()]
+
+    ck_init = ck_choices()
+    default_ck = Studio.default_choice([v for _, v in ck_init])
+    # server-side choices of the token pickers start as the default checkpoint's (their first values
+    # are the form's defaults, also for /generate called without arguments); the page load event
+    # refreshes them per checkpoint. Custom values are allowed: the service checks tokens.
     id_init = Studio.identity_choices(studio.table(default_ck)) if default_ck else []
     cam_init = Studio.camera_choices(studio.table(default_ck)) if default_ck else []
+    id_first = id_init[0][1] if id_init else None
+    cam_first = next((v for lab, v in cam_init if "(infrared)" in lab), cam_init[0][1] if cam_init else None)
     pick = dict(allow_custom_value=True, filterable=True)
 
     def token_updates(choice):
@@ -80,41 +96,72 @@ def build_app(studio: Studio) -> gr.Blocks:
         return str(p) if p else None
 
     # -- generate ---------------------------------------------------------------------------------------
-    def do_generate(choice, identity, camera, seed, random_seed, steps, guidance, n, init_image=None, strength=0.6):
-        seed = random.randrange(2**31) if random_seed else int(seed or 0)
+    def gallery_of(images):
+        _, zpath, paths = studio.save_images(images)  # PNGs that carry their settings
+        return [(str(p), im.caption) for p, im in zip(paths, images)], str(zpath), [str(p) for p in paths]
+
+    def do_generate(choice=default_ck, identity=id_first, camera=cam_first, seed="0", random_seed=False, steps=25,
+                    guidance=DEFAULT_GUIDANCE, n=4, init_image=None, strength=0.6):
         try:
+            seed = random.randrange(2**31) if random_seed else parse_seed(seed)
             images = studio.generate(choice, [identity], [camera], n=int(n), seed=seed, steps=int(steps),
                                      guidance=float(guidance), init_image=init_image, strength=float(strength))
         except (StudioError, KeyError, ValueError) as e:
-            return [], None, _err(e), seed
-        _, zpath = studio.save_images(images)
+            return [], None, _err(e), str(seed), []
+        gallery, zpath, paths = gallery_of(images)
         source = f" · from your image (strength {float(strength):g})" if init_image is not None else ""
-        return images, str(zpath), f"{len(images)} images · seed {seed}{source}", seed
+        return gallery, zpath, f"{len(images)} images · seed {seed}{source}", str(seed), paths
 
     def every_camera(choice, identity, seed, steps, guidance):
         try:
             table = studio.table(choice)
             cams = [c.token for c in sorted(table.cameras, key=lambda c: (c.modality != "infrared", c.dataset, c.camid))]
-            images = studio.generate(choice, [identity], cams, n=1, seed=int(seed or 0), steps=int(steps), guidance=float(guidance))
+            images = studio.generate(choice, [identity], cams, n=1, seed=parse_seed(seed), steps=int(steps),
+                                     guidance=float(guidance), action="every camera")
         except (StudioError, KeyError, ValueError) as e:
-            return [], None, _err(e)
-        _, zpath = studio.save_images(images)
-        return images, str(zpath), f"{identity} under every camera token ({len(cams)})"
+            return [], None, _err(e), []
+        gallery, zpath, paths = gallery_of(images)
+        return gallery, zpath, f"`{identity}` under every camera token ({len(cams)})", paths
 
     def many_identities(choice, camera, seed, steps, guidance, k=8):
         try:
             table = studio.table(choice)
             ids = [v for _, v in studio.identity_choices(table)][:k]
-            images = studio.generate(choice, ids, [camera], n=1, seed=int(seed or 0), steps=int(steps), guidance=float(guidance))
+            images = studio.generate(choice, ids, [camera], n=1, seed=parse_seed(seed), steps=int(steps),
+                                     guidance=float(guidance), action="many identities")
         except (StudioError, KeyError, ValueError) as e:
-            return [], None, _err(e)
-        _, zpath = studio.save_images(images)
-        return images, str(zpath), f"{len(ids)} identities under camera token {camera}"
+            return [], None, _err(e), []
+        gallery, zpath, paths = gallery_of(images)
+        return gallery, zpath, f"{len(ids)} identities under camera token `{camera}`", paths
+
+    def reuse(image_file):
+        """Load a studio PNG's exact settings into the Generate form (checkpoint, tokens, request
+        seed, steps, guidance, number of images): Generate then redraws the same pixels."""
+        path = image_file if isinstance(image_file, (str, Path)) or image_file is None else getattr(image_file, "name", None)
+        try:
+            if not path:
+                raise StudioError("upload or pick a PNG made by DiVE Studio first")
+            s = studio.reuse_settings(path)
+        except StudioError as e:
+            return [gr.update()] * 13 + [_err(e)]
+        toks = token_updates(s["checkpoint"])
+        how = {"every camera": "press **Same identity, every camera**",
+               "many identities": "press **Same camera, many identities**"}.get(s.get("action"), "press **Generate**")
+        msg = (f"settings of image {int(s.get('index', 0)) + 1} of {s.get('n', '?')} loaded (seed {s['seed']}, "
+               f"request seed {s.get('request_seed')}); {how} to redraw it"
+               + (" (its img2img source picture is not stored; upload it again)" if s.get("strength") else ""))
+        return [s["checkpoint"], toks[0], gr.update(choices=toks[1]["choices"], value=s["identity"]),
+                gr.update(choices=toks[2]["choices"], value=s["camera"]), *toks[3:],
+                s.get("request_seed", s["seed"]), False, int(s["steps"]), float(s["guidance"]), int(s.get("n", 1)), msg]
+
+    def reuse_selected(paths, evt: gr.SelectData):
+        idx = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
+        return paths[idx] if paths and 0 <= idx < len(paths) else None
 
     # -- attention ----------------------------------------------------------------------------------------
     def do_attention(choice, identity, camera, seed, steps, guidance, layers, step_range):
         try:
-            res, fig = studio.attention(choice, identity, camera, seed=int(seed or 0), steps=int(steps),
+            res, fig = studio.attention(choice, identity, camera, seed=parse_seed(seed), steps=int(steps),
                                         guidance=float(guidance), layers=layers, step_range=step_range)
         except (StudioError, KeyError, ValueError) as e:
             return None, None, _err(e)
@@ -152,7 +199,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         stop_flags.setdefault(key, threading.Event()).set()
         return "stopping after the current image…"
 
-    # -- training ---------------------------------------------------------------------------------------
+    # -- training: every view reads the run store, so any browser sees the same runs --------------------
     def runs_table():
         rows = [{"id": r.id, "kind": r.kind, "status": r.status, "preset": r.config.get("preset", ""),
                  "steps": r.config.get("steps", ""), "started": time.strftime("%H:%M:%S", time.localtime(r.started)),
@@ -160,61 +207,98 @@ def build_app(studio: Studio) -> gr.Blocks:
         return pd.DataFrame(rows, columns=["id", "kind", "status", "preset", "steps", "started", "folder"])
 
     def run_choices():
-        return [(f"run {r.id} · {r.status}", r.id) for r in studio.runs.list()]
+        return [(f"run {r.id} · {r.status} · {r.config.get('preset', r.kind)}", r.id) for r in studio.runs.list()]
 
-    def launch(preset, data, steps, seed):
+    def run_picker(current=None):
+        """The Run picker as the run store has it now (keeps the selection; else the newest run)."""
+        choices = run_choices()
+        ids = [v for _, v in choices]
+        value = current if current in ids else (ids[0] if ids else None)
+        return gr.update(choices=choices, value=value)
+
+    def launch(preset=DEFAULT_PRESET, data=None, steps=0, seed="0"):
         try:
             rec = studio.launch_training(preset=preset, data=data or None, base=None, steps=int(steps) if steps else None,
-                                         seed=int(seed or 0))
+                                         seed=parse_seed(seed))
         except (StudioError, ValueError, FileNotFoundError) as e:
-            return _err(e), runs_table(), gr.update()
-        return f"started run {rec.id} (pid {rec.pid})", runs_table(), gr.update(choices=run_choices(), value=rec.id)
+            return _err(e), runs_table(), run_picker()
+        return f"started run {rec.id} (pid {rec.pid})", runs_table(), run_picker(rec.id)
 
-    def watch(run_id):
-        if run_id is None:
-            return None, None, "", runs_table()
+    def list_runs():
+        return runs_table()
+
+    def watch(run_id, shown=None):
+        """Loss curve, latest preview, status + log tail of a run; the run table; the picker (only
+        sent when the runs or their states changed, so an open dropdown is left alone)."""
+        choices = run_choices()
+        picker = gr.update() if choices == shown else run_picker(run_id)
+        empty = pd.DataFrame({"step": [], "loss": []})
         try:
-            rec = studio.runs.get(int(run_id))
-        except KeyError:
-            return None, None, "", runs_table()
+            rec = studio.runs.get(int(run_id)) if run_id is not None else None
+        except (KeyError, ValueError):
+            rec = None
+        if rec is None:
+            return empty, None, "no run selected", runs_table(), picker, choices
         curve = studio.runs.loss_curve(rec)
-        plot = pd.DataFrame(curve, columns=["step", "loss"]) if curve else pd.DataFrame({"step": [], "loss": []})
+        plot = pd.DataFrame(curve, columns=["step", "loss"]) if curve else empty
         prev = studio.runs.latest_preview(rec)
         ck = studio.runs.checkpoints(rec)
         head = (f"run {rec.id} · **{rec.status}** · {len(curve)} steps logged · checkpoints: "
                 f"{', '.join(p.name for p in ck) or 'none yet'}\n\n```\n{studio.runs.log_tail(rec, 12)}\n```")
-        return plot, str(prev) if prev else None, head, runs_table()
+        return plot, str(prev) if prev else None, head, runs_table(), picker, choices
 
-    def stop_run(run_id):
+    def stop_run(run_id=None):
         if run_id is None:
             return "no run selected", runs_table()
         t0 = time.time()
-        rec = studio.runs.stop(int(run_id))
+        try:
+            rec = studio.runs.stop(int(run_id))
+        except (KeyError, ValueError):
+            return _err(StudioError(f"no run {run_id}")), runs_table()
         ck = studio.runs.checkpoints(rec)
         return (f"run {rec.id} {rec.status} in {time.time() - t0:.1f} s; last checkpoint: "
                 f"{ck[0].name if ck else 'none'}"), runs_table()
 
+    def resume_run(run_id=None):
+        if run_id is None:
+            return "no run selected", runs_table()
+        try:
+            rec = studio.resume_run(int(run_id))
+        except (StudioError, ValueError) as e:
+            return _err(e), runs_table()
+        ck = studio.runs.checkpoints(rec)
+        return (f"run {rec.id} resumed (pid {rec.pid}) from {ck[0].name if ck else 'its start'}", runs_table())
+
     def refresh_checkpoints(current):
-        labels = [c.label for c in studio.checkpoints()]
-        return gr.update(choices=labels, value=current if current in labels or current else (labels[0] if labels else None))
+        choices = ck_choices()
+        labels = [v for _, v in choices]
+        return gr.update(choices=choices, value=current if current in labels or current else (labels[0] if labels else None))
+
+    def dataset_pickers(current_export=None, current_train=None):
+        """The dataset lists, read from the data folder now (a world built by a training launch appears)."""
+        worlds = studio.worlds()
+        return (gr.update(choices=worlds, value=current_export or (worlds[0] if worlds else None)),
+                gr.update(choices=worlds, value=current_train or None))
 
     # -- layout -----------------------------------------------------------------------------------------
     with gr.Blocks(title="DiVE Studio") as demo:
         gr.Markdown("# DiVE Studio\nIdentity-preserving infrared images for visible-infrared person re-identification "
                     "(prompt: *a [camera] photo of [identity] person*).", elem_id="title")
         with gr.Row():
-            ckpt = gr.Dropdown(ck_labels, value=default_ck, label="Checkpoint", allow_custom_value=True, scale=4,
-                               info="shipped, your training runs, or a folder inside the studio's data folder")
+            ckpt = gr.Dropdown(ck_init, value=default_ck, label="Checkpoint", allow_custom_value=True, scale=4,
+                               info="the default demo first, then the other shipped ones and your training runs, "
+                                    "or a folder inside the studio's data folder")
             refresh_ck = gr.Button("Refresh list", scale=1)
         ck_status = gr.Markdown()
         with gr.Tabs():
             with gr.Tab("Generate"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        g_id = gr.Dropdown(id_init, label="Identity token", **pick)
-                        g_cam = gr.Dropdown(cam_init, label="Camera token", **pick)
+                        g_id = gr.Dropdown(id_init, value=id_first, label="Identity token", **pick)
+                        g_cam = gr.Dropdown(cam_init, value=cam_first, label="Camera token", **pick)
                         with gr.Row():
-                            g_seed = gr.Number(value=0, precision=0, label="Seed")
+                            g_seed = gr.Textbox(value="0", label="Seed", max_lines=1,
+                                                info="a whole number; kept as text, so long seeds stay exact")
                             g_random = gr.Checkbox(label="random seed")
                         g_steps = gr.Slider(2, 50, value=25, step=1, label="Steps (DPM-Solver++)")
                         g_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (1 = off)")
@@ -229,18 +313,25 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             g_allcam = gr.Button("Same identity, every camera")
                             g_manyid = gr.Button("Same camera, many identities")
+                        with gr.Accordion("Reuse settings of an image", open=False, elem_id="reuse"):
+                            g_reuse_file = gr.File(label="A PNG made by DiVE Studio", file_types=[".png"],
+                                                   type="filepath", elem_id="reuse-file", height=110)
+                            g_reuse = gr.Button("Reuse settings of the uploaded or selected image", elem_id="reuse-button")
                     with gr.Column(scale=3):
                         g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False,
                                          elem_id="reference-image")
                         g_msg = gr.Markdown()
-                        g_gallery = gr.Gallery(label="Generated", columns=8, height=330, object_fit="contain")
-                        g_zip = gr.File(label="Download images (zip)")
+                        g_gallery = gr.Gallery(label="Generated (click an image to pick it for reuse)", columns=8,
+                                               height=330, object_fit="contain", elem_id="gallery")
+                        g_zip = gr.File(label="Download images (zip; every PNG carries its settings)")
+                        g_paths = gr.State([])
+                        g_picked = gr.State(None)
             with gr.Tab("Attention"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        a_id = gr.Dropdown(id_init, label="Identity token", **pick)
-                        a_cam = gr.Dropdown(cam_init, label="Camera token", **pick)
-                        a_seed = gr.Number(value=0, precision=0, label="Seed")
+                        a_id = gr.Dropdown(id_init, value=id_first, label="Identity token", **pick)
+                        a_cam = gr.Dropdown(cam_init, value=cam_first, label="Camera token", **pick)
+                        a_seed = gr.Textbox(value="0", label="Seed", max_lines=1)
                         a_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         a_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
                         a_layers = gr.Dropdown(["all", "down", "mid", "up"], value="all", label="Layers")
@@ -250,12 +341,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                         a_msg = gr.Markdown()
                         a_fig = gr.Image(label="Cross-attention per token", interactive=False)
                         a_table = gr.Dataframe(label="Where each token attends", interactive=False)
-            with gr.Tab("Batch export"):
+            with gr.Tab("Batch export") as export_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
-                        worlds = studio.worlds()
-                        e_data = gr.Dropdown(worlds, value=worlds[0] if worlds else None, allow_custom_value=True,
-                                             label="VI dataset folder (inside the data folder)")
+                        e_data = gr.Dropdown([], value=None, allow_custom_value=True,
+                                             label="VI dataset folder (inside the data folder)",
+                                             info="read when this tab opens; the checkpoint must have been trained on it")
                         e_mode = gr.Radio(["min images", "top-K", "list"], value="top-K", label="Identities")
                         e_min = gr.Number(value=12, precision=0, label="min real images")
                         e_topk = gr.Number(value=4, precision=0, label="K")
@@ -270,47 +361,71 @@ def build_app(studio: Studio) -> gr.Blocks:
                         e_msg = gr.Markdown()
                         e_zip = gr.File(label="Expanded dataset (zip)")
                         e_folder = gr.Textbox(label="Folder", interactive=False)
-            with gr.Tab("Training"):
+            with gr.Tab("Training") as train_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
-                        t_preset = gr.Radio(list(TRAIN_PRESETS), value="quick demo", label="Preset")
-                        t_data = gr.Dropdown(studio.worlds(), label="SynthVI world (empty: a small one is built)",
+                        t_preset = gr.Radio(list(TRAIN_PRESETS), value=DEFAULT_PRESET, label="Preset", info=PRESET_INFO)
+                        t_data = gr.Dropdown([], label="SynthVI world (empty: a small one is built)",
                                              allow_custom_value=True)
                         t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)")
-                        t_seed = gr.Number(value=0, precision=0, label="Seed")
+                        t_seed = gr.Textbox(value="0", label="Seed", max_lines=1)
                         t_go = gr.Button("Launch training", variant="primary")
-                        t_run = gr.Dropdown(run_choices(), label="Run", value=None)
-                        t_stop = gr.Button("Stop run", variant="stop")
+                        t_run = gr.Dropdown([], label="Run", value=None,
+                                            info="every run of this studio, from any browser; states are live")
+                        with gr.Row():
+                            t_stop = gr.Button("Stop run", variant="stop")
+                            t_resume = gr.Button("Resume run")
                         t_msg = gr.Markdown()
                     with gr.Column(scale=3):
                         t_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=240)
                         t_prev = gr.Image(label="Latest preview (fixed seed)", interactive=False, height=260)
                         t_head = gr.Markdown()
-                t_table = gr.Dataframe(runs_table(), label="Runs", interactive=False)
+                t_table = gr.Dataframe(label="Runs", interactive=False)
+                t_shown = gr.State(None)
                 timer = gr.Timer(2.0)
 
         token_outs = [ck_status, g_id, g_cam, a_id, a_cam, e_list, e_cams]
+        private = dict(api_visibility="private")
         # the identity picker's value is set by these handlers, so the reference follows explicitly
-        demo.load(token_updates, [ckpt], token_outs, api_visibility="private").then(
-            reference, [ckpt, g_id], [g_ref], api_visibility="private")
-        ckpt.change(token_updates, [ckpt], token_outs, api_visibility="private").then(
-            reference, [ckpt, g_id], [g_ref], api_visibility="private")
-        refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], api_visibility="private")
-        g_id.change(reference, [ckpt, g_id], [g_ref], api_visibility="private")
+        demo.load(token_updates, [ckpt], token_outs, **private).then(
+            reference, [ckpt, g_id], [g_ref], **private)
+        # server state, read on every page load: checkpoints, datasets, runs
+        demo.load(refresh_checkpoints, [ckpt], [ckpt], **private)
+        demo.load(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
+        demo.load(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
+        # a user's checkpoint choice (not a programmatic one: reuse sets the tokens itself)
+        ckpt.input(token_updates, [ckpt], token_outs, **private).then(reference, [ckpt, g_id], [g_ref], **private)
+        refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], **private)
+        g_id.change(reference, [ckpt, g_id], [g_ref], **private)
         g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n, g_init, g_strength],
-                   [g_gallery, g_zip, g_msg, g_seed], api_name="generate", concurrency_limit=8)
-        g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg],
+                   [g_gallery, g_zip, g_msg, g_seed, g_paths], api_name="generate", concurrency_limit=8)
+        g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
                        api_name="generate_every_camera")
-        g_manyid.click(many_identities, [ckpt, g_cam, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg],
+        g_manyid.click(many_identities, [ckpt, g_cam, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
                        api_name="generate_many_identities")
+        g_gallery.select(reuse_selected, [g_paths], [g_picked], **private)
+        g_reuse_file.upload(lambda f: f, [g_reuse_file], [g_picked], **private)
+        reuse_outs = [ckpt, *token_outs, g_seed, g_random, g_steps, g_guid, g_n, g_msg]
+        g_reuse.click(reuse, [g_picked], reuse_outs, api_visibility="undocumented").then(
+            reference, [ckpt, g_id], [g_ref], **private)
+        # /reuse for scripts: the settings of a PNG, as the form takes them
+        reuse_api = gr.Button(visible=False)
+        reuse_api.click(reuse, [g_reuse_file], reuse_outs, api_name="reuse")
         a_go.click(do_attention, [ckpt, a_id, a_cam, a_seed, a_steps, a_guid, a_layers, a_steprange],
                    [a_fig, a_table, a_msg], api_name="attention")
+        export_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
+        train_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
         e_go.click(do_export, [ckpt, e_data, e_mode, e_min, e_topk, e_list, e_cams, e_n, e_steps],
                    [e_zip, e_folder, e_msg], api_name="export", concurrency_limit=2)
-        e_stop.click(stop_export, None, [e_msg], api_visibility="private", queue=False)
-        t_go.click(launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_visibility="private")
-        t_stop.click(stop_run, [t_run], [t_msg, t_table], api_visibility="private", queue=False)
-        timer.tick(watch, [t_run], [t_plot, t_prev, t_head, t_table], api_visibility="private", queue=False)
+        e_stop.click(stop_export, None, [e_msg], **private, queue=False)
+        t_go.click(launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_name="train")
+        runs_api = gr.Button(visible=False)
+        runs_api.click(list_runs, None, [t_table], api_name="runs")
+        t_stop.click(stop_run, [t_run], [t_msg, t_table], api_name="stop", queue=False)
+        t_resume.click(resume_run, [t_run], [t_msg, t_table], api_name="resume")
+        t_run.input(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
+        timer.tick(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private,
+                   queue=False)
         demo.queue(default_concurrency_limit=2)
     return demo
 

@@ -55,7 +55,8 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     idt, cam = table.identities[0].token, table.infrared_cameras()[0].token
     client = Client(app_url, verbose=False)
     ck = f"shipped: {DEMO_NAME}"
-    assert {"/generate", "/attention", "/export"} <= set(client.view_api(return_format="dict")["named_endpoints"])
+    named = set(client.view_api(return_format="dict")["named_endpoints"])
+    assert {"/generate", "/attention", "/export", "/train", "/runs", "/stop", "/resume", "/reuse"} <= named
 
     gallery, _, msg, _ = client.predict(ck, None, None, 0, False, 3, 1.0, 2, None, 0.6, api_name="/generate")
     assert gallery == [] and "pick an identity" in msg  # a clear message, not a crash
@@ -67,7 +68,7 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
         results = list(pool.map(gen, range(8)))
     digests = set()
     for seed, (gallery, zpath, msg, seed_back) in enumerate(results):
-        assert seed_back == seed and len(gallery) == 2 and Path(zpath).exists()
+        assert seed_back == str(seed) and len(gallery) == 2 and Path(zpath).exists()
         assert all(idt in g["caption"] and cam in g["caption"] for g in gallery)
         digests.add(tuple(_image_path(g).read_bytes() for g in gallery))
     assert len(digests) == 8
@@ -94,6 +95,50 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     assert "outside" in msg
     gallery, _, msg, _ = client.predict("../../../etc", idt, cam, 0, False, 3, 1.0, 1, None, 0.6, api_name="/generate")
     assert gallery == [] and "outside" in msg
+
+
+def test_generate_defaults_settings_and_runs_across_clients(app_url):
+    """/generate with no arguments uses the form's defaults and serves PNGs carrying their settings;
+    /reuse reads them back; one client starts a run (/train), another lists, stops and resumes it."""
+    import time
+
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from dive.studio.service import DEMO_NAME
+
+    a, b = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    gallery, zpath, msg, seed = a.predict(api_name="/generate")
+    assert len(gallery) == 4 and seed == "0", msg
+    first = _image_path(gallery[0])
+    with Image.open(first) as im:
+        assert im.format == "PNG" and "Sampler: DPM++ 2M" in im.text["parameters"]
+        assert f'Model: "shipped: {DEMO_NAME}"' in im.text["parameters"]
+    import zipfile
+
+    names = zipfile.ZipFile(zpath).namelist()
+    assert sum(n.endswith(".png") for n in names) == 4
+    out = b.predict(handle_file(str(first)), api_name="/reuse")
+    assert out[0] == f"shipped: {DEMO_NAME}" and out[-6] == "0" and out[-1].startswith("settings of image 1 of 4"), out
+
+    msg = a.predict(api_name="/train")[0]
+    assert msg.startswith("started run"), msg
+    run_id = int(msg.split()[2])
+    table = b.predict(api_name="/runs")
+    row = next(r for r in table["data"] if int(r[0]) == run_id)
+    assert row[2] == "running" and row[3] == "quick smoke test"
+    msg, _ = b.predict(run_id, api_name="/stop")
+    assert f"run {run_id} stopped in" in msg, msg
+    table = a.predict(api_name="/runs")
+    assert next(r for r in table["data"] if int(r[0]) == run_id)[2] == "stopped"
+    msg, _ = b.predict(run_id, api_name="/resume")
+    assert f"run {run_id} resumed" in msg, msg
+    assert next(r for r in a.predict(api_name="/runs")["data"] if int(r[0]) == run_id)[2] == "running"
+    msg, _ = a.predict(run_id, api_name="/resume")
+    assert "still running" in msg
+    t0 = time.time()
+    msg, _ = a.predict(run_id, api_name="/stop")
+    assert "stopped" in msg and time.time() - t0 < 10
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")

@@ -65,7 +65,7 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
 def test_training_run_stops_and_survives_restart(studio_dirs):
     data, shipped = studio_dirs
     studio = Studio(data, shipped_dir=shipped)
-    rec = studio.launch_training(preset="quick demo", data=None, base="bases/micro", steps=5000)
+    rec = studio.launch_training(preset="quick smoke test", data=None, base="bases/micro", steps=5000)
     deadline = time.time() + 240
     while time.time() < deadline and not studio.runs.checkpoints(studio.runs.get(rec.id)):
         assert studio.runs.get(rec.id).status == "running", studio.runs.log_tail(studio.runs.get(rec.id))

@@ -4,7 +4,9 @@ in SQLite that survive a page reload and an app restart.
 A run is `python -m dive train ...` (or `dive base pretrain`) in its own process group, its output
 in `<run>/log.txt`. Stop sends SIGTERM to the group, waits, then SIGKILL: the process is gone
 within seconds. Checkpoints are written under a temporary name and renamed when complete, so the
-last checkpoint of a stopped run is intact.
+last checkpoint of a stopped run is intact. States are read from the processes themselves: a run
+whose process ended without its final checkpoint is "failed", never left "running". Resume runs the
+same command in the same folder, so the stage continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from pathlib import Path
 from dive.checkpoint import is_checkpoint_dir
 
 STATUSES = ("running", "finished", "failed", "stopped")
+
+
+class RunStateError(ValueError):
+    """An action that the run's state does not allow (resume a running run, ...)."""
 
 
 @dataclass
@@ -69,17 +75,43 @@ class RunManager:
             raise ValueError(f"unknown run kind {kind!r}")
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "dive", *kind.split(), *args]
-        log = open(out / "log.txt", "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=os.getcwd())
-        log.close()
+        proc = self._start(cmd, out)
         with self._lock, self._db() as db:
             cur = db.execute(
                 "INSERT INTO runs (kind, status, out, pid, started, config, command, proc_start) VALUES (?,?,?,?,?,?,?,?)",
                 (kind, "running", str(out), proc.pid, time.time(), json.dumps(config), json.dumps(cmd), _proc_start(proc.pid)),
             )
             run_id = int(cur.lastrowid)
+            self._procs[run_id] = proc
+        return self.get(run_id)
+
+    @staticmethod
+    def _start(cmd: list[str], out: Path) -> subprocess.Popen:
+        log = open(out / "log.txt", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env, cwd=os.getcwd())
+        finally:
+            log.close()
+
+    def resume(self, run_id: int) -> RunRecord:
+        """Run a stopped or failed run's own command again in its own folder: the stage resumes from
+        the last complete checkpoint and continues the same loss curve (as rerunning `dive train`
+        with the same --out does)."""
+        rec = self.get(run_id)
+        self.refresh()
+        rec = self.get(run_id)
+        if rec.status == "running":
+            raise RunStateError(f"run {run_id} is still running; stop it first")
+        if rec.status == "finished":
+            raise RunStateError(f"run {run_id} has finished; there is nothing to resume")
+        with open(rec.run_dir / "log.txt", "ab") as log:
+            log.write(f"\n--- resumed at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        proc = self._start(rec.command, rec.run_dir)
+        with self._lock, self._db() as db:
+            db.execute("UPDATE runs SET status='running', pid=?, proc_start=?, ended=NULL, returncode=NULL WHERE id=?",
+                       (proc.pid, _proc_start(proc.pid), run_id))
             self._procs[run_id] = proc
         return self.get(run_id)
 
@@ -119,7 +151,9 @@ class RunManager:
 
     # -- stopping -----------------------------------------------------------------------------------
     def stop(self, run_id: int, timeout: float = 4.0) -> RunRecord:
-        """SIGTERM the run's process group, SIGKILL after `timeout`; returns once it is gone."""
+        """SIGTERM the run's process group, SIGKILL after `timeout`; returns once it is gone. A run
+        whose process had already ended keeps its true state (finished or failed)."""
+        self.refresh()
         rec = self.get(run_id)
         if rec.status != "running":
             return rec

@@ -9,13 +9,16 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from dive import defaults
-from dive.checkpoint import CheckpointError, TokenTable, check_checkpoint_dir, reference_path, trained_base
+from dive.checkpoint import (META_FILE, CheckpointError, TokenTable, check_checkpoint_dir, reference_path,
+                             trained_base)
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
+from dive.studio import pngmeta
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
 from dive.utils.io import as_rgb
@@ -27,11 +30,11 @@ DEMO_NAME = defaults.DEMO_NAME  # the shipped checkpoint the studio opens on: th
 
 #: training presets offered by the studio's form
 TRAIN_PRESETS = {
-    "quick demo": {"steps": 60, "batch_size": 8, "rank": 8, "save_every": 20, "preview_every": 20, "world": "quick"},
+    "quick smoke test": {"steps": 60, "batch_size": 8, "rank": 8, "save_every": 20, "preview_every": 20, "world": "quick"},
     "full": {"steps": 4000, "batch_size": 32, "rank": 32, "save_every": 500, "preview_every": 500, "world": "default"},
 }
-QUICK_WORLD = ["--vi-train-ids", "12", "--vi-val-ids", "2", "--vi-test-ids", "4", "--vi-images-per-camera", "2", "3",
-               "--ext-ids", "24", "--ext-test-ids", "2", "--web-images", "16", "--workers", "1"]
+QUICK_WORLD = dict(vi_train_ids=12, vi_val_ids=2, vi_test_ids=4, vi_images_per_camera=(2, 3), ext_ids=24,
+                   ext_test_ids=2, web_images=16, workers=1)
 
 
 @dataclass
@@ -39,6 +42,35 @@ class CheckpointChoice:
     label: str
     path: Path
     base: Path
+    description: str = ""
+
+    @property
+    def display(self) -> str:
+        """What the picker shows: the label and a one-line description."""
+        return f"{self.label} — {self.description}" if self.description else self.label
+
+
+class GeneratedImage(NamedTuple):
+    image: np.ndarray
+    caption: str
+    settings: dict  # what `pngmeta.save_png` writes into the image
+
+
+def describe_checkpoint(ckpt: Path, *, demo: bool = False) -> str:
+    """One line from a checkpoint's dive.json: its own "description", else its recipe."""
+    try:
+        meta = json.loads((Path(ckpt) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    if meta.get("description"):
+        return str(meta["description"]).splitlines()[0]
+    cfg = meta.get("config", {}) or {}
+    parts = ["the default demo" if demo else "", f"{meta.get('step', cfg.get('steps', '?'))} steps",
+             f"rank {cfg['rank']}" if "rank" in cfg else "",
+             f"camera tokens: {cfg['camera_mode']}" if "camera_mode" in cfg else "",
+             "infrared adapter" if cfg.get("infrared_adapter") else "",
+             f"data {Path(str(cfg['data'])).name}" if cfg.get("data") else ""]
+    return ", ".join(x for x in parts if x)
 
 
 class Studio:
@@ -50,6 +82,7 @@ class Studio:
         self.runs = RunManager(self.sandbox.root / "runs.sqlite", self.sandbox.root / "runs")
         self._gens: OrderedDict[str, tuple[Generator, threading.Lock]] = OrderedDict()
         self._gens_lock = threading.Lock()
+        self._base_hashes: dict[str, str] = {}
         self.max_cached = max_cached
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -57,17 +90,19 @@ class Studio:
         """Shipped checkpoints, then every complete checkpoint of the studio's runs."""
         out = []
         if self.shipped_dir.is_dir():
-            for d in sorted(self.shipped_dir.iterdir()):
+            for d in sorted(self.shipped_dir.iterdir(), key=lambda d: (d.name != DEMO_NAME, d.name)):
                 try:
                     check_checkpoint_dir(d)
                 except CheckpointError:
                     continue
-                out.append(CheckpointChoice(f"shipped: {d.name}", d, self.base_of(d)))
+                out.append(CheckpointChoice(f"shipped: {d.name}", d, self.base_of(d),
+                                            describe_checkpoint(d, demo=d.name == DEMO_NAME)))
         for rec in self.runs.list():
             if rec.kind != "train":
                 continue
             for ck in self.runs.checkpoints(rec):
-                out.append(CheckpointChoice(f"run {rec.id}: {ck.name} ({rec.status})", ck, self.base_of(ck)))
+                out.append(CheckpointChoice(f"run {rec.id}: {ck.name}", ck, self.base_of(ck),
+                                            f"your run ({rec.status}), preset {rec.config.get('preset', '?')}"))
         return out
 
     @staticmethod
@@ -83,7 +118,7 @@ class Studio:
     def resolve_checkpoint(self, choice: str) -> CheckpointChoice:
         """A picker label, or a folder typed by the user (inside the studio's data folder)."""
         for c in self.checkpoints():
-            if choice in (c.label, str(c.path)):
+            if choice in (c.label, c.display, str(c.path)):
                 return c
         path = self.sandbox.resolve(choice, must_exist=True)
         try:
@@ -100,11 +135,18 @@ class Studio:
                 self._gens.move_to_end(key)
                 return self._gens[key]
         gen = load_generator(c.base, c.path)  # outside the lock: loading takes a moment
+        self.base_hash(c.base)  # once per base, with the load: images record it
         with self._gens_lock:
             self._gens[key] = (gen, threading.Lock())
             while len(self._gens) > self.max_cached:
                 self._gens.popitem(last=False)
             return self._gens[key]
+
+    def base_hash(self, base: Path) -> str:
+        key = str(Path(base).resolve())
+        if key not in self._base_hashes:
+            self._base_hashes[key] = pngmeta.folder_hash(base)
+        return self._base_hashes[key]
 
     def table(self, choice: str) -> TokenTable:
         return self.generator(choice)[0].table
@@ -134,10 +176,10 @@ class Studio:
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,
                  guidance: float, negative_prompt: str = "", init_image: Image.Image | None = None,
-                 strength: float = 0.6) -> list[tuple[np.ndarray, str]]:
-        """Images with captions `prompt · seed`; the same call always gives the same images. With
-        `init_image`, every image starts from that picture noised to `strength` (`dive translate`'s
-        img2img) instead of pure noise."""
+                 strength: float = 0.6, action: str = "generate") -> list[GeneratedImage]:
+        """Images with captions `prompt · seed` and the settings each PNG carries; the same call
+        always gives the same images. With `init_image`, every image starts from that picture noised
+        to `strength` (`dive translate`'s img2img) instead of pure noise."""
         if not identities or not cameras or not all(identities) or not all(cameras):
             raise StudioError("pick an identity token and a camera token")
         if init_image is not None and not 0.0 < strength <= 1.0:
@@ -146,6 +188,9 @@ class Studio:
             raise StudioError(f"number of images must be 1..64, got {n}")
         if not 1 <= steps <= 200:
             raise StudioError(f"steps must be 1..200, got {steps}")
+        if not 0 <= seed < 2**63:
+            raise StudioError(f"seed must be 0 .. 2^63-1, got {seed}")
+        c = self.resolve_checkpoint(choice)
         gen, lock = self.generator(choice)
         for t in [*identities, *cameras]:
             try:
@@ -157,31 +202,67 @@ class Studio:
         jobs = req.jobs(gen.table)
         source = None
         if init_image is not None:
-            source = as_rgb(init_image).resize((gen.width, gen.height), Image.Resampling.BICUBIC)
+            source = init_image.convert("RGB").resize((gen.width, gen.height), Image.Resampling.BICUBIC)
         note = f" · from your image, strength {strength:g}" if source is not None else ""
+        common = {"steps": steps, "sampler": pngmeta.SAMPLER, "guidance": guidance, "size": f"{gen.width}x{gen.height}",
+                  "checkpoint": c.label, "checkpoint_hash": gen.checkpoint_hash, "base": c.base.name,
+                  "base_hash": self.base_hash(c.base), "version": pngmeta.version(), "request_seed": str(seed),
+                  "n": n, "action": action, "identities": list(identities), "cameras": list(cameras),
+                  "negative_prompt": negative_prompt, "strength": strength if source is not None else None}
         out = []
         with lock:  # one pipeline, one sampling at a time (its scheduler holds state)
             for i in range(0, len(jobs), 16):
                 batch = jobs[i : i + 16]
                 imgs = gen.render(batch, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                                   init_images=None if source is None else [source] * len(batch), strength=strength)
-                out += [(img, f"{j.prompt} · seed {j.seed}{note}") for j, img in zip(batch, imgs)]
+                for j, img in zip(batch, imgs):
+                    settings = {**common, "prompt": j.prompt, "seed": str(j.seed), "index": j.index,
+                                "identity": j.identity, "camera": j.camera}
+                    out.append(GeneratedImage(img, f"{j.prompt} · seed {j.seed}{note}", settings))
         return out
 
-    def save_images(self, images: list[tuple[np.ndarray, str]], kind: str = "generations") -> tuple[Path, Path]:
-        """Write PNGs + captions.json into a fresh job folder and zip them; returns (folder, zip)."""
+    def save_images(self, images: list[GeneratedImage], kind: str = "generations") -> tuple[Path, Path, list[Path]]:
+        """Write PNGs carrying their settings (`pngmeta`) + captions.json into a fresh job folder and
+        zip them; returns (folder, zip, the PNGs in order)."""
         d = self.sandbox.new_job_dir(kind)
-        captions = {}
-        for k, (img, cap) in enumerate(images):
+        captions, paths = {}, []
+        for k, (img, cap, settings) in enumerate(images):
             name = f"{k:03d}.png"
-            Image.fromarray(img).save(d / name)
+            paths.append(pngmeta.save_png(d / name, img, settings))
             captions[name] = cap
         (d / "captions.json").write_text(json.dumps(captions, indent=2))
         zpath = d.with_suffix(".zip")
         with zipfile.ZipFile(zpath, "w") as z:
             for p in sorted(d.iterdir()):
                 z.write(p, arcname=f"{d.name}/{p.name}")
-        return d, zpath
+        return d, zpath, paths
+
+    def reuse_settings(self, image_path: str | Path) -> dict:
+        """The settings a studio PNG carries, with its checkpoint found here (by picker name, else by
+        content hash): what the Generate form takes back."""
+        try:
+            s = pngmeta.read_settings(image_path)
+        except ValueError as e:
+            raise StudioError(str(e)) from None
+        want = s.get("checkpoint_hash", "")
+        choices = self.checkpoints()
+        found = next((c for c in choices if c.label == s["checkpoint"]), None)
+        if found is not None and want and self.hash_of(found) != want:
+            found = None
+        if found is None and want:
+            found = next((c for c in choices if self.hash_of(c) == want), None)
+        if found is None:
+            raise StudioError(f"{Path(image_path).name}: its checkpoint {s['checkpoint']!r} (hash {want}) "
+                              "is not available in this studio")
+        return {**s, "checkpoint": found.label}
+
+    def hash_of(self, c: CheckpointChoice) -> str:
+        from dive.checkpoint import checkpoint_hash
+
+        key = f"hash:{c.path}"
+        if key not in self._base_hashes:
+            self._base_hashes[key] = checkpoint_hash(c.path)
+        return self._base_hashes[key]
 
     # -- attention --------------------------------------------------------------------------------
     def attention(self, choice: str, identity: str, camera: str, *, seed: int, steps: int, guidance: float,
@@ -204,10 +285,15 @@ class Studio:
         from dive.export import ExportConfig, export_dataset
         from dive.generate.run import GenerateConfig, generate
 
+        if progress:
+            progress(0, 1, "checking the checkpoint's identities against the dataset")
+        if not data:
+            raise StudioError("choose a dataset folder (a SynthVI world inside the studio's data folder)")
         c = self.resolve_checkpoint(choice)
         data_dir = self.sandbox.resolve(data, must_exist=True)
-        job = self.sandbox.new_job_dir("exports")
         gen, lock = self.generator(choice)
+        self.check_identities(c, gen.table, data_dir)
+        job = self.sandbox.new_job_dir("exports")
         gcfg = GenerateConfig(base=c.base, checkpoint=c.path, out=job / "generated", identities=which,
                               min_images=min_images, top_k=top_k, ids=tuple(ids), cameras=",".join(cameras) or "infrared",
                               n=n, seed=seed, steps=steps, guidance=guidance)
@@ -232,6 +318,35 @@ class Studio:
                     z.write(p, arcname=str(p.relative_to(job)))
         return job / "export", zpath, summary
 
+    def check_identities(self, c: CheckpointChoice, table: TokenTable, data_dir: Path) -> None:
+        """Refuse, before any work, a checkpoint whose external identities are not the dataset's:
+        each external identity token must name an identity of the dataset with as many training
+        images as the checkpoint was trained on."""
+        from collections import Counter
+
+        from dive.export.sources import load_inputs
+
+        try:
+            inp = load_inputs(data_dir)
+        except (ValueError, OSError) as e:
+            raise StudioError(f"{self.sandbox.relative(data_dir)}: not an exportable dataset ({e})") from None
+        have = Counter((r.dataset, r.pid) for r in inp.external_records if r.split == "train" and r.pid > 0)
+        def external(t) -> bool:
+            try:
+                return table.is_external(t.dataset)
+            except CheckpointError:  # an older table: anything but the VI set's own ids
+                return t.dataset != inp.vi_dataset
+
+        ext = [t for t in table.identities if external(t)]
+        bad = [t for t in ext if have.get((t.dataset, t.pid), 0) != t.images]
+        if bad:
+            t = bad[0]
+            where = self.sandbox.relative(data_dir)
+            raise StudioError(
+                f"{c.label} was trained on other identities than {where}: {len(bad)} of its {len(ext)} external "
+                f"identity tokens do not match (e.g. {t.dataset} #{t.pid:04d}: {t.images} training images in the "
+                f"checkpoint, {have.get((t.dataset, t.pid), 0)} in {where}); choose the dataset it was trained on")
+
     # -- training runs ------------------------------------------------------------------------------
     def worlds(self) -> list[str]:
         """SynthVI worlds inside the data folder (relative paths)."""
@@ -240,12 +355,20 @@ class Studio:
 
     def ensure_quick_world(self) -> Path:
         """A small SynthVI world for the quick preset (built once, in seconds)."""
-        from dive.cli import main as dive_main
+        from dive.data.synthvi.build import SynthConfig, build_world
 
         out = self.sandbox.root / "worlds" / "quick"
         if not (out / "synthvi.json").exists():
-            dive_main(["data", "synth", "--out", str(out), "--seed", "0", "--force", *QUICK_WORLD])
+            build_world(SynthConfig(out=out, seed=0, force=True, **QUICK_WORLD), progress=False)
         return out
+
+    def resume_run(self, run_id: int):
+        from dive.studio.runs import RunStateError
+
+        try:
+            return self.runs.resume(int(run_id))
+        except (RunStateError, KeyError) as e:
+            raise StudioError(str(e).strip("'\"")) from None
 
     def launch_training(self, *, preset: str, data: str | None, base: str | None, steps: int | None,
                         seed: int = 0, rank: int | None = None, lr: float | None = None):
