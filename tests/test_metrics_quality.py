@@ -12,9 +12,10 @@ from PIL import Image
 from dive.cli import main
 from dive.data.registry import load_dataset
 from dive.metrics.features import FIDInceptionV3, ReIDFeatures, load_fid_inception
-from dive.metrics.quality import (MetricsConfig, distance_stats, frechet_distance, frechet_distance_features,
-                                  plot_distance_histograms, plot_tsne, quality_report, retrieval_metrics,
-                                  tsne_embedding)
+from dive.metrics.frechet import frechet_distance, frechet_distance_features
+from dive.metrics.identity import distance_stats, retrieval_metrics
+from dive.metrics.plots import plot_distance_histograms, plot_tsne, tsne_embedding
+from dive.metrics.quality import MetricsConfig, quality_report
 from dive.reid.run import ReIDDataConfig, load_reid_data
 from dive.reid.train import ReIDTrainConfig, train_reid
 

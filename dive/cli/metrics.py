@@ -9,7 +9,8 @@ from dive.utils.config import add_dataclass_arguments, dataclass_from_args
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from dive.metrics.quality import MetricsConfig, quality_report, summary_lines
+    from dive.metrics.markdown import summary_lines
+    from dive.metrics.quality import MetricsConfig, quality_report
 
     cfg = dataclass_from_args(MetricsConfig, args)
     report = quality_report(cfg)
