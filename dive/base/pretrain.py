@@ -1,3 +1,4 @@
+# size: the three pretraining stages (VAE, text encoder, UNet) share one config, log and resume scheme
 """`dive base pretrain`: train the tiny SD-architecture base from scratch on the captioned web pool.
 
 Three stages, each resumable from its last checkpoint:

@@ -1,3 +1,4 @@
+# size: one trainer class (model setup, step, checkpoint, exact resume) that reads best whole; packaging beside it
 """`dive train`: DiVE fine-tuning of any diffusers SD-1.x folder.
 
 Trainable: one embedding row per identity token (textual inversion; added to tokenizer and
