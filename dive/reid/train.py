@@ -229,13 +229,19 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TwoStreamReID, dict]:
 
 @contextmanager
 def _runtime(cfg: ReIDTrainConfig) -> Iterator[None]:
-    prev_det = torch.are_deterministic_algorithms_enabled()
+    """Threads and determinism for the run. Deterministic runs also leave oneDNN (mkldnn) off: its CPU
+    convolutions are outside `use_deterministic_algorithms` (torch 2.13: runs on 2 threads differed
+    from the first batches on, and the backward corrupted the heap on 1 thread); torch's own kernels
+    give the same bytes on every thread count tried (1, 2)."""
+    prev_det, prev_onednn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     with torch_threads(cfg.threads):
         torch.use_deterministic_algorithms(bool(cfg.deterministic))
+        torch.backends.mkldnn.enabled = prev_onednn and not cfg.deterministic
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(prev_det)
+            torch.backends.mkldnn.enabled = prev_onednn
 
 
 class _Log:
