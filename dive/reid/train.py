@@ -5,6 +5,7 @@
     config.json         the ReIDTrainConfig (+ caller metadata: data source, train set)
     log.jsonl           one line per `log_every` iterations and one per epoch (loss, lr, accuracy, val)
     last.safetensors    weights after the latest epoch (+ last.json), rewritten every epoch
+    last.state.safetensors  what a rerun after a kill resumes from (dive.reid.resume)
     model.safetensors   the selected weights (+ model.json: spec, config, label map, epoch, timing)
 
 Every file is written atomically (temp file + rename). Model selection never looks at the test
@@ -55,6 +56,7 @@ from safetensors.torch import load_file, save_file
 
 from dive.data.records import Modality, Record
 from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
+from dive.reid import resume
 from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
 from dive.reid.model import ARCHS, ModelSpec, TwoStreamReID, build_model, count_parameters
 from dive.reid.sampler import IdentitySampler
@@ -245,10 +247,10 @@ def _runtime(cfg: ReIDTrainConfig) -> Iterator[None]:
 
 
 class _Log:
-    """Append-only JSONL loss log (one json object per line, flushed)."""
+    """Append-only JSONL loss log (one json object per line, flushed); `append` continues a resumed run's."""
 
-    def __init__(self, path: Path):
-        self.f = open(path, "w", encoding="utf-8")
+    def __init__(self, path: Path, append: bool = False):
+        self.f = open(path, "a" if append else "w", encoding="utf-8")
 
     def write(self, row: dict) -> None:
         self.f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -256,16 +258,6 @@ class _Log:
 
     def close(self) -> None:
         self.f.close()
-
-
-def _prepare_run_dir(cfg: ReIDTrainConfig) -> Path:
-    run = cfg.run_dir
-    if run.exists() and not run.is_dir():
-        raise FileExistsError(f"{run}: exists and is not a folder")
-    if run.is_dir() and any((run / n).exists() for n in ("config.json", "model.json", "log.jsonl")) and not cfg.force:
-        raise FileExistsError(f"{run}: already holds a ReID run; choose another --out or pass --force")
-    run.mkdir(parents=True, exist_ok=True)
-    return run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +275,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
     """
     if not train_records:
         raise ValueError("no training records")
-    run = _prepare_run_dir(cfg)
+    run = resume.prepare_run_dir(cfg.run_dir, cfg.force)
     t_start = time.perf_counter()
     write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {},
                                      "resolved": {"triplet": cfg.triplet_kind, "channel_aug": cfg.use_channel_aug}})
@@ -326,12 +318,30 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         n_batches = len(sampler)
         total = cfg.epochs * n_batches
 
-        log = _Log(run / "log.jsonl")
+        fingerprint = resume.fingerprint(config_to_dict(cfg), label_list, [str(r.path) for r in records],
+                                         y_all.tolist(), meta or {})
+        best: tuple[float, int, dict] | None = None
+        history: list[dict] = []
+        start_epoch, it, val_seconds, seconds_before = 0, 0, 0.0, 0.0
+        saved = resume.read_state(run)
+        if saved is not None:
+            tensors, state = saved
+            differ = resume.differences(state["fingerprint"], fingerprint)
+            if differ:
+                raise ValueError(f"{run / resume.STATE_FILE}: an unfinished run with other settings or data "
+                                 f"({', '.join(differ)} differ); rerun it as it was, use another --out, or pass --force")
+            best_state = resume.restore(tensors, state, model, opt, gen)
+            if best_state is not None:
+                best = (state["best_key"], state["best_epoch"], best_state)
+            start_epoch, it, history = state["epoch"], state["iter"], state["history"]
+            val_seconds, seconds_before = state["val_seconds"], state["train_seconds"]
+            resume.trim_log(run / "log.jsonl", it)
+        log = _Log(run / "log.jsonl", append=saved is not None)
         bar = None
         if cfg.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, desc=f"reid {cfg.method}", unit="batch")
+            bar = tqdm(total=total, initial=start_epoch * n_batches, desc=f"reid {cfg.method}", unit="batch")
         base_meta = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_spec": spec.to_dict(),
             "config": config_to_dict(cfg), "meta": meta or {}, "identity_key": cfg.identity_key,
@@ -340,13 +350,9 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
             "visible_only_ids": sampler.visible_only_ids, "batches_per_epoch": n_batches,
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
         }
-        best: tuple[float, int, dict] | None = None
-        history: list[dict] = []
-        it = 0
-        val_seconds = 0.0
-        t_train = time.perf_counter()
+        t_train = time.perf_counter() - seconds_before  # a resumed run counts the time of the runs before it
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(start_epoch, cfg.epochs):
                 sums = {"loss": 0.0, "loss_id": 0.0, "loss_tri": 0.0, "acc_id": 0.0, "acc_tri": 0.0, "n": 0}
                 t_epoch = time.perf_counter()
                 for b, batch in enumerate(sampler.epoch(epoch)):
@@ -414,6 +420,10 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                 log.write(row)
                 save_checkpoint(run / "last", model, dict(base_meta, epoch=epoch + 1, selected_by="last",
                                                           history=history))
+                resume.save_state(run, model, opt, gen, best[2] if best else None, {
+                    "epoch": epoch + 1, "iter": it, "history": history, "val_seconds": val_seconds,
+                    "train_seconds": time.perf_counter() - t_train, "fingerprint": fingerprint,
+                    "best_key": best[0] if best else None, "best_epoch": best[1] if best else None})
         finally:
             if bar is not None:
                 bar.close()
