@@ -78,6 +78,12 @@ def test_bench_row_refuses_a_source_it_cannot_read(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match=f"{empty}: expected a synthetic folder"):
         bench_row(BenchRowConfig(source=str(empty), out=bench.out, name="empty"))
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    _finished_bench(tmp_path / "no-camera", checkpoint=None)  # a quick bench, its camera checkpoint deleted
+    with pytest.raises(ValueError, match="recipe of the bench's per-camera DiVE checkpoint"):
+        bench_row(BenchRowConfig(source=str(base), out=tmp_path / "no-camera" / "bench", name="other-base"))
     (bench.out / "bench.json").write_text("{}")
     with pytest.raises(ValueError, match="bench.json: expected the bench's bench.json"):
         bench_row(BenchRowConfig(source="baseline", out=bench.out))
@@ -109,3 +115,40 @@ def test_bench_progress_prints_the_finished_rows_and_the_claim_check(tmp_path, c
 
     assert main(["bench-progress", "--folders", str(tmp_path)]) == 2
     assert "expected a bench folder with a reid/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_base_row_trains_with_the_benchs_recipe_then_generates_and_exports(micro_base, micro_dive_run,
+                                                                            tiny_world_dir, tmp_path):
+    """A base SRC: DiVE trained on it with the per-camera checkpoint's recipe (at the row's training
+    seed), drawn at the bench's generation settings, exported as the bench exports; a rerun reuses all."""
+    from dive.bench.rows import BenchRowConfig, row_settings, row_training_set
+    from dive.bench.stages import variant_recipe
+    from dive.checkpoint import training_config
+
+    camera = micro_dive_run / "final"
+    bench = BenchConfig(out=tmp_path / "bench", data=tiny_world_dir, checkpoint=camera, min_images=3, n_per_camera=1,
+                        gen_steps=2, threads=1, quick=True)
+    bench.out.mkdir()
+    (bench.out / "bench.json").write_text(json.dumps({"config": config_to_dict(bench)}))
+    cfg = BenchRowConfig(source=str(micro_base), out=bench.out, name="dive-other-base", train_seed=1)
+    data, fmt = row_training_set(cfg, row_settings(cfg))
+    assert (data, fmt) == (bench.out / "exports" / "dive-other-base", "sysu_mm01")
+    trained = training_config(bench.out / "dive" / "dive-other-base" / "final")
+    assert trained["seed"] == 1 and Path(trained["base"]) == micro_base
+    assert {k: trained[k] for k in variant_recipe(camera)} == config_to_dict_values(variant_recipe(camera))
+    manifest = bench.out / "synthetic" / "dive-other-base" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert rows and {r["pid"] for r in rows} and (data / "export.json").is_file()
+    image, trained_file = manifest.parent / rows[0]["path"], bench.out / "dive" / "dive-other-base" / "final" / "dive.json"
+    before = (manifest.read_text(), image.stat().st_mtime_ns, trained_file.stat().st_mtime_ns)
+    row_training_set(cfg, row_settings(cfg))  # nothing retrained or redrawn
+    assert (manifest.read_text(), image.stat().st_mtime_ns, trained_file.stat().st_mtime_ns) == before
+    # another checkpoint under a name already drawn: refused, not mixed into that row's images
+    other = BenchRowConfig(source=str(camera), out=bench.out, name="dive-other-base")
+    with pytest.raises(ValueError, match="generated with other settings"):
+        row_training_set(other, row_settings(other))
+
+
+def config_to_dict_values(recipe: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 from dive import defaults
 from dive.bench.config import BenchConfig
 from dive.bench.jobs import finished_report, parse_reid_run_name, reid_recipe, reid_run_dir, run_reid_jobs
-from dive.bench.stages import export_source, generate_source, log
+from dive.bench.stages import export_source, generate_source, log, variant_recipe
 from dive.bench.tables import _cell, claim_check
 
 #: SRC values that name a reference row rather than a folder
@@ -32,6 +32,8 @@ class BenchRowConfig:
     source: str = field(metadata={
         "help": "the row's images: a synthetic folder (images + manifest.jsonl: any generator, a baseline, a "
                 "control), a DiVE checkpoint folder (generated at the bench's settings into OUT/synthetic/NAME), "
+                "a diffusers base folder (a DiVE checkpoint trained on it first, in OUT/dive/NAME, with the recipe "
+                "of the bench's per-camera checkpoint), "
                 "`baseline` (the VI set alone) or `external-rgb` (the external ids' visible images only)"})
     out: Path = field(default=defaults.RUNS / "bench", metadata={
         "help": "the bench folder the row goes beside (its bench.json gives the settings)"})
@@ -50,6 +52,8 @@ class BenchRowConfig:
         "help": "DiVE checkpoint SRC only: guidance scale (None: the bench's)"})
     gen_seed: int | None = field(default=None, metadata={
         "help": "DiVE checkpoint SRC only: generation seed (None: the bench's)"})
+    train_seed: int = field(default=0, metadata={
+        "help": "base-model SRC only: DiVE training seed (0: the demo's)"})
     workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
 
     def __post_init__(self) -> None:
@@ -87,6 +91,28 @@ def row_settings(cfg: BenchRowConfig) -> BenchConfig:
     return dataclasses.replace(bench, **changes)
 
 
+def train_on_base(bench: BenchConfig, base: Path, run: Path, seed: int) -> Path:
+    """A DiVE checkpoint trained on `base` with the recipe of the bench's per-camera checkpoint (its
+    dive.json, as the bench trains its ablations), in `run`; resumes a stopped run, reuses a finished one."""
+    from dive.checkpoint import check_checkpoint_dir
+    from dive.train.trainer import DiVETrainConfig, train_dive
+
+    # the per-camera checkpoint the bench was given, else the one it trained itself
+    camera = next((c for c in (bench.checkpoint, bench.out / "dive" / "camera" / "final")
+                   if c is not None and (c / "dive.json").exists()), None)
+    if camera is None:
+        raise ValueError(f"{bench.out}: a base SRC trains with the recipe of the bench's per-camera DiVE checkpoint; "
+                         f"expected one at {bench.checkpoint} or {bench.out / 'dive' / 'camera' / 'final'}")
+    if not (run / "final" / "dive.json").exists():
+        recipe = variant_recipe(camera)
+        steps = recipe.get("steps", bench.dive_steps)
+        log(f"training DiVE on {base} with {camera}'s recipe ({steps} steps, seed {seed}) in {run}")
+        train_dive(DiVETrainConfig(**recipe, base=base, data=bench.data, out=run, min_images=bench.min_images,
+                                   seed=seed, threads=bench.threads, save_every=max(1, min(500, steps)),
+                                   preview_every=0), progress=not bench.quick)
+    return check_checkpoint_dir(run / "final")
+
+
 def row_training_set(cfg: BenchRowConfig, bench: BenchConfig) -> tuple[Path, str]:
     """(training data, format) of the row: the VI set, or an export made as the bench makes its own."""
     if cfg.source == "baseline":
@@ -97,12 +123,16 @@ def row_training_set(cfg: BenchRowConfig, bench: BenchConfig) -> tuple[Path, str
     if (src / "dive.json").exists():
         from dive.checkpoint import check_checkpoint_dir
 
-        folder = generate_source(bench, check_checkpoint_dir(src), bench.out / "synthetic" / cfg.name)
+        # a folder already drawn under this name by another checkpoint is refused by `dive generate`
+        folder = generate_source(bench, check_checkpoint_dir(src), bench.out / "synthetic" / cfg.name, check_done=True)
+    elif (src / "model_index.json").exists():
+        checkpoint = train_on_base(bench, src, bench.out / "dive" / cfg.name, cfg.train_seed)
+        folder = generate_source(bench, checkpoint, bench.out / "synthetic" / cfg.name, check_done=True)
     elif (src / "manifest.jsonl").exists():
         folder = src
     else:
         raise ValueError(f"{src}: expected a synthetic folder (manifest.jsonl), a DiVE checkpoint (dive.json), "
-                         f"or one of {', '.join(REFERENCE_ROWS)}")
+                         f"a diffusers base (model_index.json), or one of {', '.join(REFERENCE_ROWS)}")
     return export_source(bench, cfg.name, folder), "sysu_mm01"
 
 

@@ -139,13 +139,14 @@ def _generation_done(out: Path) -> bool:
     return (out / "manifest.jsonl").exists() and (out / "generate.json").exists()
 
 
-def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path) -> Path:
-    """`dive generate` of one DiVE checkpoint at the bench's settings into `out` (reused when done);
-    the checkpoint renders on the base it was trained on (its dive.json): shipped ones may predate
-    the current base."""
+def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: bool = False) -> Path:
+    """`dive generate` of one DiVE checkpoint at the bench's settings into `out` (reused when done;
+    with `check_done`, a finished folder is handed to `generate` too, which refuses one made by
+    another checkpoint or settings); the checkpoint renders on the base it was trained on (its
+    dive.json): shipped ones may predate the current base."""
     from dive.generate.run import GenerateConfig, generate
 
-    if not _generation_done(out):
+    if check_done or not _generation_done(out):
         log(f"generating with {checkpoint} -> {out}")
         with torch_threads(cfg.threads):
             generate(GenerateConfig(checkpoint=checkpoint, out=out, min_images=cfg.min_images, n=cfg.n_per_camera,
@@ -276,7 +277,8 @@ def export_source(cfg: BenchConfig, name: str, folder: Path | None) -> Path:
 
     out = cfg.out / "exports" / name
     if folder is None:
-        export_dataset(ExportConfig(data=cfg.data, out=out, external_ids="all", min_external_images=cfg.min_images),
+        export_dataset(ExportConfig(data=cfg.data, out=out, external_ids="all", min_external_images=cfg.min_images,
+                                    allow_single_modality=True),  # visible-only by design
                        progress=False)
         return out
     if not (out / "export.json").exists():
