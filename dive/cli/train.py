@@ -26,7 +26,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
     from dive.train.trainer import package_checkpoint
 
-    print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16, base_name=args.base_name)}")
+    print(f"packaged: {package_checkpoint(args.src, args.dst, lora_dtype=torch.float32 if args.float32 else torch.float16, base_name=args.base_name, overwrite=args.overwrite)}")
     return 0
 
 
@@ -49,7 +49,9 @@ def _register_train(sub) -> None:
 def _register_package(sub) -> None:
     p = sub.add_parser("package", help="copy a run's checkpoint without training state, with reference images")
     p.add_argument("src", type=Path, help="a run's checkpoint-N or final folder")
-    p.add_argument("dst", type=Path, help="where to write the shippable checkpoint")
+    p.add_argument("dst", type=Path, help="where to write the shippable checkpoint: a new or empty folder")
+    p.add_argument("--overwrite", action="store_true", help="replace DST when it holds a DiVE checkpoint (written beside "
+                   "it, then renamed into place); anything else in DST is never replaced")
     p.add_argument("--float32", action="store_true", help="keep the LoRA weights in float32 (default: float16, half the size)")
     p.add_argument("--base-name", default=None, help="name this base folder in dive.json instead of the one it trained on "
                    "(e.g. a shipped copy, repository-relative: checkpoints/NAME); refused unless its weights are identical")

@@ -38,6 +38,7 @@ from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import cast_safetensors, load_rgb, load_rgb_tensor, require_safetensors, save_image, write_json
 from dive.utils.state import (
     latest_checkpoint,
+    new_dir_beside,
     prune_checkpoints,
     read_training_state,
     save_training_state,
@@ -538,11 +539,9 @@ class DiVETrainer:
                 break
         final = latest_checkpoint(self.run_dir)
         if acc.is_main_process and final is not None and int(final.name.split("-")[1]) == cfg.steps:
-            dst = self.run_dir / "final"
-            if dst.exists():
-                shutil.rmtree(dst)
-            shutil.copytree(final, dst, ignore=shutil.ignore_patterns("state.*"))
-            write_references(dst, self.ts)
+            with new_dir_beside(self.run_dir / "final") as tmp:  # replaces the run's own final/ atomically
+                shutil.copytree(final, tmp, ignore=shutil.ignore_patterns("state.*"), dirs_exist_ok=True)
+                write_references(tmp, self.ts)
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir / "final"
@@ -611,14 +610,16 @@ def _same_base_weights(trained: Path, named: Path) -> list[str]:
 
 
 def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = torch.float16,
-                       base_name: str | Path | None = None) -> Path:
+                       base_name: str | Path | None = None, overwrite: bool = False) -> Path:
     """Copy a run's checkpoint-N (or final) without its training state, adding reference images:
     the form in which checkpoints are shipped. The training data named in its dive.json must be at hand.
     The UNet LoRA files are stored as `lora_dtype` (default float16, half the size; None keeps
     float32): `load_lora_weights` casts them to the UNet's dtype on loading. `base_name`: write this
     path as the checkpoint's base in dive.json (a shipped copy of the base it trained on, named
     relative to the repository so the checkpoint finds it on any machine); refused unless its
-    weights are byte-identical to the trained base's."""
+    weights are byte-identical to the trained base's. `dst` must be new, empty, or (with
+    `overwrite`) an earlier DiVE checkpoint, which is replaced atomically: the package is written
+    beside it, renamed into place, and only then is the old one removed."""
     from dive.checkpoint import (INFRARED_LORA_FILE, LORA_FILE, META_FILE, check_checkpoint_dir, find_base, trained_base,
                                  training_config)
 
@@ -639,20 +640,46 @@ def package_checkpoint(src: Path, dst: Path, lora_dtype: torch.dtype | None = to
     ts = training_set_from_config(cfg)
     if not ts.table.describes_same_tokens(TokenTable.load(src / TOKENS_FILE)):
         raise ValueError(f"{src}: its token table does not match the data in its dive.json ({cfg['data']})")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("state.*"))
-    ts.table.save(dst / TOKENS_FILE)  # the table rebuilt from the data: an older run's gains infrared_datasets
-    if lora_dtype is not None:
-        for name in (LORA_FILE, INFRARED_LORA_FILE):
-            if (dst / name).exists():
-                cast_safetensors(dst / name, lora_dtype)
-    write_references(dst, ts)
-    if base_name is not None:
-        meta = json.loads((dst / META_FILE).read_text())
-        meta["base"] = str(base_name)  # config.base keeps the path it trained on
-        write_json(dst / META_FILE, meta)
-    return check_checkpoint_dir(dst)
+    check_package_destination(src, dst, overwrite)
+    with new_dir_beside(dst) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("state.*"), dirs_exist_ok=True)
+        ts.table.save(tmp / TOKENS_FILE)  # the table rebuilt from the data: an older run's gains infrared_datasets
+        if lora_dtype is not None:
+            for name in (LORA_FILE, INFRARED_LORA_FILE):
+                if (tmp / name).exists():
+                    cast_safetensors(tmp / name, lora_dtype)
+        write_references(tmp, ts)
+        if base_name is not None:
+            meta = json.loads((tmp / META_FILE).read_text())
+            meta["base"] = str(base_name)  # config.base keeps the path it trained on
+            write_json(tmp / META_FILE, meta)
+        check_checkpoint_dir(tmp)
+    return dst
+
+
+def check_package_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse a `dive package` destination whose contents the command did not write: SRC itself, a
+    folder holding SRC, a folder inside SRC, a file, or a non-empty folder that is not a DiVE
+    checkpoint; a DiVE checkpoint is replaced only with `overwrite`."""
+    from dive.checkpoint import is_checkpoint_dir
+
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if d == s or d in s.parents:
+        raise FileExistsError(f"{dst}: is the checkpoint being packaged or a folder holding it ({src}); "
+                              "package into a new folder")
+    if s in d.parents:
+        raise FileExistsError(f"{dst}: lies inside the checkpoint being packaged ({src}); package into a new folder")
+    if not dst.exists() and not dst.is_symlink():
+        return
+    if not dst.is_dir() or dst.is_symlink():
+        raise FileExistsError(f"{dst}: exists and is not a folder; package into a new folder")
+    if not any(dst.iterdir()):
+        return
+    if not is_checkpoint_dir(dst):
+        raise FileExistsError(f"{dst}: not empty and not a DiVE checkpoint; refusing to replace it "
+                              "(package into a new or empty folder)")
+    if not overwrite:
+        raise FileExistsError(f"{dst}: already holds a DiVE checkpoint; pass --overwrite to replace it")
 
 
 def train_dive(cfg: DiVETrainConfig, progress: bool = True) -> Path:

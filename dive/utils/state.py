@@ -7,10 +7,13 @@ written before its JSON, whose presence marks a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -112,6 +115,32 @@ def latest_checkpoint(run_dir: str | Path, prefix: str = "checkpoint-") -> Path 
         if (p / "state.json").exists() and step > best_step:
             best, best_step = p, step
     return best
+
+
+@contextlib.contextmanager
+def new_dir_beside(dst: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `dst` to write a whole folder into. On success it takes
+    `dst`'s place: the previous `dst` (if any) is moved aside, the new folder renamed into place,
+    and only then the previous one removed. On an error the new folder is removed and `dst` is
+    left as it was. Callers decide whether `dst` may be replaced."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".new", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; give the mode a normal mkdir would
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int, prefix: str = "checkpoint-") -> None:
