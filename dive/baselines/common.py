@@ -35,6 +35,7 @@ from dive.checkpoint import identity_token_name
 from dive.data.records import Modality, Record
 from dive.data.registry import EXTERNAL_FORMATS, detect_format, load_dataset, load_external
 from dive.utils.io import load_rgb, write_json, write_text
+from dive.utils.lock import LOCK_FILE
 
 SYSU_INFRARED = (3, 6)
 SETTINGS_FILE = "generate.json"  # the name `dive.export.sources.read_synthetic_source` reads
@@ -205,7 +206,7 @@ def prepare_out(out: Path, settings: dict, protected: list[Path], force: bool) -
     if Path(out).exists():
         if not Path(out).is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
-        if any(Path(out).iterdir()):
+        if any(p.name != LOCK_FILE for p in Path(out).iterdir()):  # the run's own lock does not count
             try:
                 old = json.loads(settings_path.read_text())
             except (OSError, json.JSONDecodeError):

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from dive.utils.io import atomic_path, load_rgb, write_json, write_text
+from dive.utils.lock import LOCK_FILE
 
 EXPORT_VERSION = 1
 DONE_FILE = "export.json"  # written last: marks a complete export
@@ -160,7 +161,7 @@ def prepare_out(out: Path, settings: dict, force: bool) -> dict | None:
         if not out.is_dir():
             raise FileExistsError(f"{out}: exists and is not a folder")
         done, partial = _read_json(out / DONE_FILE), _read_json(out / PARTIAL_FILE)
-        if done is None and partial is None and any(out.iterdir()):
+        if done is None and partial is None and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise FileExistsError(f"{out}: not empty and not a `dive export` folder; choose a new --out")
         old = (partial or done or {}).get("settings")
         if old is not None and old != settings and not force:
@@ -178,7 +179,7 @@ def prune(out: Path, keep: set[str]) -> int:
         d = Path(dirpath)
         for name in filenames:
             rel = (d / name).relative_to(out).as_posix()
-            if rel not in keep:
+            if rel not in keep and rel != LOCK_FILE:
                 (d / name).unlink()
                 removed += 1
         if d != out and not any(d.iterdir()):

@@ -58,6 +58,7 @@ from dive.export.files import (AGW_FILES, DONE_FILE, EXPORT_VERSION, LLCM_FILES,
 from dive.export.sources import ExportInputs, SyntheticSource, load_inputs, read_synthetic_source, relpath_in
 from dive.utils.config import config_to_dict
 from dive.utils.io import load_rgb, write_bytes, write_json, write_text
+from dive.utils.lock import output_lock
 
 SYSU_VISIBLE = (1, 2, 4, 5)
 SYSU_INFRARED = (3, 6)
@@ -286,7 +287,15 @@ def _settings(cfg: ExportConfig) -> dict:
 
 def export_dataset(cfg: ExportConfig, *, progress: bool = True, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write (or complete) the export; returns a summary (`complete` False when stopped)."""
+    """Write (or complete) the export; returns a summary (`complete` False when stopped). Holds the
+    output folder's lock."""
+    check_output(Path(cfg.out), [Path(cfg.data), *([Path(cfg.external)] if cfg.external else []), *cfg.synthetic])
+    with output_lock(cfg.out):  # taken once the output is known to be no input
+        return _export(cfg, progress, should_stop, on_progress)
+
+
+def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] | None,
+            on_progress: Callable[[int, int], None] | None) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     inp = load_inputs(cfg.data, cfg.format, cfg.external, cfg.external_format)

@@ -29,6 +29,7 @@ from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.utils.config import config_to_dict
 from dive.utils.io import save_image, write_json, write_text
+from dive.utils.lock import output_lock
 
 
 @dataclass
@@ -118,9 +119,15 @@ def _end_partial_row(shard: Path) -> None:
 
 def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progress: bool = True,
              rank: int | None = None, world: int | None = None, on_batch=None, should_stop=None) -> Path:
-    """Run (or resume) a generation job; returns the output folder."""
+    """Run (or resume) a generation job; returns the output folder. Rank 0 holds the folder's lock."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    with output_lock(cfg.out, enabled=rank == 0):
+        return _generate(cfg, generator, progress, rank, world, on_batch, should_stop)
+
+
+def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, rank: int, world: int, on_batch,
+              should_stop) -> Path:
     if generator is None:
         cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
     elif cfg.base is None:  # the caller's generator is what renders; record its checkpoint's base if at hand

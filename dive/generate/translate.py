@@ -33,6 +33,7 @@ from dive.checkpoint import checkpoint_hash, resolve_base
 from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import Generator, ImageJob, image_seed, load_generator
 from dive.utils.io import save_image
+from dive.utils.lock import output_lock
 
 BASELINE_NAME = "dive-translate"
 
@@ -61,7 +62,12 @@ class TranslateConfig(BaselineSelection):
 
 
 def translate(cfg: TranslateConfig, *, generator: Generator | None = None, progress: bool = True) -> Path:
-    """Write (or complete) the translated folder; returns it."""
+    """Write (or complete) the translated folder; returns it. Holds the folder's lock."""
+    with output_lock(cfg.out):
+        return _translate(cfg, generator, progress)
+
+
+def _translate(cfg: TranslateConfig, generator: Generator | None, progress: bool) -> Path:
     base = resolve_base(cfg.checkpoint, cfg.base) if generator is None else (cfg.base or generator.base)
     gen = generator or load_generator(base, cfg.checkpoint, device=cfg.device)
     table = gen.table

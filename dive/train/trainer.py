@@ -46,6 +46,7 @@ from dive.utils.state import (
     truncate_log,
     warmup_cosine,
 )
+from dive.utils.lock import output_lock
 from dive.utils.threads import torch_threads
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -484,7 +485,8 @@ class DiVETrainer:
         return torch.where(self._detach_mask.to(output.device)[..., None], output.detach(), output)
 
     def train(self) -> Path:
-        with torch_threads(self.cfg.threads):
+        """Run (or resume) the training; the main process holds the run folder's lock meanwhile."""
+        with torch_threads(self.cfg.threads), output_lock(self.run_dir, enabled=self.accelerator.is_main_process):
             return self._train()
 
     def _train(self) -> Path:
