@@ -227,7 +227,8 @@ def test_refuses_to_write_into_or_around_an_input(world, syn_dir, tmp_path):
 
 def test_other_settings_need_force_and_leave_no_stale_files(world, syn_dir, tmp_path):
     out = tmp_path / "exp"
-    first = export_dataset(ExportConfig(data=world["root"], out=out, synthetic=(syn_dir,), external_ids="all"),
+    first = export_dataset(ExportConfig(data=world["root"], out=out, synthetic=(syn_dir,), external_ids="all",
+                                        allow_single_modality=True),
                            progress=False)
     assert first["counts"]["new_ids"] == len(world["ext_ids"])
     cfg = ExportConfig(data=world["root"], out=out, synthetic=(syn_dir,))

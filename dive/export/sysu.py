@@ -100,6 +100,9 @@ class ExportConfig:
     agw_width: int = field(default=144, metadata={"help": "AGW array image width"})
     llcm_idx: bool = field(default=False, metadata={"help": "also write LLCM-style idx/train_vis.txt, idx/train_nir.txt"})
     force: bool = field(default=False, metadata={"help": "replace a previous export in --out made with other settings"})
+    allow_single_modality: bool = field(default=False, metadata={
+        "help": "export added ids that end with images of one modality only (visible-only external ids of "
+                "--external-ids all, infrared-only ids of --no-external-images); refused otherwise, naming them"})
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
@@ -175,6 +178,8 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
 
     syn_keys: set[tuple[str, int]] = set()
     tokens: dict[tuple[str, int], str] = {}
+    ext_known = {(r.dataset, r.pid) for r in inp.external_records}
+    unknown: dict[Path, set[int]] = defaultdict(set)  # manifest -> external ids the external dataset lacks
     for src in sources:
         for row in src.rows:
             key = (row.dataset, row.pid)
@@ -189,11 +194,18 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
                 raise ValueError(f"{where}: identity dataset {row.dataset!r} is not an input of this export "
                                  f"({', '.join(known)}); pass its external dataset with --external"
                                  + (" (or the SynthVI world root as --data)" if inp.vi_format != "synthvi" else ""))
+            elif key not in ext_known:
+                unknown[src.root / "manifest.jsonl"].add(row.pid)
             else:
                 syn_keys.add(key)
             if row.meta.get("identity_token") and key not in tokens:
                 tokens[key] = str(row.meta["identity_token"])
 
+    if unknown:
+        where, pids = next(iter(unknown.items()))
+        raise ValueError(f"{where}: synthetic images of {inp.external_dataset} ids that its dataset does not have "
+                         f"({_id_list(pids)}); they would become labels without a real image"
+                         + (f" (and {len(unknown) - 1} more manifest(s))" if len(unknown) > 1 else ""))
     selected = set(syn_keys)
     if cfg.external_ids == "all" and cfg.external_images:  # without their images they would be empty ids
         selected |= {k for k, recs in ext_by_key.items() if len(recs) >= cfg.min_external_images}
@@ -267,6 +279,8 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     if any(len(it.keep_stem) > 4 for it in items):
         raise ValueError("a camera folder would hold more than 9999 images (SYSU names files with 4 digits)")
 
+    if not cfg.allow_single_modality:
+        _refuse_single_modality(items, new_ids)
     labelled = sorted({it.row["pid"] for it in items if it.row["split"] in cfg.label_splits})
     labels = {pid: i for i, pid in enumerate(labelled)}
     for it in items:
@@ -277,8 +291,30 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     return ExportPlan(items, split_ids, new_ids, tokens, cam_map, labels)
 
 
+def _id_list(pids, limit: int = 12) -> str:
+    pids = sorted(pids)
+    shown = ", ".join(str(p) for p in pids[:limit])
+    return f"{len(pids)} id{'s' if len(pids) > 1 else ''}: {shown}" + (", ..." if len(pids) > limit else "")
+
+
+def _refuse_single_modality(items: list[_Item], new_ids: dict[tuple[str, int], int]) -> None:
+    """Refuse added ids whose exported images would all be of one modality (a VI-ReID sampler
+    needs both for every training id), naming them by their source ids."""
+    modalities: dict[int, set[str]] = defaultdict(set)
+    for it in items:
+        modalities[it.row["pid"]].add(it.row["modality"])
+    one = {m: [key for key, nid in new_ids.items() if modalities[nid] == {m}] for m in ("visible", "infrared")}
+    parts = [f"{m} only: {key_list}" for m, keys in one.items() if keys
+             for key_list in [f"{keys[0][0]} " + _id_list(k[1] for k in keys)]]
+    if parts:
+        raise ValueError(f"export would add ids with images of one modality only ({'; '.join(parts)}); give them "
+                         "synthetic images of the other modality, leave them out (--external-ids synthetic), or pass "
+                         "--allow-single-modality")
+
+
 def _settings(cfg: ExportConfig) -> dict:
-    s = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "force")}
+    # allow_single_modality only lets a plan through: the files of an export do not depend on it
+    s = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "force", "allow_single_modality")}
     s["data"] = str(cfg.data.resolve())
     s["external"] = str(cfg.external.resolve()) if cfg.external is not None else None
     s["synthetic"] = [str(p.resolve()) for p in cfg.synthetic]
