@@ -99,3 +99,11 @@ def test_refused_before_writing_leaves_no_folder(tmp_path):
         with output_lock(tmp_path / "new"):
             raise RuntimeError("failed before writing")
     assert not (tmp_path / "new").exists()
+
+
+def test_bench_refuses_a_folder_another_writer_holds(tmp_path, capsys):
+    out = tmp_path / "bench"
+    with output_lock(out, "dive generate --out elsewhere"):
+        assert main(["bench", "--out", str(out), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pid {os.getpid()}" in err and "dive generate --out elsewhere" in err

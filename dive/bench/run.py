@@ -28,6 +28,7 @@ from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, en
 from dive.bench.tables import write_tables
 from dive.utils.config import config_to_dict
 from dive.utils.io import write_json
+from dive.utils.lock import output_lock
 
 
 def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]) -> dict:
@@ -53,6 +54,11 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
 def run_bench(cfg: BenchConfig) -> dict:
     if cfg.quick:
         cfg = quick_config(cfg)
+    with output_lock(cfg.out):  # one bench per --out
+        return _run_bench(cfg)
+
+
+def _run_bench(cfg: BenchConfig) -> dict:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
