@@ -33,10 +33,11 @@ def _cmd_reid_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reid_train(args: argparse.Namespace) -> int:
+    from dive.reid.pretrained import train_config_from_args
     from dive.reid.run import ReIDDataConfig, train_from_config
     from dive.reid.train import ReIDTrainConfig, epochs_summary
 
-    run, data = train_from_config(dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDTrainConfig, args))
+    run, data = train_from_config(dataclass_from_args(ReIDDataConfig, args), train_config_from_args(ReIDTrainConfig, args))
     meta = json.loads((run / "model.json").read_text())
     last = epochs_summary(run)[-1]
     print(f"trained {meta['config']['method'].upper()} on {meta['train_images']} images, {meta['num_classes']} ids: "
@@ -50,10 +51,11 @@ def _cmd_reid_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reid_run(args: argparse.Namespace) -> int:
+    from dive.reid.pretrained import train_config_from_args
     from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
     from dive.reid.train import ReIDTrainConfig
 
-    report = run_reid(dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDTrainConfig, args),
+    report = run_reid(dataclass_from_args(ReIDDataConfig, args), train_config_from_args(ReIDTrainConfig, args),
                       dataclass_from_args(ReIDEvalConfig, args))
     _print_report(report)
     return 0
@@ -72,7 +74,8 @@ def _cmd_reid_baselines(args: argparse.Namespace) -> int:
 def _cmd_reid_test(args: argparse.Namespace) -> int:
     from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, evaluate_run
 
-    report = evaluate_run(args.run, dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDEvalConfig, args))
+    report = evaluate_run(args.run, dataclass_from_args(ReIDDataConfig, args), dataclass_from_args(ReIDEvalConfig, args),
+                          device=args.device)
     _print_report(report)
     return 0
 
@@ -91,6 +94,8 @@ def _print_report(report: dict) -> None:
 
 def _register_reid(sub) -> None:
     from dive.reid.baselines import BaselinesConfig
+    from dive.reid.device import DEVICES
+    from dive.reid.pretrained import defer_preset_defaults
     from dive.reid.run import ReIDDataConfig, ReIDEvalConfig
     from dive.reid.train import ReIDTrainConfig
 
@@ -115,17 +120,20 @@ def _register_reid(sub) -> None:
     p = reid.add_parser("train", help="train a two-stream VI-ReID network (AGW or CAJ recipe)")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDTrainConfig)
+    defer_preset_defaults(p)
     p.set_defaults(func=_cmd_reid_train)
     p = reid.add_parser("run", help="train, then evaluate all-search + indoor; report.json/.md + CMC plot")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDTrainConfig)
     add_dataclass_arguments(p, ReIDEvalConfig)
+    defer_preset_defaults(p)
     p.set_defaults(func=_cmd_reid_run)
     add_stage(reid, "baselines", "AGW, AGW+CAJ and AGW + external RGB over several seeds (mean ± spread)", BaselinesConfig, _cmd_reid_baselines)
     p = reid.add_parser("test", help="evaluate a trained run folder on the test ids (report.json/.md + CMC plot)")
     p.add_argument("run", type=Path, help="a run folder written by `dive reid train`")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDEvalConfig)
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (cuda when present), cpu, cuda or mps")
     p.set_defaults(func=_cmd_reid_test)
 
 

@@ -41,6 +41,7 @@ def extract_features(model: torch.nn.Module, records: Sequence[Record] | None = 
     if is_ir.numel() != images.shape[0]:
         raise ValueError(f"modality mask has {is_ir.numel()} entries for {images.shape[0]} images")
     was_training = model.training
+    dev = next(model.parameters()).device  # the network's device (cpu, cuda, mps)
     model.eval()
     try:
         feats = torch.empty((images.shape[0], model.feat_dim), dtype=torch.float32)
@@ -49,11 +50,11 @@ def extract_features(model: torch.nn.Module, records: Sequence[Record] | None = 
             name = "infrared" if code else "visible"
             for s in range(0, idx.numel(), batch_size):
                 sel = idx[s:s + batch_size]
-                x = eval_batch(images[sel])
+                x = eval_batch(images[sel]).to(dev)
                 f = model(x, name)
                 if flip:
                     f = (f + model(x.flip(-1), name)) / 2.0
-                feats[sel] = f.float()
+                feats[sel] = f.float().cpu()
     finally:
         model.train(was_training)
     return feats.numpy()

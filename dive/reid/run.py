@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dive.data.records import Modality, Record, summarize
 from dive.data.registry import detect_format, load_dataset
+from dive.reid.device import resolve_device
 from dive.reid.evaluate import evaluate_model
 from dive.reid.protocols import METRIC_KEYS
 from dive.reid.train import ReIDTrainConfig, load_checkpoint, train_reid
@@ -156,12 +157,17 @@ def format_report_md(report: dict) -> str:
         "",
         f"Network: {tr['model_spec']['arch']} width {tr['model_spec']['base_width']}, input "
         f"{tr['model_spec']['height']}x{tr['model_spec']['width']}, {tr['parameters']:,} parameters, "
-        f"from scratch (no pretrained weights). Weights: {tr['selected_by']} (epoch {tr['epoch']}).",
+        f"{_start(report)}. Weights: {tr['selected_by']} (epoch {tr['epoch']}).",
         f"Training: {tr['timing']['iterations']} batches, {tr['timing']['seconds_per_batch']} s/batch, "
         f"{tr['timing']['train_seconds']} s; evaluation {report['eval_seconds']} s.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _start(report: dict) -> str:
+    path = report.get("train_config", {}).get("pretrained")
+    return f"from ImageNet weights ({path})" if path else "from scratch (no pretrained weights)"
 
 
 def plot_cmc(results: dict, path: Path, title: str) -> None:
@@ -189,10 +195,11 @@ def plot_cmc(results: dict, path: Path, title: str) -> None:
 
 
 def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
-                 data: ReIDData | None = None, label: str | None = None) -> dict:
-    """Evaluate a trained run on the VI test ids; writes report.json, report.md, cmc.png."""
+                 data: ReIDData | None = None, label: str | None = None, device: str = "auto") -> dict:
+    """Evaluate a trained run on the VI test ids (on `device`); writes report.json, report.md, cmc.png."""
     data = data or load_reid_data(data_cfg)
     model, meta = load_checkpoint(run)
+    model.to(resolve_device(device))
     t0 = time.perf_counter()
     with torch_threads(eval_cfg.eval_threads):
         results = evaluate_model(model, data.test, list(eval_cfg.protocols), trials=eval_cfg.trials,
@@ -229,7 +236,7 @@ def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
 def run_reid(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig, eval_cfg: ReIDEvalConfig) -> dict:
     """Train, then evaluate on the test ids; returns the report (also written into the run folder)."""
     run, data = train_from_config(data_cfg, train_cfg)
-    return evaluate_run(run, data_cfg, eval_cfg, data)
+    return evaluate_run(run, data_cfg, eval_cfg, data, device=train_cfg.device)
 
 
 def summary_line(report: dict) -> str:

@@ -31,12 +31,9 @@ are switched on for the run. Same seed, same thread count -> bitwise-identical w
 The CPU default: a narrow ResNet-18 (base width 16: channels 16/32/64/128, 0.7 M parameters) at
 128x64, 18 epochs x 100 batches of 8 ids x (4 visible + 4 infrared), SGD lr 0.1 with 2 warm-up
 epochs and x0.1 at epochs 12 and 16, one thread: about 0.11 s per batch, ~3.5 minutes of
-training on the default SynthVI world here (2 cores shared with another training job). The paper setting (ImageNet-pretrained weights aside, which cannot be
-downloaded here)::
-
-    --arch resnet50 --base-width 64 --height 288 --width 144 --epochs 60 --batches-per-epoch 0
-    --warmup-epochs 10 --lr-steps 20 50 --lr 0.1
-"""
+training on the default SynthVI world here (2 cores shared with another training job). The paper
+setting: ``--preset paper --pretrained resnet50.safetensors`` (dive.reid.pretrained); device,
+precision and workers: dive.reid.device."""
 
 from __future__ import annotations
 
@@ -57,10 +54,12 @@ from safetensors.torch import load_file, save_file
 from dive.data.records import Modality, Record
 from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
 from dive.reid import resume
+from dive.reid.device import DEVICES, PRECISIONS, BatchLoader, Runtime, check_options, make_optimizer
 from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
 from dive.reid.model import ARCHS, ModelSpec, TwoStreamReID, build_model, count_parameters
+from dive.reid.pretrained import PRESET_CHOICES, load_pretrained
 from dive.reid.sampler import IdentitySampler
-from dive.reid.transforms import AugmentConfig, augment_batch, load_images
+from dive.reid.transforms import AugmentConfig, load_images
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, sha256_file, write_json
 from dive.utils.threads import torch_threads
@@ -81,6 +80,11 @@ class ReIDTrainConfig:
         "help": "recipe: agw (CE + WRT) or caj (+ channel-augmented visible copies, ADP triplet)",
         "choices": list(METHODS)})
     seed: int = field(default=0, metadata={"help": "seed of weights, batch order and augmentation"})
+    preset: str = field(default="none", metadata={
+        "help": "paper: AGW's published recipe (ResNet-50, 288x144, 8x4, 81 epochs; explicit options win)",
+        "choices": list(PRESET_CHOICES)})
+    pretrained: Path | None = field(default=None, metadata={
+        "help": "ImageNet ResNet weights (.safetensors; torchvision, timm or transformers layout) for both stems and layer1-4"})
     # network
     arch: str = field(default="resnet18", metadata={"help": "backbone depth", "choices": list(ARCHS)})
     base_width: int = field(default=16, metadata={
@@ -139,10 +143,19 @@ class ReIDTrainConfig:
         "help": "what makes an identity: dataset-pid (ids of different datasets stay apart) or pid",
         "choices": ["dataset-pid", "pid"]})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda or mps",
+                                                  "choices": list(DEVICES)})
+    precision: str = field(default="fp32", metadata={
+        "help": "fp32, or autocast in bf16 / fp16 (fp16 on cuda scales the loss)", "choices": list(PRECISIONS)})
+    workers: int = field(default=0, metadata={
+        "help": "DataLoader processes making the batches (0: in this process, bitwise as before)"})
 
     def __post_init__(self) -> None:
         if self.out is not None:
             self.out = Path(self.out)
+        if self.pretrained is not None:
+            self.pretrained = Path(self.pretrained)
+        check_options(self.device, self.precision, self.workers)
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
@@ -202,7 +215,7 @@ def save_checkpoint(path: str | os.PathLike, model: TwoStreamReID, meta: dict,
                     state: dict[str, torch.Tensor] | None = None) -> Path:
     """`<path>.safetensors` (weights) + `<path>.json` (metadata), each written atomically."""
     path = Path(path).with_suffix(".safetensors")
-    tensors = {k: v.detach().contiguous().clone() for k, v in (state or model.state_dict()).items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in (state or model.state_dict()).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
     meta = dict(meta, weights=path.name, weights_sha256=sha256_file(path))
@@ -298,23 +311,20 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         torch.manual_seed(cfg.seed)
         spec = cfg.model_spec(len(labels_of))
         model = build_model(spec)
-        model.train()
-        head = list(model.bnneck.parameters()) + list(model.classifier.parameters())
-        head_ids = {id(p) for p in head}
-        base = [p for p in model.parameters() if id(p) not in head_ids]
-        groups = [{"params": [p for p in base if p.requires_grad], "lr_mult": cfg.base_lr_mult},
-                  {"params": [p for p in head if p.requires_grad], "lr_mult": 1.0}]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-        else:
-            opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        pretrained = load_pretrained(model, cfg.pretrained) if cfg.pretrained is not None else None
+        if pretrained is not None:
+            print(pretrained.summary())
+        rt = Runtime(cfg.device, cfg.precision)
+        model.to(rt.device).train()
+        opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.base_lr_mult)
         ce = CrossEntropyLabelSmooth(cfg.label_smoothing)
         tri = None if cfg.triplet_kind == "none" else build_triplet(
             cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square)
         sampler = IdentitySampler(y_all.numpy(), is_ir, cfg.num_ids, cfg.num_per_modality,
                                   cfg.batches_per_epoch, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        aug = cfg.augment()
+        batches = BatchLoader(sampler, images, y_all, gen, cfg.augment(), cfg.use_channel_aug, workers=cfg.workers,
+                              seed=cfg.seed, pin_memory=rt.pin_memory)
         n_batches = len(sampler)
         total = cfg.epochs * n_batches
 
@@ -349,33 +359,23 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
             "train_images_infrared": int(is_ir.sum()), "parameters": count_parameters(model),
             "visible_only_ids": sampler.visible_only_ids, "batches_per_epoch": n_batches,
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "device": str(rt.device), "pretrained": pretrained and {
+                "path": str(cfg.pretrained), "layout": pretrained.layout, "loaded": len(pretrained.loaded),
+                "unused": pretrained.unused, "missing": pretrained.missing},
         }
         t_train = time.perf_counter() - seconds_before  # a resumed run counts the time of the runs before it
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 sums = {"loss": 0.0, "loss_id": 0.0, "loss_tri": 0.0, "acc_id": 0.0, "acc_tri": 0.0, "n": 0}
                 t_epoch = time.perf_counter()
-                for b, batch in enumerate(sampler.epoch(epoch)):
+                for b, (x, mask, y) in enumerate(batches.epoch(epoch)):
                     lr = lr_at(cfg, epoch + b / n_batches)
                     for g in opt.param_groups:
                         g["lr"] = lr * g["lr_mult"]
-                    parts, masks, labs = [], [], []
-                    if batch.visible.size:
-                        v = images[torch.from_numpy(batch.visible)]
-                        parts.append(augment_batch(v, gen, aug))
-                        masks.append(torch.zeros(len(v), dtype=torch.bool))
-                        labs.append(y_all[torch.from_numpy(batch.visible)])
-                        if cfg.use_channel_aug:
-                            parts.append(augment_batch(v, gen, aug, channel=True))
-                            masks.append(torch.zeros(len(v), dtype=torch.bool))
-                            labs.append(labs[-1])
-                    if batch.infrared.size:
-                        r = images[torch.from_numpy(batch.infrared)]
-                        parts.append(augment_batch(r, gen, aug))
-                        masks.append(torch.ones(len(r), dtype=torch.bool))
-                        labs.append(y_all[torch.from_numpy(batch.infrared)])
-                    x, mask, y = torch.cat(parts), torch.cat(masks), torch.cat(labs)
-                    feat, logits = model(x, mask)
+                    x, mask, y = rt.to_device(x, mask, y)
+                    with rt.autocast():
+                        feat, logits = model(x, mask)
+                    feat, logits = feat.float(), logits.float()  # losses in fp32 (no-op at fp32)
                     loss_id = ce(logits, y)
                     if tri is not None:
                         loss_tri, correct = tri(feat, y)
@@ -384,9 +384,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                     loss = loss_id + cfg.triplet_weight * loss_tri
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    rt.step(loss, opt)
                     it += 1
                     acc_id = float((logits.argmax(1) == y).float().mean())
                     vals = {"loss": loss.item(), "loss_id": loss_id.item(), "loss_tri": loss_tri.item(),
