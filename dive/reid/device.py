@@ -7,14 +7,15 @@
   with that dtype; the losses are computed in fp32 from its outputs; fp16 on cuda scales the loss
   (``torch.amp.GradScaler``) so small gradients do not underflow. fp32 uses no autocast at all.
 * ``--workers N``: N DataLoader processes assemble and augment the batches. With 0 (the default)
-  the batches are made in the training process from one seeded generator, exactly as before, so a
-  CPU fp32 run with the same seed and threads is bit-identical to one without these options. With
+  the batches are made in the training process from one seeded generator, so a CPU fp32 run with
+  the default options is bit-identical for the same seed and thread count. With
   N > 0 each batch draws its augmentation from its own generator seeded by (seed, epoch, batch), so
   the result does not depend on N or on the order workers finish in.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import Iterator, Sequence
 
@@ -57,6 +58,8 @@ class Runtime:
         self.device = resolve_device(device)
         self.precision = precision
         self.dtype = _DTYPES.get(precision)
+        if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace (set before first use)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.scaler = (torch.amp.GradScaler("cuda") if precision == "fp16" and self.device.type == "cuda"
                        else None)
 

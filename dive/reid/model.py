@@ -14,10 +14,12 @@ Width: ``base_width`` channels in the stem and layer1, doubled per stage (64 = t
 ResNet; the CPU default of ``dive reid`` is 16). ``last_stride=1`` keeps layer4 at 1/16 of the input (the ReID
 convention). The paper setting is ``arch="resnet50", base_width=64`` at 288x144.
 
-No pretrained weights: this project cannot download any, so every network here is trained from
-scratch (Kaiming init, zero-initialised last BN of each residual branch, which trains better from
-scratch). Published AGW / CAJ numbers start from ImageNet weights; expect lower numbers from
-scratch on real data.
+Initialisation: Kaiming, with the last BN of each residual branch at zero (which trains better from
+scratch). Published AGW / CAJ numbers start from ImageNet weights: ``dive.reid.pretrained`` copies a
+ResNet's ImageNet weights (a .safetensors file the user supplies; nothing is downloaded) into both
+stems and layer1..layer4 of a width-64 network; expect lower numbers from scratch on real data.
+The stem and layer names follow torchvision's (``conv1``/``bn1`` -> ``stem_*.conv``/``stem_*.bn``,
+``downsample`` -> ``shortcut``), so the mapping is one rename per tensor.
 """
 
 from __future__ import annotations
