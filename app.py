@@ -2,6 +2,7 @@
 cross-attention of each token, export an expanded dataset, and run training in the background.
 
     python app.py            # http://127.0.0.1:7860, the shipped demo checkpoint, no network
+    python app.py --public   # a public Space: each visitor sees only their own runs, exports, files
 
 Layout and wiring only: every action calls `dive.studio.service.Studio`, which calls the same stage
 functions as the `dive` command line. Named API endpoints (for gradio_client): /generate (no
@@ -23,7 +24,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import argparse  # noqa: E402
 import random  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -33,26 +33,27 @@ from dive.generate import DEFAULT_GUIDANCE  # noqa: E402
 from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
+from dive.studio.training_ui import DEFAULT_PRESET, TrainingCallbacks  # noqa: E402
+from dive.studio.ui import CSS, HEAD, attention_help, err, export_lines, gpu, neighbours, visitor  # noqa: E402
 
-DEFAULT_PRESET = "quick smoke test"
 PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
                "and makes no useful model. full: the demo's recipe (hours on a CPU).")
 
 DEFAULT_DATA = Path(os.environ.get("DIVE_STUDIO_DATA", "studio_data"))
-CSS = """
-#title {margin-bottom: 0}
-.dive-error {color: #b91c1c; font-weight: 600}
-"""
+USER_ERRORS = (StudioError, KeyError, ValueError, FileExistsError, FileNotFoundError)
 
 
-def _err(e: Exception) -> str:
-    return f"<span class='dive-error'>⚠ {e}</span>"
-
-
-def build_app(studio: Studio) -> gr.Blocks:
+def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
     stop_flags: dict[str, threading.Event] = {}
-    def ck_choices():
-        return [(c.display, c.label) for c in studio.checkpoints()]
+
+    def _err(e: Exception) -> str:
+        return err(e, studio)
+
+    def me(request) -> str | None:
+        return visitor(studio, request)
+
+    def ck_choices(owner=None):
+        return [(c.display, c.label) for c in studio.checkpoints(owner)]
 
     ck_init = ck_choices()
     default_ck = Studio.default_choice([v for _, v in ck_init])
@@ -65,86 +66,96 @@ def build_app(studio: Studio) -> gr.Blocks:
     cam_first = next((v for lab, v in cam_init if "(infrared)" in lab), cam_init[0][1] if cam_init else None)
     pick = dict(allow_custom_value=True, filterable=True)
 
-    def token_updates(choice):
+    def token_updates(choice, request: gr.Request = None):
         """New identity / camera choices when the checkpoint changes (or a clear message)."""
         try:
             if not choice:
                 raise StudioError("no checkpoint: train one in the Training tab or choose a folder")
-            table = studio.table(choice)
+            table = studio.table(choice, me(request))
         except (StudioError, KeyError, ValueError, OSError) as e:
             empty = gr.update(choices=[], value=None)
-            return (_err(e), empty, empty, empty, empty, gr.update(choices=[], value=[]), gr.update(choices=[], value=[]))
+            return (_err(e), empty, empty, empty, empty, *[gr.update(choices=[], value=[])] * 3)
         ids = studio.identity_choices(table)
         cams = studio.camera_choices(table)
         ir = [v for label, v in cams if "(infrared)" in label]
         first_id = ids[0][1] if ids else None
         first_cam = ir[0] if ir else (cams[0][1] if cams else None)
-        c = studio.resolve_checkpoint(choice)
+        c = studio.resolve_checkpoint(choice, me(request))
         status = (f"**{c.label}** · {len(table.identities)} identity tokens · {len(table.cameras)} camera tokens "
                   f"({table.camera_mode}) · base `{c.base.name}`")
         return (status, gr.update(choices=ids, value=first_id), gr.update(choices=cams, value=first_cam),
                 gr.update(choices=ids, value=first_id), gr.update(choices=cams, value=first_cam),
-                gr.update(choices=ids, value=[]), gr.update(choices=cams, value=ir))
+                gr.update(choices=ids, value=[]), gr.update(choices=cams, value=ir), gr.update(choices=ids, value=[]))
 
-    def reference(choice, token):
+    def reference(choice, token, request: gr.Request = None):
         if not choice or not token:
             return None
         try:
-            p = studio.reference_image(choice, token)
+            p = studio.reference_image(choice, token, me(request))
         except (StudioError, ValueError):
             return None
         return str(p) if p else None
 
     # -- generate ---------------------------------------------------------------------------------------
-    def gallery_of(images):
-        _, zpath, paths = studio.save_images(images)  # PNGs that carry their settings
+    def gallery_of(images, owner):
+        _, zpath, paths = studio.save_images(images, owner=owner)  # PNGs that carry their settings
         return [(str(p), im.caption) for p, im in zip(paths, images)], str(zpath), [str(p) for p in paths]
 
+    @gpu
     def do_generate(choice=default_ck, identity=id_first, camera=cam_first, seed="0", random_seed=False, steps=25,
-                    guidance=DEFAULT_GUIDANCE, n=4, init_image=None, strength=0.6):
+                    guidance=DEFAULT_GUIDANCE, n=4, init_image=None, strength=0.6, request: gr.Request = None):
         try:
+            owner = me(request)
             seed = random.randrange(2**31) if random_seed else parse_seed(seed)
             images = studio.generate(choice, [identity], [camera], n=int(n), seed=seed, steps=int(steps),
-                                     guidance=float(guidance), init_image=init_image, strength=float(strength))
+                                     guidance=float(guidance), init_image=init_image, strength=float(strength),
+                                     owner=owner)
         except (StudioError, KeyError, ValueError) as e:
             return [], None, _err(e), str(seed), []
-        gallery, zpath, paths = gallery_of(images)
+        gallery, zpath, paths = gallery_of(images, owner)
         source = f" · from your image (strength {float(strength):g})" if init_image is not None else ""
         return gallery, zpath, f"{len(images)} images · seed {seed}{source}", str(seed), paths
 
-    def every_camera(choice, identity, seed, steps, guidance):
+    @gpu
+    def every_camera(choice, identity, seed, steps, guidance, request: gr.Request = None):
         try:
-            table = studio.table(choice)
+            owner = me(request)
+            table = studio.table(choice, owner)
             cams = [c.token for c in sorted(table.cameras, key=lambda c: (c.modality != "infrared", c.dataset, c.camid))]
             images = studio.generate(choice, [identity], cams, n=1, seed=parse_seed(seed), steps=int(steps),
-                                     guidance=float(guidance), action="every camera")
+                                     guidance=float(guidance), action="every camera", owner=owner)
         except (StudioError, KeyError, ValueError) as e:
             return [], None, _err(e), []
-        gallery, zpath, paths = gallery_of(images)
-        return gallery, zpath, f"`{identity}` under every camera token ({len(cams)})", paths
+        gallery, zpath, paths = gallery_of(images, owner)
+        who = images[0].caption.split(" · cam")[0] if images else identity
+        return gallery, zpath, f"{who} (`{identity}`) under every camera token ({len(cams)})", paths
 
-    def many_identities(choice, camera, seed, steps, guidance, k=8):
+    @gpu
+    def many_identities(choice, identity, camera, chosen, seed, steps, guidance, request: gr.Request = None):
+        """The chosen identities, else the selected one and its neighbours in the list (8 in all)."""
         try:
-            table = studio.table(choice)
-            ids = [v for _, v in studio.identity_choices(table)][:k]
+            owner = me(request)
+            table = studio.table(choice, owner)
+            ids = list(chosen or []) or neighbours([v for _, v in studio.identity_choices(table)], identity, 8)
             images = studio.generate(choice, ids, [camera], n=1, seed=parse_seed(seed), steps=int(steps),
-                                     guidance=float(guidance), action="many identities")
+                                     guidance=float(guidance), action="many identities", owner=owner)
         except (StudioError, KeyError, ValueError) as e:
             return [], None, _err(e), []
-        gallery, zpath, paths = gallery_of(images)
-        return gallery, zpath, f"{len(ids)} identities under camera token `{camera}`", paths
+        gallery, zpath, paths = gallery_of(images, owner)
+        where = images[0].caption.split(" · ", 1)[1].split(" · seed")[0] if images else camera
+        return gallery, zpath, f"{len(ids)} identities under {where} (`{camera}`)", paths
 
-    def reuse(image_file):
+    def reuse(image_file, request: gr.Request = None):
         """Load a studio PNG's exact settings into the Generate form (checkpoint, tokens, request
         seed, steps, guidance, number of images): Generate then redraws the same pixels."""
         path = image_file if isinstance(image_file, (str, Path)) or image_file is None else getattr(image_file, "name", None)
         try:
             if not path:
                 raise StudioError("upload or pick a PNG made by DiVE Studio first")
-            s = studio.reuse_settings(path)
+            s = studio.reuse_settings(path, me(request))
         except StudioError as e:
-            return [gr.update()] * 13 + [_err(e)]
-        toks = token_updates(s["checkpoint"])
+            return [gr.update()] * 14 + [_err(e)]
+        toks = token_updates(s["checkpoint"], request)
         how = {"every camera": "press **Same identity, every camera**",
                "many identities": "press **Same camera, many identities**"}.get(s.get("action"), "press **Generate**")
         msg = (f"settings of image {int(s.get('index', 0)) + 1} of {s.get('n', '?')} loaded (seed {s['seed']}, "
@@ -159,118 +170,63 @@ def build_app(studio: Studio) -> gr.Blocks:
         return paths[idx] if paths and 0 <= idx < len(paths) else None
 
     # -- attention ----------------------------------------------------------------------------------------
-    def do_attention(choice, identity, camera, seed, steps, guidance, layers, step_range):
+    @gpu
+    def do_attention(choice, identity, camera, seed, steps, guidance, layers, step_range, scale="shared",
+                     others="folded", request: gr.Request = None):
+        from dive.studio.attention_view import table_rows
+
         try:
             res, fig = studio.attention(choice, identity, camera, seed=parse_seed(seed), steps=int(steps),
-                                        guidance=float(guidance), layers=layers, step_range=step_range)
+                                        guidance=float(guidance), layers=layers, step_range=step_range,
+                                        scale=scale, others=others, owner=me(request))
         except (StudioError, KeyError, ValueError) as e:
             return None, None, _err(e)
-        summary = getattr(res, "summary", None) or {}
-        def cell(v):
-            return round(float(v), 3) if isinstance(v, (int, float)) else str(v)
+        rows = table_rows(res, others)
+        return str(fig), pd.DataFrame(rows), (f"attention of each token (conditional branch), identity and camera "
+                                              f"first; colour scale: {scale}")
 
-        rows = [{"token": k, **({kk: cell(vv) for kk, vv in v.items()} if isinstance(v, dict) else {"value": cell(v)})}
-                for k, v in summary.items()]
-        return str(fig), pd.DataFrame(rows) if rows else None, "attention of each token (conditional branch)"
-
-    # -- export ------------------------------------------------------------------------------------------
-    def do_export(choice, data, mode, min_images, top_k, id_list, cameras, n, steps, request: gr.Request,
-                  progress=gr.Progress()):
-        key = request.session_hash if request is not None else "api"
-        flag = stop_flags.setdefault(key, threading.Event())
+    # -- export: Stop keeps the finished files, Resume finishes the same folder ---------------------------
+    def export_flag(request):
+        flag = stop_flags.setdefault(me(request) or getattr(request, "session_hash", None) or "local", threading.Event())
         flag.clear()
+        return flag
+
+    def export_progress(progress):
+        return lambda d, t, what: progress(d / max(1, t), desc=what)
+
+    @gpu
+    def do_export(choice, data, mode, min_images, top_k, id_list, cameras, n, steps, request: gr.Request = None,
+                  progress=gr.Progress()):
+        flag = export_flag(request)
         try:
             out, zpath, summary = studio.export(
                 choice, data, which="external", min_images=int(min_images) if mode == "min images" else 0,
                 top_k=int(top_k) if mode == "top-K" else 0, ids=list(id_list or []) if mode == "list" else [],
                 cameras=list(cameras or []), n=int(n), seed=0, steps=int(steps), guidance=DEFAULT_GUIDANCE,
-                progress=lambda d, t, what: progress(d / max(1, t), desc=f"{what} {d}/{t}"), should_stop=flag.is_set)
-        except (StudioError, KeyError, ValueError, FileExistsError, FileNotFoundError) as e:
+                owner=me(request), progress=export_progress(progress), should_stop=flag.is_set)
+        except USER_ERRORS as e:
             return None, "", _err(e)
-        c = summary.get("counts", {})
-        lines = [f"**exported** `{studio.sandbox.relative(out)}` (SYSU-MM01 layout)",
-                 f"- images: {c.get('images', '?')} ({', '.join(f'{k}: {v}' for k, v in c.get('per_origin', {}).items())})",
-                 f"- ids per split: {c.get('ids_per_split', '?')}; new ids: {c.get('new_ids', '?')}",
-                 "- manifest: `manifest.csv` / `manifest.jsonl` (prompt, seed, steps, checkpoint hash per image)"]
-        return str(zpath), str(out), "\n".join(lines)
+        return str(zpath), studio.sandbox.relative(out), export_lines(studio, out, summary)
 
-    def stop_export(request: gr.Request):
-        key = request.session_hash if request is not None else "api"
+    @gpu
+    def resume_export(request: gr.Request = None, progress=gr.Progress()):
+        flag = export_flag(request)
+        try:
+            out, zpath, summary = studio.resume_export(me(request), progress=export_progress(progress),
+                                                       should_stop=flag.is_set)
+        except USER_ERRORS as e:
+            return None, "", _err(e)
+        return str(zpath), studio.sandbox.relative(out), "resumed and finished\n\n" + export_lines(studio, out, summary)
+
+    def stop_export(request: gr.Request = None):
+        key = me(request) or getattr(request, "session_hash", None) or "local"
         stop_flags.setdefault(key, threading.Event()).set()
-        return "stopping after the current image…"
+        return "stopping after the current image; what is written is kept (Resume export finishes it)…"
 
-    # -- training: every view reads the run store, so any browser sees the same runs --------------------
-    def runs_table():
-        rows = [{"id": r.id, "kind": r.kind, "status": r.status, "preset": r.config.get("preset", ""),
-                 "steps": r.config.get("steps", ""), "started": time.strftime("%H:%M:%S", time.localtime(r.started)),
-                 "folder": studio.sandbox.relative(r.run_dir)} for r in studio.runs.list()]
-        return pd.DataFrame(rows, columns=["id", "kind", "status", "preset", "steps", "started", "folder"])
+    tc = TrainingCallbacks(studio)
 
-    def run_choices():
-        return [(f"run {r.id} · {r.status} · {r.config.get('preset', r.kind)}", r.id) for r in studio.runs.list()]
-
-    def run_picker(current=None):
-        """The Run picker as the run store has it now (keeps the selection; else the newest run)."""
-        choices = run_choices()
-        ids = [v for _, v in choices]
-        value = current if current in ids else (ids[0] if ids else None)
-        return gr.update(choices=choices, value=value)
-
-    def launch(preset=DEFAULT_PRESET, data=None, steps=0, seed="0"):
-        try:
-            rec = studio.launch_training(preset=preset, data=data or None, base=None, steps=int(steps) if steps else None,
-                                         seed=parse_seed(seed))
-        except (StudioError, ValueError, FileNotFoundError) as e:
-            return _err(e), runs_table(), run_picker()
-        return f"started run {rec.id} (pid {rec.pid})", runs_table(), run_picker(rec.id)
-
-    def list_runs():
-        return runs_table()
-
-    def watch(run_id, shown=None):
-        """Loss curve, latest preview, status + log tail of a run; the run table; the picker (only
-        sent when the runs or their states changed, so an open dropdown is left alone)."""
-        choices = run_choices()
-        picker = gr.update() if choices == shown else run_picker(run_id)
-        empty = pd.DataFrame({"step": [], "loss": []})
-        try:
-            rec = studio.runs.get(int(run_id)) if run_id is not None else None
-        except (KeyError, ValueError):
-            rec = None
-        if rec is None:
-            return empty, None, "no run selected", runs_table(), picker, choices
-        curve = studio.runs.loss_curve(rec)
-        plot = pd.DataFrame(curve, columns=["step", "loss"]) if curve else empty
-        prev = studio.runs.latest_preview(rec)
-        ck = studio.runs.checkpoints(rec)
-        head = (f"run {rec.id} · **{rec.status}** · {len(curve)} steps logged · checkpoints: "
-                f"{', '.join(p.name for p in ck) or 'none yet'}\n\n```\n{studio.runs.log_tail(rec, 12)}\n```")
-        return plot, str(prev) if prev else None, head, runs_table(), picker, choices
-
-    def stop_run(run_id=None):
-        if run_id is None:
-            return "no run selected", runs_table()
-        t0 = time.time()
-        try:
-            rec = studio.runs.stop(int(run_id))
-        except (KeyError, ValueError):
-            return _err(StudioError(f"no run {run_id}")), runs_table()
-        ck = studio.runs.checkpoints(rec)
-        return (f"run {rec.id} {rec.status} in {time.time() - t0:.1f} s; last checkpoint: "
-                f"{ck[0].name if ck else 'none'}"), runs_table()
-
-    def resume_run(run_id=None):
-        if run_id is None:
-            return "no run selected", runs_table()
-        try:
-            rec = studio.resume_run(int(run_id))
-        except (StudioError, ValueError) as e:
-            return _err(e), runs_table()
-        ck = studio.runs.checkpoints(rec)
-        return (f"run {rec.id} resumed (pid {rec.pid}) from {ck[0].name if ck else 'its start'}", runs_table())
-
-    def refresh_checkpoints(current):
-        choices = ck_choices()
+    def refresh_checkpoints(current, request: gr.Request = None):
+        choices = ck_choices(me(request))
         labels = [v for _, v in choices]
         return gr.update(choices=choices, value=current if current in labels or current else (labels[0] if labels else None))
 
@@ -299,7 +255,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             g_seed = gr.Textbox(value="0", label="Seed", max_lines=1,
                                                 info="a whole number; kept as text, so long seeds stay exact")
-                            g_random = gr.Checkbox(label="random seed")
+                            g_random = gr.Checkbox(label="Random seed", show_label=True, elem_id="random-seed",
+                                                   info="draw a new seed for each Generate")
                         g_steps = gr.Slider(2, 50, value=25, step=1, label="Steps (DPM-Solver++)")
                         g_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance (1 = off)")
                         g_n = gr.Slider(1, 16, value=4, step=1, label="Images")
@@ -313,6 +270,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             g_allcam = gr.Button("Same identity, every camera")
                             g_manyid = gr.Button("Same camera, many identities")
+                        g_chosen = gr.Dropdown(id_init, value=[], multiselect=True, label="Identities to compare",
+                                               info="for \"many identities\"; empty: the selected identity and its "
+                                                    "neighbours in the list", **pick)
                         with gr.Accordion("Reuse settings of an image", open=False, elem_id="reuse"):
                             g_reuse_file = gr.File(label="A PNG made by DiVE Studio", file_types=[".png"],
                                                    type="filepath", elem_id="reuse-file", height=110)
@@ -321,8 +281,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                         g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False,
                                          elem_id="reference-image")
                         g_msg = gr.Markdown()
-                        g_gallery = gr.Gallery(label="Generated (click an image to pick it for reuse)", columns=8,
-                                               height=330, object_fit="contain", elem_id="gallery")
+                        g_gallery = gr.Gallery(label="Generated (click an image to pick it for reuse)", columns=6,
+                                               height="auto", object_fit="contain", elem_id="gallery",
+                                               elem_classes=["dive-gallery"])
                         g_zip = gr.File(label="Download images (zip; every PNG carries its settings)")
                         g_paths = gr.State([])
                         g_picked = gr.State(None)
@@ -336,11 +297,17 @@ def build_app(studio: Studio) -> gr.Blocks:
                         a_guid = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance")
                         a_layers = gr.Dropdown(["all", "down", "mid", "up"], value="all", label="Layers")
                         a_steprange = gr.Dropdown(["all", "first half", "second half"], value="all", label="Steps aggregated")
+                        a_scale = gr.Radio(["shared", "per token"], value="shared", label="Colour scale",
+                                           info="shared: one scale for all maps, so a flat map looks flat; "
+                                                "per token: each map to its own maximum")
+                        a_others = gr.Radio(["folded", "each"], value="folded", label="Other words",
+                                            info="folded: the words besides the identity and camera tokens in one map")
                         a_go = gr.Button("Show attention maps", variant="primary")
                     with gr.Column(scale=4):
                         a_msg = gr.Markdown()
                         a_fig = gr.Image(label="Cross-attention per token", interactive=False)
                         a_table = gr.Dataframe(label="Where each token attends", interactive=False)
+                        gr.Markdown("**The columns**\n\n" + attention_help())
             with gr.Tab("Batch export") as export_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -352,15 +319,17 @@ def build_app(studio: Studio) -> gr.Blocks:
                         e_topk = gr.Number(value=4, precision=0, label="K")
                         e_list = gr.Dropdown(id_init, label="identity list", multiselect=True, **pick)
                         e_cams = gr.Dropdown(cam_init, label="Camera tokens", multiselect=True, **pick)
-                        e_n = gr.Slider(1, 36, value=2, step=1, label="Images per identity and camera")
+                        e_n = gr.Slider(1, 36, value=2, step=1, label="Images per identity and camera",
+                                        info="Stop keeps the images written; Resume export finishes the same folder")
                         e_steps = gr.Slider(2, 50, value=25, step=1, label="Steps")
                         with gr.Row():
                             e_go = gr.Button("Generate + export", variant="primary")
                             e_stop = gr.Button("Stop", variant="stop")
+                            e_resume = gr.Button("Resume export")
                     with gr.Column(scale=3):
                         e_msg = gr.Markdown()
                         e_zip = gr.File(label="Expanded dataset (zip)")
-                        e_folder = gr.Textbox(label="Folder", interactive=False)
+                        e_folder = gr.Textbox(label="Folder (inside the data folder)", interactive=False)
             with gr.Tab("Training") as train_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -384,7 +353,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 t_shown = gr.State(None)
                 timer = gr.Timer(2.0)
 
-        token_outs = [ck_status, g_id, g_cam, a_id, a_cam, e_list, e_cams]
+        token_outs = [ck_status, g_id, g_cam, a_id, a_cam, e_list, e_cams, g_chosen]
         private = dict(api_visibility="private")
         # the identity picker's value is set by these handlers, so the reference follows explicitly
         demo.load(token_updates, [ckpt], token_outs, **private).then(
@@ -392,7 +361,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         # server state, read on every page load: checkpoints, datasets, runs
         demo.load(refresh_checkpoints, [ckpt], [ckpt], **private)
         demo.load(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
-        demo.load(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
+        demo.load(tc.watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
         # a user's checkpoint choice (not a programmatic one: reuse sets the tokens itself)
         ckpt.input(token_updates, [ckpt], token_outs, **private).then(reference, [ckpt, g_id], [g_ref], **private)
         refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], **private)
@@ -401,7 +370,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                    [g_gallery, g_zip, g_msg, g_seed, g_paths], api_name="generate", concurrency_limit=8)
         g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
                        api_name="generate_every_camera")
-        g_manyid.click(many_identities, [ckpt, g_cam, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
+        g_manyid.click(many_identities, [ckpt, g_id, g_cam, g_chosen, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
                        api_name="generate_many_identities")
         g_gallery.select(reuse_selected, [g_paths], [g_picked], **private)
         g_reuse_file.upload(lambda f: f, [g_reuse_file], [g_picked], **private)
@@ -411,23 +380,34 @@ def build_app(studio: Studio) -> gr.Blocks:
         # /reuse for scripts: the settings of a PNG, as the form takes them
         reuse_api = gr.Button(visible=False)
         reuse_api.click(reuse, [g_reuse_file], reuse_outs, api_name="reuse")
-        a_go.click(do_attention, [ckpt, a_id, a_cam, a_seed, a_steps, a_guid, a_layers, a_steprange],
+        a_go.click(do_attention, [ckpt, a_id, a_cam, a_seed, a_steps, a_guid, a_layers, a_steprange, a_scale, a_others],
                    [a_fig, a_table, a_msg], api_name="attention")
         export_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
         train_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
         e_go.click(do_export, [ckpt, e_data, e_mode, e_min, e_topk, e_list, e_cams, e_n, e_steps],
                    [e_zip, e_folder, e_msg], api_name="export", concurrency_limit=2)
+        e_resume.click(resume_export, None, [e_zip, e_folder, e_msg], api_name="resume_export", concurrency_limit=2)
         e_stop.click(stop_export, None, [e_msg], **private, queue=False)
-        t_go.click(launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_name="train")
+        t_go.click(tc.launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_name="train")
         runs_api = gr.Button(visible=False)
-        runs_api.click(list_runs, None, [t_table], api_name="runs")
-        t_stop.click(stop_run, [t_run], [t_msg, t_table], api_name="stop", queue=False)
-        t_resume.click(resume_run, [t_run], [t_msg, t_table], api_name="resume")
-        t_run.input(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
-        timer.tick(watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private,
+        runs_api.click(tc.list_runs, None, [t_table], api_name="runs")
+        t_stop.click(tc.stop_run, [t_run], [t_msg, t_table], api_name="stop", queue=False)
+        t_resume.click(tc.resume_run, [t_run], [t_msg, t_table], api_name="resume")
+        t_run.input(tc.watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
+        timer.tick(tc.watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private,
                    queue=False)
-        demo.queue(default_concurrency_limit=2)
+        demo.queue(default_concurrency_limit=2, max_size=queue_size)
     return demo
+
+
+def launch_options(studio: Studio) -> dict:
+    """Theme, CSS, the page script and what the server may serve: the data folder (public mode: only the visitors' folders, each
+    behind its unguessable id) and the shipped checkpoints (reference images); never the run
+    database, the logs or another folder of the data root."""
+    root = studio.sandbox.root
+    allowed = [str(root / "visitors") if studio.public else str(root), str(Path(__file__).parent / "checkpoints")]
+    blocked = [str(root / name) for name in ("runs.sqlite", "runs.sqlite-journal", "runs.sqlite-wal")]
+    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS, "head": HEAD}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,16 +415,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the studio's data folder (runs, exports, worlds)")
+    p.add_argument("--public", action="store_true",
+                   help="a public Space: each visitor sees only their own runs, exports and files; trainings and "
+                        "exports are capped; the queue is bounded")
+    p.add_argument("--max-trainings", type=int, default=1, help="--public: trainings at a time (default 1)")
+    p.add_argument("--max-exports", type=int, default=1, help="--public: exports at a time (default 1)")
+    p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most (default 16)")
     args = p.parse_args(argv)
-    studio = Studio(args.data)
+    studio = Studio(args.data, public=args.public, max_trainings=args.max_trainings, max_exports=args.max_exports)
     # warm the default checkpoint so the first Generate is fast
     labels = [c.label for c in studio.checkpoints()]
     if labels:
         studio.generator(Studio.default_choice(labels))
-    demo = build_app(studio)
-    demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS,
-                allowed_paths=[str(studio.sandbox.root), str(Path(__file__).parent / "checkpoints")],
-                footer_links=["api"])
+    demo = build_app(studio, queue_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, footer_links=["api"], **launch_options(studio))
 
 
 if __name__ == "__main__":

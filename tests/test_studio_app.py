@@ -69,7 +69,8 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     digests = set()
     for seed, (gallery, zpath, msg, seed_back) in enumerate(results):
         assert seed_back == str(seed) and len(gallery) == 2 and Path(zpath).exists()
-        assert all(idt in g["caption"] and cam in g["caption"] for g in gallery)
+        words = f"{table.get(idt).dataset} #{table.get(idt).pid:04d} · cam{table.get(cam).camid} · infrared"
+        assert all(g["caption"].startswith(words) for g in gallery)
         digests.add(tuple(_image_path(g).read_bytes() for g in gallery))
     assert len(digests) == 8
 

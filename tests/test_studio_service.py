@@ -44,7 +44,10 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
     imgs = studio.generate(labels[0], [ids[0][1]], [cams[0][1]], n=2, seed=4, steps=3, guidance=1.0)
     again = studio.generate(labels[0], [ids[0][1]], [cams[0][1]], n=2, seed=4, steps=3, guidance=1.0)
     assert len(imgs) == 2 and all(np.array_equal(a[0], b[0]) for a, b in zip(imgs, again))
-    assert "seed" in imgs[0][1] and ids[0][1] in imgs[0][1]
+    # captions in words: identity name, camera number and modality, seed (no raw token strings)
+    t, c = table.get(ids[0][1]), table.get(cams[0][1])
+    assert imgs[0][1] == f"{t.dataset} #{t.pid:04d} · cam{c.camid} · infrared · seed {imgs[0][2]['seed']}"
+    assert ids[0][1] not in imgs[0][1]
     assert studio.reference_image(labels[0], ids[0][1]) is not None
     # img2img from a picture of any size: resized to the generator's, deterministic, and it matters
     pic = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 50, 3), dtype=np.uint8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -29,17 +30,32 @@ class Sandbox:
         p = Path(text)
         candidate = (p if p.is_absolute() else self.root / p).resolve()
         if candidate != self.root and self.root not in candidate.parents:
-            raise StudioError(f"{text}: outside the studio's data folder ({self.root}); paths must stay inside it")
+            raise StudioError(f"{text}: outside the studio's data folder; paths must stay inside it")
         if must_exist and not candidate.exists():
             raise StudioError(f"{text}: does not exist in the studio's data folder")
         return candidate
 
-    def new_job_dir(self, kind: str) -> Path:
-        """A fresh per-job folder (exports, generations), unique across users and restarts."""
+    def owner_root(self, owner: str | None) -> Path:
+        """Where a visitor's files live (public mode); the data folder itself for the local user."""
+        return self.root / "visitors" / owner if owner else self.root
+
+    def new_job_dir(self, kind: str, owner: str | None = None) -> Path:
+        """A fresh per-job folder (exports, generations), unique across users and restarts; under
+        the visitor's own folder when `owner` is given."""
         name = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        d = self.root / kind / name
+        d = self.owner_root(owner) / kind / name
         d.mkdir(parents=True, exist_ok=False)
         return d
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root))
+
+    def scrub(self, text: str) -> str:
+        """A message with the data folder's absolute path cut out: paths read relative to it."""
+        text = text.replace(str(self.root) + os.sep, "")
+        return text.replace(str(self.root), "the data folder")
+
+
+def visitor_id(key: str) -> str:
+    """A file-safe, unguessable-from-outside id for a browser visitor's key (public mode)."""
+    return hashlib.sha256(f"dive-visitor:{key}".encode()).hexdigest()[:20]

@@ -52,8 +52,17 @@ class CheckpointChoice:
 
 class GeneratedImage(NamedTuple):
     image: np.ndarray
-    caption: str
+    caption: str  # in words: "SYSU #0012 · cam3 · infrared · seed 42"
     settings: dict  # what `pngmeta.save_png` writes into the image
+
+
+def caption_words(table: TokenTable, identity: str, camera: str) -> str:
+    """ "SYSU #0012 · cam3 · infrared": an image's identity and camera in words."""
+    try:
+        t, c = table.get(identity), table.get(camera)
+        return f"{t.dataset} #{t.pid:04d} · cam{c.camid} · {c.modality}"
+    except (KeyError, AttributeError):
+        return f"{identity} · {camera}"
 
 
 def describe_checkpoint(ckpt: Path, *, demo: bool = False) -> str:
@@ -75,8 +84,21 @@ def describe_checkpoint(ckpt: Path, *, demo: bool = False) -> str:
 
 class Studio:
     def __init__(self, data_root: str | Path, shipped_dir: Path = SHIPPED_DIR, max_cached: int = 2,
-                 default_base: Path = SHIPPED_BASE):
+                 default_base: Path = SHIPPED_BASE, *, public: bool = False, max_trainings: int = 1,
+                 max_exports: int = 1, device: str | None = None):
+        """public: every visitor (an `owner` id) sees only their own runs, exports and files, and
+        trainings / exports are capped (`max_trainings`, `max_exports` at a time). Local mode (the
+        default) is one user who sees every run. device: "cuda" when a GPU is present, else "cpu"."""
         self.sandbox = Sandbox(data_root)
+        self.public = public
+        self.max_trainings, self.max_exports = max_trainings, max_exports
+        self._exports_running = 0
+        self._exports_lock = threading.Lock()
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         self.shipped_dir = Path(shipped_dir)
         self.default_base = Path(default_base)
         self.runs = RunManager(self.sandbox.root / "runs.sqlite", self.sandbox.root / "runs")
@@ -86,8 +108,8 @@ class Studio:
         self.max_cached = max_cached
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def checkpoints(self) -> list[CheckpointChoice]:
-        """Shipped checkpoints, then every complete checkpoint of the studio's runs."""
+    def checkpoints(self, owner: str | None = None) -> list[CheckpointChoice]:
+        """Shipped checkpoints, then every complete checkpoint of the runs this visitor sees."""
         out = []
         if self.shipped_dir.is_dir():
             for d in sorted(self.shipped_dir.iterdir(), key=lambda d: (d.name != DEMO_NAME, d.name)):
@@ -97,7 +119,7 @@ class Studio:
                     continue
                 out.append(CheckpointChoice(f"shipped: {d.name}", d, self.base_of(d),
                                             describe_checkpoint(d, demo=d.name == DEMO_NAME)))
-        for rec in self.runs.list():
+        for rec in self.visible_runs(owner):
             if rec.kind != "train":
                 continue
             for ck in self.runs.checkpoints(rec):
@@ -115,26 +137,74 @@ class Studio:
         """The base a checkpoint was trained on, if at hand; else the shipped tiny base."""
         return trained_base(ckpt, search=[self.sandbox.root]) or self.default_base
 
-    def resolve_checkpoint(self, choice: str) -> CheckpointChoice:
+    def resolve_checkpoint(self, choice: str, owner: str | None = None) -> CheckpointChoice:
         """A picker label, or a folder typed by the user (inside the studio's data folder)."""
-        for c in self.checkpoints():
+        for c in self.checkpoints(owner):
             if choice in (c.label, c.display, str(c.path)):
                 return c
-        path = self.sandbox.resolve(choice, must_exist=True)
+        path = self.resolve(choice, owner, must_exist=True)
         try:
             check_checkpoint_dir(path)
         except CheckpointError as err:
             raise StudioError(f"not a DiVE checkpoint: {err}") from None
         return CheckpointChoice(f"folder: {self.sandbox.relative(path)}", path, self.base_of(path))
 
-    def generator(self, choice: str) -> tuple[Generator, threading.Lock]:
-        c = self.resolve_checkpoint(choice)
+    def resolve(self, text: str, owner: str | None = None, *, must_exist: bool = False) -> Path:
+        """A user-typed path inside the data folder; in public mode never inside another visitor's
+        folder (refused as if it did not exist)."""
+        p = self.sandbox.resolve(text, must_exist=must_exist)
+        others = self.sandbox.root / "visitors"
+        if self.public and (p == others or others in p.parents):
+            mine = self.sandbox.owner_root(owner)
+            if not owner or not (p == mine or mine in p.parents):
+                raise StudioError(f"{text}: does not exist in the studio's data folder")
+        return p
+
+    # -- visitors and their runs ------------------------------------------------------------------
+    def visible_runs(self, owner: str | None = None):
+        """Every run (local mode), or this visitor's own (public mode)."""
+        runs = self.runs.list()
+        return [r for r in runs if r.config.get("owner") == owner] if self.public else runs
+
+    def run_of(self, run_id, owner: str | None = None):
+        """A run this visitor may watch, stop or resume (another visitor's reads as missing)."""
+        try:
+            rec = self.runs.get(int(run_id))
+        except (KeyError, ValueError, TypeError):
+            rec = None
+        if rec is None or (self.public and rec.config.get("owner") != owner):
+            raise StudioError(f"no run {run_id}")
+        return rec
+
+    def stop_run(self, run_id, owner: str | None = None):
+        return self.runs.stop(self.run_of(run_id, owner).id)
+
+    def export_slot(self):
+        """A context holding one of the `max_exports` export slots (public mode), or refusing."""
+        studio = self
+
+        class Slot:
+            def __enter__(self):
+                with studio._exports_lock:
+                    if studio.public and studio._exports_running >= studio.max_exports:
+                        raise StudioError(f"the studio runs {studio.max_exports} export(s) at a time and one is "
+                                          "running; try again when it ends")
+                    studio._exports_running += 1
+
+            def __exit__(self, *exc):
+                with studio._exports_lock:
+                    studio._exports_running -= 1
+
+        return Slot()
+
+    def generator(self, choice: str, owner: str | None = None) -> tuple[Generator, threading.Lock]:
+        c = self.resolve_checkpoint(choice, owner)
         key = str(c.path)
         with self._gens_lock:
             if key in self._gens:
                 self._gens.move_to_end(key)
                 return self._gens[key]
-        gen = load_generator(c.base, c.path)  # outside the lock: loading takes a moment
+        gen = load_generator(c.base, c.path, device=self.device)  # outside the lock: loading takes a moment
         self.base_hash(c.base)  # once per base, with the load: images record it
         with self._gens_lock:
             self._gens[key] = (gen, threading.Lock())
@@ -148,8 +218,8 @@ class Studio:
             self._base_hashes[key] = pngmeta.folder_hash(base)
         return self._base_hashes[key]
 
-    def table(self, choice: str) -> TokenTable:
-        return self.generator(choice)[0].table
+    def table(self, choice: str, owner: str | None = None) -> TokenTable:
+        return self.generator(choice, owner)[0].table
 
     # -- tokens for the pickers ---------------------------------------------------------------------
     @staticmethod
@@ -169,15 +239,15 @@ class Studio:
         cams = sorted(table.cameras, key=lambda c: (c.modality != "infrared", c.dataset, c.camid))
         return [(f"{c.label} · {c.token}", c.token) for c in cams]
 
-    def reference_image(self, choice: str, token: str) -> Path | None:
-        p = reference_path(self.resolve_checkpoint(choice).path, token)
+    def reference_image(self, choice: str, token: str, owner: str | None = None) -> Path | None:
+        p = reference_path(self.resolve_checkpoint(choice, owner).path, token)
         return p if p.exists() else None
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,
                  guidance: float, negative_prompt: str = "", init_image: Image.Image | None = None,
-                 strength: float = 0.6, action: str = "generate") -> list[GeneratedImage]:
-        """Images with captions `prompt · seed` and the settings each PNG carries; the same call
+                 strength: float = 0.6, action: str = "generate", owner: str | None = None) -> list[GeneratedImage]:
+        """Images with captions in words (identity, camera number and modality, seed) and the settings each PNG carries; the same call
         always gives the same images. With `init_image`, every image starts from that picture noised
         to `strength` (`dive translate`'s img2img) instead of pure noise."""
         if not identities or not cameras or not all(identities) or not all(cameras):
@@ -190,8 +260,8 @@ class Studio:
             raise StudioError(f"steps must be 1..200, got {steps}")
         if not 0 <= seed < 2**63:
             raise StudioError(f"seed must be 0 .. 2^63-1, got {seed}")
-        c = self.resolve_checkpoint(choice)
-        gen, lock = self.generator(choice)
+        c = self.resolve_checkpoint(choice, owner)
+        gen, lock = self.generator(choice, owner)
         for t in [*identities, *cameras]:
             try:
                 gen.table.get(t)
@@ -218,13 +288,15 @@ class Studio:
                 for j, img in zip(batch, imgs):
                     settings = {**common, "prompt": j.prompt, "seed": str(j.seed), "index": j.index,
                                 "identity": j.identity, "camera": j.camera}
-                    out.append(GeneratedImage(img, f"{j.prompt} · seed {j.seed}{note}", settings))
+                    out.append(GeneratedImage(img, f"{caption_words(gen.table, j.identity, j.camera)} · seed {j.seed}{note}",
+                                              settings))
         return out
 
-    def save_images(self, images: list[GeneratedImage], kind: str = "generations") -> tuple[Path, Path, list[Path]]:
-        """Write PNGs carrying their settings (`pngmeta`) + captions.json into a fresh job folder and
-        zip them; returns (folder, zip, the PNGs in order)."""
-        d = self.sandbox.new_job_dir(kind)
+    def save_images(self, images: list[GeneratedImage], kind: str = "generations",
+                    owner: str | None = None) -> tuple[Path, Path, list[Path]]:
+        """Write PNGs carrying their settings (`pngmeta`) + captions.json into a fresh job folder
+        (the visitor's own in public mode) and zip them; returns (folder, zip, the PNGs in order)."""
+        d = self.sandbox.new_job_dir(kind, owner)
         captions, paths = {}, []
         for k, (img, cap, settings) in enumerate(images):
             name = f"{k:03d}.png"
@@ -237,7 +309,7 @@ class Studio:
                 z.write(p, arcname=f"{d.name}/{p.name}")
         return d, zpath, paths
 
-    def reuse_settings(self, image_path: str | Path) -> dict:
+    def reuse_settings(self, image_path: str | Path, owner: str | None = None) -> dict:
         """The settings a studio PNG carries, with its checkpoint found here (by picker name, else by
         content hash): what the Generate form takes back."""
         try:
@@ -245,7 +317,7 @@ class Studio:
         except ValueError as e:
             raise StudioError(str(e)) from None
         want = s.get("checkpoint_hash", "")
-        choices = self.checkpoints()
+        choices = self.checkpoints(owner)
         found = next((c for c in choices if c.label == s["checkpoint"]), None)
         if found is not None and want and self.hash_of(found) != want:
             found = None
@@ -266,86 +338,39 @@ class Studio:
 
     # -- attention --------------------------------------------------------------------------------
     def attention(self, choice: str, identity: str, camera: str, *, seed: int, steps: int, guidance: float,
-                  layers: str = "all", step_range: str = "all"):
-        from dive.generate.attention import attention_figure, attention_maps
+                  layers: str = "all", step_range: str = "all", scale: str = "shared", others: str = "folded",
+                  owner: str | None = None):
+        """The attention result and the studio's figure (`attention_view`): identity and camera
+        tokens first, the other words folded into one map unless `others` is "each"; one shared
+        colour scale (`scale="shared"`) or each map to its own maximum ("per token")."""
+        from dive.generate.attention import attention_maps
+        from dive.studio.attention_view import studio_figure
 
-        gen, lock = self.generator(choice)
+        gen, lock = self.generator(choice, owner)
         steps_spec = {"all": "all", "first half": "0:0.5", "second half": "0.5:"}.get(step_range, step_range)
         with lock:
             res = attention_maps(gen, identity or None, camera or None, seed=seed, steps=steps, guidance=guidance,
                                  layers=layers, step_range=steps_spec)
-        fig = self.sandbox.new_job_dir("attention") / "attention.png"
-        attention_figure(res, fig)
+        fig = self.sandbox.new_job_dir("attention", owner) / "attention.png"
+        studio_figure(res, fig, scale=scale, others=others)
         return res, fig
 
     # -- export -----------------------------------------------------------------------------------
-    def export(self, choice: str, data: str, *, which: str, min_images: int, top_k: int, ids: list[str],
-               cameras: list[str], n: int, seed: int, steps: int, guidance: float, progress=None, should_stop=None):
-        """`dive generate` + `dive export` into a per-job folder; returns (export dir, zip, summary)."""
-        from dive.export import ExportConfig, export_dataset
-        from dive.generate.run import GenerateConfig, generate
+    def export(self, choice: str, data: str, *, owner: str | None = None, job: Path | None = None, **kw):
+        """`dive generate` + `dive export` into a per-job folder (`exportjob.run_export`); returns
+        (export dir, zip, summary). A stopped export keeps its folder; `resume_export` finishes it."""
+        from dive.studio.exportjob import run_export
 
-        if progress:
-            progress(0, 1, "checking the checkpoint's identities against the dataset")
-        if not data:
-            raise StudioError("choose a dataset folder (a SynthVI world inside the studio's data folder)")
-        c = self.resolve_checkpoint(choice)
-        data_dir = self.sandbox.resolve(data, must_exist=True)
-        gen, lock = self.generator(choice)
-        self.check_identities(c, gen.table, data_dir)
-        job = self.sandbox.new_job_dir("exports")
-        gcfg = GenerateConfig(base=c.base, checkpoint=c.path, out=job / "generated", identities=which,
-                              min_images=min_images, top_k=top_k, ids=tuple(ids), cameras=",".join(cameras) or "infrared",
-                              n=n, seed=seed, steps=steps, guidance=guidance)
+        with self.export_slot():
+            return run_export(self, choice, data, owner=owner, job=job, **kw)
 
-        def on_batch(done, total, rows):
-            if progress:
-                progress(done, total, "generating")
+    def resume_export(self, owner: str | None = None, *, progress=None, should_stop=None):
+        """Finish this visitor's latest stopped export with its own settings, in its own folder."""
+        from dive.studio.exportjob import pending_export
 
-        with lock:
-            generate(gcfg, generator=gen, progress=False, on_batch=on_batch, should_stop=should_stop)
-        if not (job / "generated" / "manifest.jsonl").exists():
-            raise StudioError("export stopped during generation; nothing was exported")
-        ecfg = ExportConfig(data=data_dir, synthetic=[job / "generated"], out=job / "export")
-        summary = export_dataset(ecfg, progress=False, should_stop=should_stop,
-                                 on_progress=(lambda d, t: progress(d, t, "exporting")) if progress else None)
-        if not summary.get("complete", True):
-            raise StudioError("export stopped; the partial folder was left unfinished")
-        zpath = job / "export.zip"
-        with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for p in sorted((job / "export").rglob("*")):
-                if p.is_file():
-                    z.write(p, arcname=str(p.relative_to(job)))
-        return job / "export", zpath, summary
-
-    def check_identities(self, c: CheckpointChoice, table: TokenTable, data_dir: Path) -> None:
-        """Refuse, before any work, a checkpoint whose external identities are not the dataset's:
-        each external identity token must name an identity of the dataset with as many training
-        images as the checkpoint was trained on."""
-        from collections import Counter
-
-        from dive.export.sources import load_inputs
-
-        try:
-            inp = load_inputs(data_dir)
-        except (ValueError, OSError) as e:
-            raise StudioError(f"{self.sandbox.relative(data_dir)}: not an exportable dataset ({e})") from None
-        have = Counter((r.dataset, r.pid) for r in inp.external_records if r.split == "train" and r.pid > 0)
-        def external(t) -> bool:
-            try:
-                return table.is_external(t.dataset)
-            except CheckpointError:  # an older table: anything but the VI set's own ids
-                return t.dataset != inp.vi_dataset
-
-        ext = [t for t in table.identities if external(t)]
-        bad = [t for t in ext if have.get((t.dataset, t.pid), 0) != t.images]
-        if bad:
-            t = bad[0]
-            where = self.sandbox.relative(data_dir)
-            raise StudioError(
-                f"{c.label} was trained on other identities than {where}: {len(bad)} of its {len(ext)} external "
-                f"identity tokens do not match (e.g. {t.dataset} #{t.pid:04d}: {t.images} training images in the "
-                f"checkpoint, {have.get((t.dataset, t.pid), 0)} in {where}); choose the dataset it was trained on")
+        job, req = pending_export(self, owner)
+        return self.export(req.pop("choice"), req.pop("data"), owner=owner, job=job, progress=progress,
+                           should_stop=should_stop, **req)
 
     # -- training runs ------------------------------------------------------------------------------
     def worlds(self) -> list[str]:
@@ -362,32 +387,45 @@ class Studio:
             build_world(SynthConfig(out=out, seed=0, force=True, **QUICK_WORLD), progress=False)
         return out
 
-    def resume_run(self, run_id: int):
+    def resume_run(self, run_id: int, owner: str | None = None):
         from dive.studio.runs import RunStateError
 
+        rec = self.run_of(run_id, owner)
+        if self.public:
+            self.check_training_slot(owner)
         try:
-            return self.runs.resume(int(run_id))
+            return self.runs.resume(rec.id)
         except (RunStateError, KeyError) as e:
             raise StudioError(str(e).strip("'\"")) from None
 
+    def check_training_slot(self, owner: str | None = None) -> None:
+        """Public mode: refuse a training while `max_trainings` are running."""
+        if not self.public:
+            return
+        running = [r for r in self.runs.list() if r.status == "running"]
+        if len(running) >= self.max_trainings:
+            raise StudioError(f"the studio runs {self.max_trainings} training(s) at a time and one is running; "
+                              "try again when it ends")
+
     def launch_training(self, *, preset: str, data: str | None, base: str | None, steps: int | None,
-                        seed: int = 0, rank: int | None = None, lr: float | None = None):
+                        seed: int = 0, rank: int | None = None, lr: float | None = None, owner: str | None = None):
         if preset not in TRAIN_PRESETS:
             raise StudioError(f"unknown preset {preset!r}")
+        self.check_training_slot(owner)
         p = dict(TRAIN_PRESETS[preset])
-        world = self.sandbox.resolve(data, must_exist=True) if data else (
+        world = self.resolve(data, owner, must_exist=True) if data else (
             self.ensure_quick_world() if p["world"] == "quick" else None)
         if world is None:
             raise StudioError("choose a dataset folder (a SynthVI world inside the studio's data folder)")
-        base_dir = self.sandbox.resolve(base, must_exist=True) if base else self.default_base
+        base_dir = self.resolve(base, owner, must_exist=True) if base else self.default_base
         if not (base_dir / "model_index.json").exists():
-            raise StudioError(f"{base_dir}: not a diffusers base model folder")
-        out = self.sandbox.new_job_dir("runs")
+            raise StudioError(f"{base}: not a diffusers base model folder")
+        out = self.sandbox.new_job_dir("runs", owner)
         args = ["--base", str(base_dir), "--data", str(world), "--out", str(out), "--seed", str(seed),
                 "--steps", str(steps or p["steps"]), "--batch-size", str(p["batch_size"]), "--rank", str(rank or p["rank"]),
                 "--save-every", str(p["save_every"]), "--preview-every", str(p["preview_every"]), "--threads", "1"]
         if lr:
             args += ["--lr", str(lr)]
         config = {"preset": preset, "data": str(world), "base": str(base_dir), "steps": steps or p["steps"],
-                  "seed": seed, "rank": rank or p["rank"]}
+                  "seed": seed, "rank": rank or p["rank"], "owner": owner}
         return self.runs.launch("train", args, config, out)

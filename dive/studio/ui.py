@@ -1,0 +1,95 @@
+"""What `app.py` needs besides layout: messages, the visitor of a request, the GPU decorator of
+Hugging Face Spaces, page CSS / JS, and table rows. No Gradio components are built here."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from dive.studio.sandbox import StudioError, visitor_id
+
+# galleries: as many ~110 px columns as fit (1400 px and 800 px alike); captions under the image
+CSS = """
+#title {margin-bottom: 0}
+.dive-error {color: #b91c1c; font-weight: 600}
+.dive-gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important}
+.dive-gallery .thumbnail-item {aspect-ratio: auto !important; height: auto !important; display: flex;
+  flex-direction: column; overflow: visible !important}
+.dive-gallery .thumbnail-item img {aspect-ratio: 1 / 2; height: auto !important; object-fit: contain}
+.dive-gallery .caption-label {position: static !important; max-width: 100% !important; white-space: normal !important;
+  opacity: 1 !important; border: 0 !important; border-radius: 0 !important; font-size: 12px; padding: 2px 4px !important}
+"""
+
+# Tab (or Shift+Tab) out of a dropdown closes its option list (Escape first, then focus moves on)
+HEAD = """<script>
+document.addEventListener('keydown', function (e) {
+  if (e.key !== 'Tab') return;
+  var el = document.activeElement;
+  if (el && el.tagName === 'INPUT' && el.closest('.wrap') && el.getAttribute('role') === 'listbox') {
+    el.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));
+    el.dispatchEvent(new FocusEvent('blur'));
+  }
+}, true);
+</script>"""
+
+
+
+def err(e: Exception, studio=None) -> str:
+    """A one-line error for the page; paths read relative to the data folder."""
+    text = str(e).strip("'\"")
+    if studio is not None:
+        text = studio.sandbox.scrub(text)
+    return f"<span class='dive-error'>⚠ {html.escape(text, quote=False)}</span>"
+
+
+def visitor(studio, request) -> str | None:
+    """The owner id of this request's visitor in public mode (its Gradio session, or the browser
+    key kept in the page's BrowserState); None in local mode (one user who sees everything)."""
+    if not studio.public:
+        return None
+    key = None
+    if request is not None:
+        key = getattr(request, "session_hash", None)
+    if not key:
+        raise StudioError("no visitor session: use the page or gradio_client")
+    return visitor_id(str(key))
+
+
+def gpu(fn):
+    """`spaces.GPU(fn)` when the `spaces` package of Hugging Face is importable, else `fn`."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+def neighbours(ids: list[str], selected: str | None, k: int = 8) -> list[str]:
+    """The selected identity and the ones next to it in the list (k in all)."""
+    if not ids:
+        return []
+    i = ids.index(selected) if selected in ids else 0
+    start = max(0, min(i - k // 2 + 1, len(ids) - k))
+    return ids[start : start + k]
+
+
+def attention_help() -> str:
+    from dive.studio.attention_view import COLUMNS
+
+    return "\n".join(f"- **{k}**: {v}" for k, v in COLUMNS.items())
+
+
+def runs_rows(studio, runs) -> list[dict]:
+    return [{"id": r.id, "kind": r.kind, "status": r.status, "preset": r.config.get("preset", ""),
+             "steps": r.config.get("steps", ""), "started": time.strftime("%H:%M:%S", time.localtime(r.started)),
+             "folder": studio.sandbox.relative(r.run_dir)} for r in runs]
+
+
+def export_lines(studio, out, summary: dict) -> str:
+    c = summary.get("counts", {})
+    return "\n".join([
+        f"**exported** `{studio.sandbox.relative(out)}` (SYSU-MM01 layout)",
+        f"- images: {c.get('images', '?')} ({', '.join(f'{k}: {v}' for k, v in c.get('per_origin', {}).items())})",
+        f"- ids per split: {c.get('ids_per_split', '?')}; new ids: {c.get('new_ids', '?')}",
+        "- manifest: `manifest.csv` / `manifest.jsonl` (prompt, seed, steps, checkpoint hash per image)"])
