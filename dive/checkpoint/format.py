@@ -43,11 +43,13 @@ def read_safetensors(path: str | Path, *, finite: bool = True) -> tuple[dict, di
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    header_ok = n >= 2 and 8 + n <= size and head[8:9] == b"{"
+    # a safetensors header length may itself start with 0x80: judge the magic bytes only without one
+    if not header_ok and (head[:1] == b"\x80" or head[:2] == b"PK"):
         kind = "a pickle" if head[:1] == b"\x80" else "a zip archive (torch.save)"
         raise CheckpointError(f"{path}: {kind}, not safetensors; {expected} (pickled weights are never loaded)")
-    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if n < 2 or 8 + n > size or head[8:9] != b"{":
+    if not header_ok:
         raise CheckpointError(f"{path}: damaged or not safetensors (header of {n} bytes in a file of {size}); {expected}")
     try:
         with safe_open(str(path), framework="pt") as f:
