@@ -196,6 +196,22 @@ def test_real_transformers_resnet_layout(tmp_path):
                        state["resnet.encoder.stages.1.layers.0.shortcut.convolution.weight"])
     assert torch.equal(model.layer4[1].bn2.running_var,
                        state["resnet.encoder.stages.3.layers.1.layer.1.normalization.running_var"])
+    # at layer4 stride 2 (ImageNet's), the stem + layers compute transformers' backbone function
+    torch.manual_seed(0)
+    same = build_model(ModelSpec(num_classes=5, arch="resnet18", base_width=64, last_stride=2, height=64, width=32))
+    load_pretrained(same, path)
+    with torch.no_grad():
+        for bn in hf.modules():  # non-trivial BN statistics, so a misplaced tensor shows
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-0.1, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+        save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(path))
+        load_pretrained(same, path)
+        x = torch.randn(2, 3, 64, 32)
+        ours = same.eval().layer4(same.layer3(same.layer2(same.layer1(same.stem_visible(x)))))
+        theirs = hf.eval().resnet(x).last_hidden_state
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
 
 
 def _args(**kw) -> argparse.Namespace:
