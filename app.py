@@ -339,8 +339,9 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                         t_steps = gr.Number(value=0, precision=0, label="Steps (0: the preset's)")
                         t_seed = gr.Textbox(value="0", label="Seed", max_lines=1)
                         t_go = gr.Button("Launch training", variant="primary")
-                        t_run = gr.Dropdown([], label="Run", value=None,
-                                            info="every run of this studio, from any browser; states are live")
+                        t_run = gr.Dropdown([], label="Run", value=None, allow_custom_value=True,
+                                            info=("your runs in this session; states are live" if studio.public else
+                                                  "every run of this studio, from any browser; states are live"))
                         with gr.Row():
                             t_stop = gr.Button("Stop run", variant="stop")
                             t_resume = gr.Button("Resume run")

@@ -24,19 +24,48 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(studio_dirs, tiny_world_dir, micro_base):
-    from app import build_app
     from dive.studio.service import Studio
 
     data, shipped = studio_dirs
     if not (data / "worlds" / "tiny").exists():
         shutil.copytree(tiny_world_dir, data / "worlds" / "tiny")
     studio = Studio(data, shipped_dir=shipped, default_base=data / "bases" / "micro")
-    demo = build_app(studio)
+    yield from _serve(studio, shipped)
+
+
+def _serve(studio, shipped, **kw):
+    from app import build_app, launch_options
+
+    demo = build_app(studio, **kw)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(data), str(shipped)])
+    opts = launch_options(studio)
+    opts["allowed_paths"].append(str(shipped))  # the tests' shipped folder (reference images)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **opts)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def public_url(studio_dirs, tiny_world_dir, tmp_path_factory):
+    from dive.studio.service import Studio
+
+    data, shipped = studio_dirs
+    pub = tmp_path_factory.mktemp("public") / "data"
+    shutil.copytree(data / "bases" / "micro", pub / "bases" / "micro")
+    studio = Studio(pub, shipped_dir=shipped, default_base=pub / "bases" / "micro", public=True)
+    for url in _serve(studio, shipped, queue_size=4):
+        yield url, pub
+
+
+def _get(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def _image_path(item) -> Path:
@@ -140,6 +169,40 @@ def test_generate_defaults_settings_and_runs_across_clients(app_url):
     t0 = time.time()
     msg, _ = a.predict(run_id, api_name="/stop")
     assert "stopped" in msg and time.time() - t0 < 10
+
+
+def test_run_database_is_never_served(app_url, studio_dirs):
+    data, _ = studio_dirs
+    assert (data / "runs.sqlite").exists()
+    assert _get(f"{app_url}gradio_api/file={data / 'worlds' / 'tiny' / 'synthvi.json'}") == 200  # the data folder is
+    assert _get(f"{app_url}gradio_api/file={data / 'runs.sqlite'}") in (403, 404)  # but not the run database
+
+
+def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
+    from gradio_client import Client
+
+    url, pub = public_url
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    gallery, _, msg, _ = a.predict(api_name="/generate")
+    assert len(gallery) == 4, msg
+    msg = a.predict(api_name="/train")[0]
+    assert msg.startswith("started run"), msg
+    run_id = int(msg.split()[2])
+    assert [int(r[0]) for r in a.predict(api_name="/runs")["data"]] == [run_id]
+    assert b.predict(api_name="/runs")["data"] == []  # b sees none of a's runs
+    for api in ("/stop", "/resume"):
+        msg, _ = b.predict(run_id, api_name=api)
+        assert f"no run {run_id}" in msg, msg
+    msg = b.predict(api_name="/train")[0]
+    assert "1 training(s) at a time" in msg and str(pub) not in msg, msg  # capped, one clear line
+    assert a.predict(api_name="/runs")["data"][0][2] == "running"
+    msg, _ = a.predict(run_id, api_name="/stop")
+    assert f"run {run_id} stopped in" in msg, msg
+    # a's files live under a's own visitor folder; the run database and other folders are never served
+    owners = [p.name for p in (pub / "visitors").iterdir()]
+    assert len(owners) == 1 and (pub / "visitors" / owners[0] / "generations").is_dir()
+    assert _get(f"{url}gradio_api/file={pub / 'runs.sqlite'}") in (403, 404)
+    assert _get(f"{url}gradio_api/file={pub / 'worlds' / 'quick' / 'synthvi.json'}") in (403, 404)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
