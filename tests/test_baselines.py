@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dive import defaults
-from dive.baselines.common import SETTINGS_FILE, assign_sources, load_baseline_inputs, select_external_ids
+from dive.generate.sources import SETTINGS_FILE, assign_sources, load_baseline_inputs, select_external_ids
 from dive.baselines.cyclegan import (GENERATOR_CONFIG, GENERATOR_WEIGHTS, CycleGANApplyConfig, CycleGANTrainConfig,
                                      apply_cyclegan, train_cyclegan)
 from dive.baselines.grayscale import GrayscaleConfig, run_grayscale

@@ -12,7 +12,7 @@
 
 All select the same identities (external training ids with at least `--min-images` images, as
 `dive generate` selects identity tokens) and the same source image for every output
-(`dive.baselines.common.assign_sources`), so they differ only in the translation. Output folder::
+(`dive.generate.sources.assign_sources`), so they differ only in the translation. Output folder::
 
     images/<dataset>-<pid>/cam<c>/<index>.png   one image per (identity, infrared camera, index)
     manifest.jsonl                               one row per image (written last: marks completion)
@@ -30,6 +30,6 @@ With a real VI set, `--data /data/SYSU-MM01 --external /data/Market-1501` (grays
 translator serves any selection (`--min-images`, `--top-k`, `--n`, `--cameras`, `--seed`).
 """
 
-from dive.baselines.common import BaselineInputs, assign_sources, load_baseline_inputs, select_external_ids
+from dive.generate.sources import BaselineInputs, assign_sources, load_baseline_inputs, select_external_ids
 
 __all__ = ["BaselineInputs", "assign_sources", "load_baseline_inputs", "select_external_ids"]

@@ -2,7 +2,7 @@
 their visible images (the simplest modality bridge, as CAJ's grayscale channel).
 
 For each selected external identity and each infrared camera of the VI set, `--n` images: the
-identity's visible images (chosen and cycled as `dive.baselines.common.assign_sources` says, fixed
+identity's visible images (chosen and cycled as `dive.generate.sources.assign_sources` says, fixed
 by `--seed`), resized to `--height` x `--width` (bicubic), converted to luminance with PIL's
 ITU-R 601-2 transform (L = 0.299 R + 0.587 G + 0.114 B) and stored as 3-channel PNG (R = G = B),
 as SYSU stores infrared images. The folder (images, manifest.jsonl, generate.json) is what
@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dive.baselines.common import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out, read_rgb
+from dive.generate.sources import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out, read_rgb
 from dive.utils.io import save_image
 
 

@@ -9,7 +9,7 @@ This is a ceiling, not a method: the identity Rank-1 and Fréchet distance a per
 reach with the same ReID features. It tells how far a generator is from what the metric can give,
 and it is never one of the comparison training sets.
 
-Same selection and folder as the other baselines (`dive.baselines.common`); each image's pose,
+Same selection and folder as the other baselines (`dive.generate.sources`); each image's pose,
 crop and noise come from (world seed, --seed, pid, camera, index), so the output is reproducible.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dive.baselines.common import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out
+from dive.generate.sources import BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs, prepare_out
 from dive.utils.io import save_image
 
 

@@ -8,7 +8,7 @@ real image (pose, silhouette, pattern layout) stays; what it hides (the dyes' to
 background) is redrawn by the identity token, the caption and the infrared camera's LoRA. At
 strength 1 the source is forgotten and it is `dive generate` again.
 
-Sources are chosen exactly as the comparison baselines choose theirs (`dive.baselines.common`:
+Sources are chosen exactly as the comparison baselines choose theirs (`dive.generate.sources`:
 the same seed gives grayscale copies, CycleGAN and this command the same source for every output
 image), so the three are compared image for image. The output folder has the baselines' layout
 (images/, manifest.jsonl, generate.json), read by `dive export --synthetic` and `dive metrics`.
@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dive import defaults
-from dive.baselines.common import (SETTINGS_FILE, BaselineSelection, base_settings, finish_out, load_baseline_inputs,
+from dive.generate.sources import (SETTINGS_FILE, BaselineSelection, base_settings, finish_out, load_baseline_inputs,
                                    plan_jobs, prepare_out, read_rgb)
 from dive.checkpoint import checkpoint_hash, resolve_base
 from dive.generate import DEFAULT_GUIDANCE

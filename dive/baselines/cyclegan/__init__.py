@@ -37,7 +37,7 @@ then `generator.safetensors` (G only) + `generator.json` (its architecture, imag
 config, sha256), the latter written last.
 
 `apply` translates the selected external identities' visible images (the same identities and
-source images as `dive baseline grayscale` with the same seed, `dive.baselines.common`) with G.
+source images as `dive baseline grayscale` with the same seed, `dive.generate.sources`) with G.
 CycleGAN has no camera control: every infrared camera gets its own `--n` images, from different
 source images where the identity has enough, all made by the one generator; `camid` records the
 camera the image is assigned to.

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dive.baselines.common import (BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs,
+from dive.generate.sources import (BaselineSelection, base_settings, finish_out, load_baseline_inputs, plan_jobs,
                                    prepare_out)
 from dive.baselines.cyclegan.networks import (GENERATOR_WEIGHTS, ResnetGenerator, load_generator, rgb_tensor, to_uint8,
                                               to_unit)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from dive.baselines.common import read_rgb
+from dive.generate.sources import read_rgb
 
 GENERATOR_WEIGHTS = "generator.safetensors"
 GENERATOR_CONFIG = "generator.json"

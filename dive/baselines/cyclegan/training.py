@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dive.baselines.common import load_baseline_inputs
+from dive.generate.sources import load_baseline_inputs
 from dive.baselines.cyclegan.networks import (FORMAT, GENERATOR_CONFIG, GENERATOR_WEIGHTS, ImagePool,
                                               PatchDiscriminator, ResnetGenerator, count_parameters, init_weights,
                                               load_generator, rgb_tensor, to_unit)

@@ -1,5 +1,6 @@
-"""What every baseline shares: reading the inputs, choosing identities and source images, and
-writing a synthetic-source folder (images, `manifest.jsonl`, `generate.json`).
+"""External identities and their source images, shared by every source of synthetic images (the
+comparison baselines and img2img translation): reading the inputs, choosing identities and source
+images, and writing a synthetic-source folder (images, `manifest.jsonl`, `generate.json`).
 
 Inputs (`load_baseline_inputs`), the same as `dive export` reads them:
 
