@@ -143,3 +143,10 @@ def read_synthetic_source(root: Path, index: int) -> SyntheticSource:
 
 def relpath_in(path: str | Path, root: Path) -> str:
     return Path(path).relative_to(root).as_posix()
+
+
+def id_list(pids, limit: int = 12) -> str:
+    """'3 ids: 4, 7, 9' for an error message (at most `limit` shown)."""
+    pids = sorted(pids)
+    shown = ", ".join(str(p) for p in pids[:limit])
+    return f"{len(pids)} id{'s' if len(pids) > 1 else ''}: {shown}" + (", ..." if len(pids) > limit else "")

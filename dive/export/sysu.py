@@ -55,7 +55,8 @@ from dive.data.readers.sysu_mm01 import SYSU_SPLIT_FILES, format_id_file
 from dive.export.files import (AGW_FILES, DONE_FILE, EXPORT_VERSION, LLCM_FILES, MANIFEST_FIELDS, PARTIAL_FILE,
                                Stopped, agw_shapes_match, check_output, encode_image, manifest_texts, prepare_out,
                                prune, training_lists, write_agw_arrays, write_llcm_idx)
-from dive.export.sources import ExportInputs, SyntheticSource, load_inputs, read_synthetic_source, relpath_in
+from dive.export.sources import (ExportInputs, SyntheticSource, id_list, load_inputs, read_synthetic_source,
+                                 relpath_in)
 from dive.utils.config import config_to_dict
 from dive.utils.io import load_rgb, write_bytes, write_json, write_text
 from dive.utils.lock import output_lock
@@ -204,7 +205,7 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     if unknown:
         where, pids = next(iter(unknown.items()))
         raise ValueError(f"{where}: synthetic images of {inp.external_dataset} ids that its dataset does not have "
-                         f"({_id_list(pids)}); they would become labels without a real image"
+                         f"({id_list(pids)}); they would become labels without a real image"
                          + (f" (and {len(unknown) - 1} more manifest(s))" if len(unknown) > 1 else ""))
     selected = set(syn_keys)
     if cfg.external_ids == "all" and cfg.external_images:  # without their images they would be empty ids
@@ -291,12 +292,6 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     return ExportPlan(items, split_ids, new_ids, tokens, cam_map, labels)
 
 
-def _id_list(pids, limit: int = 12) -> str:
-    pids = sorted(pids)
-    shown = ", ".join(str(p) for p in pids[:limit])
-    return f"{len(pids)} id{'s' if len(pids) > 1 else ''}: {shown}" + (", ..." if len(pids) > limit else "")
-
-
 def _refuse_single_modality(items: list[_Item], new_ids: dict[tuple[str, int], int]) -> None:
     """Refuse added ids whose exported images would all be of one modality (a VI-ReID sampler
     needs both for every training id), naming them by their source ids."""
@@ -305,7 +300,7 @@ def _refuse_single_modality(items: list[_Item], new_ids: dict[tuple[str, int], i
         modalities[it.row["pid"]].add(it.row["modality"])
     one = {m: [key for key, nid in new_ids.items() if modalities[nid] == {m}] for m in ("visible", "infrared")}
     parts = [f"{m} only: {key_list}" for m, keys in one.items() if keys
-             for key_list in [f"{keys[0][0]} " + _id_list(k[1] for k in keys)]]
+             for key_list in [f"{keys[0][0]} " + id_list(k[1] for k in keys)]]
     if parts:
         raise ValueError(f"export would add ids with images of one modality only ({'; '.join(parts)}); give them "
                          "synthetic images of the other modality, leave them out (--external-ids synthetic), or pass "
