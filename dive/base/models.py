@@ -18,7 +18,7 @@ from dive.utils.io import cast_safetensors
 @dataclass
 class TinySDConfig:
     """Sizes of the tiny base. Defaults: ~8.9M-param UNet (64/128/192), 4-layer width-128 CLIP,
-    an 8x VAE (16x8 latents at 128x64) with 8 latent channels (see checkpoints/README.md).
+    an 8x VAE (16x8 latents at 128x64) with 8 latent channels (see docs/base-model.md).
 
     Why this UNet: at 16x8 latents a step is mostly fixed cost on a CPU, so width is cheap (`research/unet_step_time.py`,
     2 threads, batch 32: 32/64/128 0.27 s, 64/128/192 0.43 s), and v2's 32/64/128 drew blurred
@@ -39,7 +39,7 @@ class TinySDConfig:
     text_time_embedding: bool = field(default=True, metadata={
         "help": "also add an attention-pooled text embedding to the timestep embedding (diffusers' "
                 "addition_embed_type='text'); without it the tiny UNet's cross-attention stayed near-uniform "
-                "over all 77 positions and captions barely changed its predictions (see checkpoints/README.md)"})
+                "over all 77 positions and captions barely changed its predictions (see docs/base-model.md)"})
     text_time_heads: int = field(default=4, metadata={"help": "heads of that attention pooling"})
 
 

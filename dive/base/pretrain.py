@@ -9,7 +9,7 @@ Three stages, each resumable from its last checkpoint:
    own objective, on the web pool's image-caption pairs): SD's text encoder arrives pretrained, and
    a tiny one trained only through the UNet's loss learned so slowly that captions barely changed
    the UNet's predictions (5.5% lower loss for the right caption at t=950 after 4,000 steps; see
-   checkpoints/README.md). Then frozen, as in SD;
+   docs/base-model.md). Then frozen, as in SD;
 3. the UNet (and the text encoder too when stage 2 is off), on the VAE's latents of every web image
    (and its mirror image), noise-prediction MSE with min-SNR weighting, captions dropped 10% of the
    time so classifier-free guidance works.

@@ -1,11 +1,11 @@
 """`dive caption`: describe every identity in words the base model composes, for `dive train --captions`.
 
 Why: an identity token learnt from visible images holds that identity's visible look, but a LoRA
-cannot read a dye's infrared grey out of 300 entangled token vectors (checkpoints/README.md,
-sessions 7-8). Named in words ("wearing a red and black checks sweater ..."), the same colour words
-recur across hundreds of identities, so the infrared camera's LoRA could learn colour word -> infrared
-grey once for all of them, and external ids never seen in infrared share it. (Measured in session
-13: at this scale it does not; `dive infrared-words` names each colour's infrared grey instead.)
+cannot read a dye's infrared grey out of 300 entangled token vectors (docs/infrared-identity.md).
+Named in words ("wearing a red and black checks sweater ..."), the same colour words recur across
+hundreds of identities, so the infrared camera's LoRA could learn colour word -> infrared grey once
+for all of them, and external ids never seen in infrared share it. (At this scale it does not,
+docs/infrared-words.md; `dive infrared-words` names each colour's infrared grey instead.)
 
 Steps:
 1. train an `AttributeReader` on the captioned web pool (`<web>/captions.jsonl` + images; the

@@ -92,7 +92,7 @@ def is_checkpoint_dir(directory: str | Path) -> bool:
 def _hashed_bytes(path: Path) -> bytes:
     """A file's bytes as `checkpoint_hash` reads them: a safetensors header with its keys sorted.
     The library writes its metadata map in no fixed order, so the same tensors packaged twice could
-    differ in their first bytes (and did: session 20)."""
+    differ in their first bytes."""
     raw = path.read_bytes()
     if path.suffix != ".safetensors" or len(raw) < 8:
         return raw

@@ -116,7 +116,7 @@ class TokenTable:
         if any(c.dataset == "all" for c in self.cameras):
             raise CheckpointError(f"{TOKENS_FILE}: one camera token per modality and no 'infrared_datasets', so VI and "
                                   "external identities cannot be told apart; add \"infrared_datasets\": [\"<VI dataset "
-                                  "name>\"] to it (the trainer writes it since session 12)")
+                                  "name>\"] to it (the trainer writes it)")
         return True
 
     def describes_same_tokens(self, other: "TokenTable") -> bool:

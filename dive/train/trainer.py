@@ -79,7 +79,7 @@ class DiVETrainConfig:
     infrared_share: float = field(default=0.0, metadata={
         "help": "fraction of each batch drawn from the infrared images (0: uniform over all images, ~20% infrared "
                 "in SynthVI); identity tokens shared with the far more common visible images learned to ignore "
-                "infrared (see checkpoints/README.md)"})
+                "infrared (see docs/infrared-identity.md)"})
     identity_modalities: str = field(default="both", metadata={
         "help": "images whose loss trains the identity tokens: both modalities (the paper) or visible only; with "
                 "visible, infrared images train the LoRA and camera tokens but cannot write an id's infrared look "
@@ -111,7 +111,7 @@ class DiVETrainConfig:
         "help": "experiment: a second UNet LoRA (same layers and rank) that is on for infrared camera images only: the shared "
                 "LoRA and the identity tokens keep what both modalities share, the infrared LoRA turns it into "
                 "infrared without having to read the camera token (see dive/utils/adapters.py); saved as "
-                "infrared_lora_weights.safetensors. On SynthVI it did not carry identity into infrared (checkpoints/README.md)"})
+                "infrared_lora_weights.safetensors. On SynthVI it did not carry identity into infrared (docs/infrared-identity.md)"})
     init_from: Path | None = field(default=None, metadata={
         "help": "start from this DiVE checkpoint's token embeddings and LoRA(s) (its token table must be this run's: "
                 "same data and token settings)"})

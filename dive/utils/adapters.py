@@ -3,7 +3,7 @@
 Why: the paper's single LoRA must learn "draw this identity token in infrared" as an interaction
 between the camera token and the identity token. SD 1.5 is deep enough to compose the two; the
 tiny base's one-layer blocks are not, and a LoRA shared with visible images learned one infrared
-figure for everyone (checkpoints/README.md). A LoRA switched on by the camera's
+figure for everyone (docs/infrared-identity.md). A LoRA switched on by the camera's
 modality has no interaction to learn: it only turns what the base draws from a visible-learned
 token into infrared.
 
