@@ -34,7 +34,7 @@ from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
 from dive.studio.training_ui import DEFAULT_PRESET, TrainingCallbacks  # noqa: E402
-from dive.studio.ui import CSS, HEAD, attention_help, err, export_lines, gpu, neighbours, visitor  # noqa: E402
+from dive.studio.ui import CSS, attention_help, err, export_lines, gpu, neighbours, visitor  # noqa: E402
 
 PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
                "and makes no useful model. full: the demo's recipe (hours on a CPU).")
@@ -408,7 +408,7 @@ def launch_options(studio: Studio) -> dict:
     root = studio.sandbox.root
     allowed = [str(root / "visitors") if studio.public else str(root), str(Path(__file__).parent / "checkpoints")]
     blocked = [str(root / name) for name in ("runs.sqlite", "runs.sqlite-journal", "runs.sqlite-wal")]
-    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS, "head": HEAD}
+    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS}
 
 
 def main(argv: list[str] | None = None) -> None:

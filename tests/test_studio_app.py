@@ -205,6 +205,43 @@ def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
     assert _get(f"{url}gradio_api/file={pub / 'worlds' / 'quick' / 'synthvi.json'}") in (403, 404)
 
 
+UNLABELLED = """() => Array.from(document.querySelectorAll('input, textarea, select'))
+  .filter(e => e.type !== 'hidden' && e.type !== 'file' && e.offsetParent !== null)
+  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
+  .map(e => e.outerHTML.slice(0, 160))"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_labels_and_readable_gallery(app_url):
+    """Every visible input has a label; gallery captions in words sit
+    under the thumbnails, whose columns fit the window at 1400 and 800 px."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_url)
+        expect(page.get_by_text("identity tokens", exact=False)).to_be_visible(timeout=60_000)
+        assert page.evaluate(UNLABELLED) == []
+        expect(page.get_by_label("Random seed")).to_be_visible()
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text("images · seed", exact=False)).to_be_visible(timeout=120_000)
+        for width in (1400, 800):
+            page.set_viewport_size({"width": width, "height": 1000})
+            page.wait_for_timeout(500)
+            grid = page.locator("#gallery .grid-container").bounding_box()
+            thumbs = page.locator("#gallery .thumbnail-item")
+            for i in range(thumbs.count()):
+                b = thumbs.nth(i).bounding_box()
+                assert b["x"] + b["width"] <= grid["x"] + grid["width"] + 1, (width, i)  # no clipped column
+                img = thumbs.nth(i).locator("img").bounding_box()
+                cap = thumbs.nth(i).locator(".caption-label").bounding_box()
+                assert cap["y"] >= img["y"] + img["height"] - 1, (width, i)  # the caption is under the image
+            text = thumbs.first.locator(".caption-label").inner_text()
+            assert " · cam" in text and " · seed " in text, text
+        browser.close()
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
 def test_browser_walkthrough(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright

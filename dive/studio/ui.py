@@ -1,5 +1,5 @@
 """What `app.py` needs besides layout: messages, the visitor of a request, the GPU decorator of
-Hugging Face Spaces, page CSS / JS, and table rows. No Gradio components are built here."""
+Hugging Face Spaces, the page CSS, and table rows. No Gradio components are built here."""
 
 from __future__ import annotations
 
@@ -20,19 +20,6 @@ CSS = """
 .dive-gallery .caption-label {position: static !important; max-width: 100% !important; white-space: normal !important;
   opacity: 1 !important; border: 0 !important; border-radius: 0 !important; font-size: 12px; padding: 2px 4px !important}
 """
-
-# Tab (or Shift+Tab) out of a dropdown closes its option list (Escape first, then focus moves on)
-HEAD = """<script>
-document.addEventListener('keydown', function (e) {
-  if (e.key !== 'Tab') return;
-  var el = document.activeElement;
-  if (el && el.tagName === 'INPUT' && el.closest('.wrap') && el.getAttribute('role') === 'listbox') {
-    el.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', code: 'Escape', bubbles: true}));
-    el.dispatchEvent(new FocusEvent('blur'));
-  }
-}, true);
-</script>"""
-
 
 
 def err(e: Exception, studio=None) -> str:
