@@ -376,7 +376,7 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
         g_gallery.select(reuse_selected, [g_paths], [g_picked], **private)
         g_reuse_file.upload(lambda f: f, [g_reuse_file], [g_picked], **private)
         reuse_outs = [ckpt, *token_outs, g_seed, g_random, g_steps, g_guid, g_n, g_msg]
-        g_reuse.click(reuse, [g_picked], reuse_outs, api_visibility="undocumented").then(
+        g_reuse.click(reuse, [g_picked], reuse_outs, api_name="reuse_picked", api_visibility="undocumented").then(
             reference, [ckpt, g_id], [g_ref], **private)
         # /reuse for scripts: the settings of a PNG, as the form takes them
         reuse_api = gr.Button(visible=False)
