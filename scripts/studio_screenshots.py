@@ -39,9 +39,8 @@ def start_app(data: Path):
     """The app as `python app.py` serves it (theme, CSS, warmed demo); returns (demo, url)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import gradio as gr
 
-    from app import CSS, build_app
+    from app import build_app, launch_options
     from dive.studio.service import Studio
 
     studio = Studio(data)
@@ -50,8 +49,7 @@ def start_app(data: Path):
     demo = build_app(studio)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                theme=gr.themes.Soft(), css=CSS,
-                allowed_paths=[str(studio.sandbox.root), str(ROOT / "checkpoints")])
+                **launch_options(studio))
     return demo, f"http://127.0.0.1:{port}/"
 
 
