@@ -361,6 +361,7 @@ def text_lora_run(micro_base, tiny_world_dir, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_text_lora_resumes_exactly_and_is_refused_by_other_settings(micro_base, tiny_world_dir, text_lora_run, tmp_path):
     from dive.checkpoint import TEXT_LORA_FILE
     from dive.train.trainer import train_dive
@@ -438,6 +439,7 @@ def infrared_adapter_run(micro_base, tiny_world_dir, tmp_path_factory):
     return out, cfg
 
 
+@pytest.mark.slow
 def test_infrared_adapter_trains_on_infrared_images_only(micro_base, tiny_world_dir, infrared_adapter_run, tmp_path):
     """The infrared adapter gets gradient from infrared images only, leaves visible images' outputs
     untouched, trains, resumes exactly, and is refused by a run without it."""

@@ -244,6 +244,7 @@ def test_end_to_end_cli_and_report(tiny_world_dir, tiny_reid_run, tmp_path, caps
     assert rc == 2 and "market1501:" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_inception_for_fd_reid_for_identity(tiny_world_dir, tiny_reid_run, tmp_path):
     import torch
     from safetensors.torch import save_file

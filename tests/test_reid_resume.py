@@ -44,6 +44,7 @@ def _same_files(a: Path, b: Path) -> None:
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_same_bytes(world, tmp_path):
     epochs, batches = 5, 3
     ref = train_reid(ReIDTrainConfig(out=tmp_path / "ref", epochs=epochs, batches_per_epoch=batches, **TINY),

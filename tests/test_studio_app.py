@@ -178,6 +178,7 @@ def test_run_database_is_never_served(app_url, studio_dirs):
     assert _get(f"{app_url}gradio_api/file={data / 'runs.sqlite'}") in (403, 404)  # but not the run database
 
 
+@pytest.mark.slow
 def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
     from gradio_client import Client
 
@@ -242,6 +243,7 @@ def test_browser_labels_and_readable_gallery(app_url):
         browser.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
 def test_browser_walkthrough(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright

@@ -65,6 +65,7 @@ def test_service_generates_with_the_shipped_checkpoint(studio_dirs):
         studio.generate(labels[0], ["<nobody>"], [cams[0][1]], n=1, seed=0, steps=2, guidance=1.0)
 
 
+@pytest.mark.slow
 def test_training_run_stops_and_survives_restart(studio_dirs):
     data, shipped = studio_dirs
     studio = Studio(data, shipped_dir=shipped)

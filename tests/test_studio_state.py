@@ -103,6 +103,7 @@ def _wait(cond, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_failed_run_resumes_on_the_same_loss_curve(studio_dirs):
     data, shipped = studio_dirs
     studio = Studio(data, shipped_dir=shipped)
