@@ -159,7 +159,7 @@ class Generator:
             if tuple(im.size) != (self.width, self.height):
                 raise ValueError(f"init image of size {im.size[0]}x{im.size[1]} (WxH); this generator renders "
                                  f"{self.width}x{self.height}: resize it first")
-        pixels = torch.stack([torch.from_numpy(np.asarray(as_rgb(im))).permute(2, 0, 1) for im in images])
+        pixels = torch.stack([torch.from_numpy(np.array(as_rgb(im))).permute(2, 0, 1) for im in images])
         means, _ = encode_latents(self.pipe.vae, pixels, device=self.device, dtype=self.dtype, flip=False,
                                   progress=False)
         x0 = means.to(self.device, self.dtype) * self.pipe.vae.config.scaling_factor
