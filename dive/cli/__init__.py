@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _MODULES = (data, base, caption, train, generate, export, metrics, studio, bench, baselines, reid)
 
 ORDER = ("data", "base", "caption", "infrared-words", "train", "generate", "translate", "export", "attention",
-         "metrics", "package", "studio-latency", "grid", "train-bench", "generate-bench", "bench", "baseline", "reid")
+         "metrics", "package", "studio-latency", "grid", "train-bench", "generate-bench", "bench", "bench-row",
+         "bench-progress", "baseline", "reid")
 
 
 def _commands() -> dict:
