@@ -127,6 +127,7 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
     assert gallery == [] and "outside" in msg
 
 
+@pytest.mark.slow
 def test_generate_defaults_settings_and_runs_across_clients(app_url):
     """/generate with no arguments uses the form's defaults and serves PNGs carrying their settings;
     /reuse reads them back; one client starts a run (/train), another lists, stops and resumes it."""
@@ -212,6 +213,7 @@ UNLABELLED = """() => Array.from(document.querySelectorAll('input, textarea, sel
   .map(e => e.outerHTML.slice(0, 160))"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
 def test_browser_labels_and_readable_gallery(app_url):
     """Every visible input has a label; gallery captions in words sit
