@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dive.utils.io import atomic_path
-from dive.utils.state import optimizer_from_flat, optimizer_to_flat
+from dive.utils.state import optimizer_from_flat, optimizer_to_flat, truncate_log
 
 STATE_FILE = "last.state.safetensors"
 STATE_FORMAT = "dive-reid-resume"
@@ -118,15 +118,4 @@ def differences(saved: dict, now: dict) -> list[str]:
 
 def trim_log(path: Path, iteration: int) -> None:
     """Keep the log rows up to batch `iteration` (the resumed epoch's end); a row cut by a kill goes too."""
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("iter", 0) <= iteration:
-            rows.append(row)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    truncate_log(path, iteration, key="iter", sort_keys=True)

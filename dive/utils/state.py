@@ -150,10 +150,12 @@ def prune_checkpoints(run_dir: str | Path, keep: int, prefix: str = "checkpoint-
         shutil.rmtree(p, ignore_errors=True)
 
 
-def truncate_log(path: str | Path, after_step: int, *, keep: Callable[[dict], bool] | None = None) -> None:
+def truncate_log(path: str | Path, after_step: int, *, keep: Callable[[dict], bool] | None = None, key: str = "step",
+                 sort_keys: bool = False) -> None:
     """On resume, drop the JSONL log rows written after the checkpoint resumed from, so the loss
     curve continues exactly; a row cut by a kill is dropped too. `keep(row)` marks rows kept
-    whatever their step (another stage's rows, for instance)."""
+    whatever their step (another stage's rows, for instance). `key` names the rows' step field;
+    `sort_keys` rewrites rows as a log written with sorted keys was written."""
     path = Path(path)
     if not path.exists():
         return
@@ -163,10 +165,10 @@ def truncate_log(path: str | Path, after_step: int, *, keep: Callable[[dict], bo
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if (keep is not None and keep(row)) or row.get("step", 0) <= after_step:
+        if (keep is not None and keep(row)) or row.get(key, 0) <= after_step:
             rows.append(row)
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.write_text("".join(json.dumps(r, sort_keys=sort_keys) + "\n" for r in rows))
 
 
 def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
