@@ -292,6 +292,9 @@ def test_browser_walkthrough(app_url, tmp_path):
         page.screenshot(path=str(shots / "03-training.png"))
         # batch export, then download the zip
         page.get_by_role("tab", name="Batch export").click()
+        # the training launch above built worlds/quick; export on the world the checkpoint was trained on
+        page.get_by_role("combobox", name="VI dataset folder (inside the data folder)").click()
+        page.get_by_role("option", name="worlds/tiny").click()
         page.get_by_role("button", name="Generate + export").click()
         expect(page.get_by_text("exported", exact=False)).to_be_visible(timeout=240_000)
         page.screenshot(path=str(shots / "04-export.png"))
