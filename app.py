@@ -340,7 +340,7 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                         t_seed = gr.Textbox(value="0", label="Seed", max_lines=1)
                         t_go = gr.Button("Launch training", variant="primary")
                         t_run = gr.Dropdown([], label="Run", value=None, allow_custom_value=True,
-                                            info=("your runs in this session; states are live" if studio.public else
+                                            info=("your runs from this page; states are live" if studio.public else
                                                   "every run of this studio, from any browser; states are live"))
                         with gr.Row():
                             t_stop = gr.Button("Stop run", variant="stop")

@@ -39,7 +39,7 @@ def visitor(studio, request) -> str | None:
     if request is not None:
         key = getattr(request, "session_hash", None)
     if not key:
-        raise StudioError("no visitor session: use the page or gradio_client")
+        raise StudioError("no visitor key: use the page or gradio_client")
     return visitor_id(str(key))
 
 
