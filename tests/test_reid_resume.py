@@ -1,4 +1,4 @@
-"""`dive reid train|run` resume after a kill and end with the same bytes (issue 31, item 6)."""
+"""`dive reid train|run` resume after a kill and end with the same bytes."""
 
 from __future__ import annotations
 
@@ -13,22 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dive.data.synthvi.build import SynthConfig, build_world
 from dive.reid import resume
 from dive.reid.run import ReIDDataConfig, load_reid_data
 from dive.reid.train import ReIDTrainConfig, train_reid
+from test_reid_train import world  # noqa: F401  (the same tiny world, one copy of the fixture)
 
 THREADS = 1
 TINY = dict(base_width=4, height=64, width=32, num_ids=2, num_per_modality=2, warmup_epochs=1.0, lr_steps=(3,),
             progress=False, threads=THREADS, log_every=1)
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reidw") / "world"
-    build_world(SynthConfig(out=out, vi_train_ids=6, vi_val_ids=2, vi_test_ids=4, vi_images_per_camera=(2, 2),
-                            ext_ids=4, ext_test_ids=1, web_images=2, workers=1), progress=False)
-    return out
 
 
 def _epoch_rows(run: Path) -> list[dict]:
