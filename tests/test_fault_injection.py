@@ -100,9 +100,6 @@ def test_export(tiny_world_dir, tmp_path, rng):
     assert _tree(out, skip=("export.json",)) == _tree(ref, skip=("export.json",))
 
 
-@pytest.mark.xfail(strict=False, reason="`dive train` run twice with one seed in fresh folders does not always give the "
-                   "same bytes on the AMD EPYC hosts (1 thread; oneDNN off and MKL_CBWR=COMPATIBLE do not fix it): "
-                   "docs/reproducibility.md. The comparison stays, so a fix shows as XPASS")
 def test_dive_train(micro_base, tiny_world_dir, tmp_path, rng):
     args = ("train", "--base", micro_base, "--data", tiny_world_dir, "--steps", "6", "--batch-size", "4",
             "--min-images", "3", "--save-every", "2", "--preview-every", "0", "--rank", "4", "--threads", "1")

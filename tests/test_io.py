@@ -140,3 +140,30 @@ def test_load_rgb_tensor_names_a_broken_file(tmp_path):
     cut = _truncated(tmp_path, ".jpg")
     with pytest.raises(InputError, match="cut.jpg"):
         load_rgb_tensor([tmp_path / "ok.png", cut], 8, 4)
+
+
+def test_safetensors_files_have_one_byte_form(tmp_path):
+    """safetensors keeps metadata in a hash map (its order changes between processes and calls):
+    the package's writer sorts it, so the same tensors and metadata always give the same bytes."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    from dive.utils.io import canonical_safetensors, canonicalize_safetensors, save_safetensors
+
+    tensors = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.ones(5, dtype=torch.int64)}
+    meta = {f"key{i}": f"value {i} é" for i in range(12)}
+    forms = set()
+    for i in range(6):
+        shuffled = dict(sorted(meta.items(), key=lambda kv: hash((kv[0], i))))
+        forms.add(save_safetensors(tensors, tmp_path / f"{i}.safetensors", shuffled).read_bytes())
+    assert len(forms) == 1
+    data = forms.pop()
+    assert int.from_bytes(data[:8], "little") % 8 == 0  # the data starts 8-byte aligned
+    loaded = load_file(tmp_path / "0.safetensors")
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as f:
+        assert f.metadata() == meta
+    raw = tmp_path / "raw.safetensors"
+    raw.write_bytes(save(tensors, metadata=meta))
+    assert canonicalize_safetensors(raw).read_bytes() == data == canonical_safetensors(data)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dive.utils.io import atomic_path, write_json
+from dive.utils.io import save_safetensors, write_json
 
 READER_WEIGHTS = "reader.safetensors"
 READER_CONFIG = "reader.json"
@@ -47,8 +47,7 @@ class AttributeReader(nn.Module):
 
     def save(self, folder: Path, **meta) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / READER_WEIGHTS) as tmp:
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        save_safetensors({k: v.detach().contiguous() for k, v in self.state_dict().items()}, folder / READER_WEIGHTS)
         write_json(folder / READER_CONFIG, {"slots": self.slots, "width": self.width, "hidden": self.hidden, **meta})
 
     @classmethod

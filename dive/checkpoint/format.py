@@ -123,9 +123,7 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
     (out, r)} of the text encoder, or None; `infrared_lora_state`: the infrared adapter's state
     dict, like `lora_state`, or None."""
     from diffusers import StableDiffusionPipeline
-    from safetensors.torch import save_file
-
-    from dive.utils.io import atomic_path, write_json
+    from dive.utils.io import canonicalize_safetensors, save_safetensors, write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -147,15 +145,14 @@ def save_checkpoint(directory: str | Path, *, lora_state: dict, embeddings: dict
             weight_name=name,
             unet_lora_adapter_metadata={"r": lora_rank, "lora_alpha": lora_alpha, "target_modules": sorted(target_modules)},
         )
+        canonicalize_safetensors(tmp_dir / name)  # diffusers writes its metadata in hash order
         (tmp_dir / name).replace(directory / name)
         tmp_dir.rmdir()
-    with atomic_path(directory / EMBEDS_FILE) as tmp:
-        save_file({t: embeddings[t].detach().float().contiguous().clone() for t in table.learned_tokens}, str(tmp),
-                  metadata={"format": "dive-learned-embeds", "tokens": str(len(table.learned_tokens))})
+    save_safetensors({t: embeddings[t].detach().float().contiguous().clone() for t in table.learned_tokens},
+                     directory / EMBEDS_FILE, {"format": "dive-learned-embeds", "tokens": str(len(table.learned_tokens))})
     if text_lora:
-        with atomic_path(directory / TEXT_LORA_FILE) as tmp:
-            save_file({k: v.detach().float().contiguous().clone() for k, v in text_lora.items()}, str(tmp),
-                      metadata={"format": "dive-text-lora", "lora_alpha": str(text_lora_alpha)})
+        save_safetensors({k: v.detach().float().contiguous().clone() for k, v in text_lora.items()},
+                         directory / TEXT_LORA_FILE, {"format": "dive-text-lora", "lora_alpha": str(text_lora_alpha)})
     else:
         (directory / TEXT_LORA_FILE).unlink(missing_ok=True)
     write_json(directory / META_FILE, meta)

@@ -20,9 +20,8 @@ from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from dive.utils.io import atomic_path
+from dive.utils.io import save_safetensors
 from dive.utils.state import optimizer_from_flat, optimizer_to_flat, truncate_log
 
 STATE_FILE = "last.state.safetensors"
@@ -74,8 +73,7 @@ def save_state(run: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, ge
         tensors |= {f"best.{k}": v.detach().contiguous().clone() for k, v in best_state.items()}
     meta = dict(info, optimizer=opt_meta, has_best=best_state is not None)
     path = run / STATE_FILE
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": json.dumps(meta, sort_keys=True)})
+    save_safetensors(tensors, path, {"format": STATE_FORMAT, "state": json.dumps(meta, sort_keys=True)})
     return path
 
 

@@ -49,7 +49,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dive.data.records import Modality, Record
 from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
@@ -61,7 +61,7 @@ from dive.reid.pretrained import PRESET_CHOICES, load_pretrained
 from dive.reid.sampler import IdentitySampler
 from dive.reid.transforms import AugmentConfig, load_images
 from dive.utils.config import config_to_dict
-from dive.utils.io import atomic_path, sha256_file, write_json
+from dive.utils.io import save_safetensors, sha256_file, write_json
 from dive.utils.threads import torch_threads
 
 CHECKPOINT_FORMAT = "dive-reid-checkpoint"
@@ -216,8 +216,7 @@ def save_checkpoint(path: str | os.PathLike, model: TwoStreamReID, meta: dict,
     """`<path>.safetensors` (weights) + `<path>.json` (metadata), each written atomically."""
     path = Path(path).with_suffix(".safetensors")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in (state or model.state_dict()).items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    save_safetensors(tensors, path, {"format": CHECKPOINT_FORMAT})
     meta = dict(meta, weights=path.name, weights_sha256=sha256_file(path))
     write_json(path.with_suffix(".json"), meta)
     return path

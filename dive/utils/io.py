@@ -101,20 +101,54 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The bytes of a safetensors file with its header written in one fixed order.
+
+    safetensors' writer keeps the metadata in a hash map whose order changes from process to process,
+    so one seed's weights would be saved as different bytes (same tensors, keys swapped in the
+    header). The metadata keys are sorted here; the tensor entries and the data stay as written.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write `tensors` to `path` atomically, as the same bytes for the same tensors and metadata."""
+    from safetensors.torch import save
+
+    write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))
+    return Path(path)
+
+
+def canonicalize_safetensors(path: str | os.PathLike) -> Path:
+    """Rewrite a safetensors file another library wrote (e.g. diffusers' LoRA files) in canonical
+    header order; a no-op where it already is."""
+    path = Path(path)
+    data = path.read_bytes()
+    fixed = canonical_safetensors(data)
+    if fixed != data:
+        write_bytes(path, fixed)
+    return path
+
+
 def cast_safetensors(path: str | os.PathLike, dtype) -> Path:
     """Rewrite a safetensors file with its floating-point tensors stored as `dtype` (e.g. float16:
     half the size on disk), keeping its metadata header; loaders cast back to the model's dtype."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return save_safetensors(tensors, path, metadata)
 
 
 #: the largest image `load_rgb` decodes, in pixels (width x height): 50 megapixels, far above any

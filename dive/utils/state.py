@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dive.utils.io import atomic_path, write_json
+from dive.utils.io import atomic_path, save_safetensors, write_json
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -68,8 +68,7 @@ def save_training_state(
         full_meta["optimizer"] = opt_meta
     if lr_scheduler is not None:
         full_meta["lr_scheduler"] = lr_scheduler.state_dict()
-    with atomic_path(directory / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
+    save_safetensors(tensors, directory / "state.safetensors")
     write_json(directory / "state.json", full_meta)
     return directory
 

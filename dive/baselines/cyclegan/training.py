@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dive.generate.sources import load_baseline_inputs
@@ -20,7 +19,7 @@ from dive.baselines.cyclegan.networks import (FORMAT, GENERATOR_CONFIG, GENERATO
                                               load_generator, rgb_tensor, to_unit)
 from dive.data.records import Modality, Record
 from dive.utils.config import config_to_dict
-from dive.utils.io import atomic_path, sha256_file, write_json
+from dive.utils.io import save_safetensors, sha256_file, write_json
 from dive.utils.state import (latest_checkpoint, load_training_state, optimizer_from_flat, optimizer_to_flat,
                               prune_checkpoints, read_training_state, save_training_state, step_generator, truncate_log)
 from dive.utils.threads import torch_threads
@@ -286,9 +285,8 @@ def train_cyclegan(cfg: CycleGANTrainConfig, *, progress: bool = True) -> Path:
 
 def _save_generator(run: Path, model: CycleGAN, cfg_dict: dict, data_meta: dict, seconds: float) -> None:
     weights = run / GENERATOR_WEIGHTS
-    with atomic_path(weights) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.g_v2i.state_dict().items()}, str(tmp),
-                  metadata={"format": FORMAT})
+    save_safetensors({k: v.detach().contiguous() for k, v in model.g_v2i.state_dict().items()}, weights,
+                     {"format": FORMAT})
     cfg = model.cfg
     write_json(run / GENERATOR_CONFIG, {
         "format": FORMAT, "direction": "visible->infrared", "generator": model.g_v2i.spec,
