@@ -15,12 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path("checkpoints")
 
 #: the tiny Stable-Diffusion-architecture base (the stand-in for SD 1.5) the demo was trained on
-BASE_NAME = "tiny-sd-base-v3-9k"
+BASE_NAME = "tiny-sd-base"
 #: the DiVE demo checkpoint: one token per identity and per camera, both modalities
 DEMO_NAME = "dive-demo"
 #: the bench's Table 3 ablations, same base and recipe as the demo
-ABLATION_MODALITY_NAME = "dive-ablation-modality-v3-9k"
-ABLATION_IR_ONLY_NAME = "dive-ablation-ir-only-v3-9k"
+ABLATION_MODALITY_NAME = "dive-ablation-modality"
+ABLATION_IR_ONLY_NAME = "dive-ablation-ir-only"
 #: the CycleGAN comparison baseline trained on the default world
 CYCLEGAN_NAME = "cyclegan-synthvi"
 #: the caption reader and infrared words of the default world (`dive train --captions`)

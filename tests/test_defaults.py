@@ -53,3 +53,18 @@ def test_base_pretrain_writes_under_runs_and_refuses_checkpoints_without_force(t
             BasePretrainConfig(data=tmp_path, out=out)
         assert BasePretrainConfig(data=tmp_path, out=out, force=True).force
     assert BasePretrainConfig(data=tmp_path, out=tmp_path / "base").out == tmp_path / "base"
+
+
+def test_checkpoints_hold_the_named_set_under_role_names():
+    """checkpoints/ holds exactly the folders the defaults name, each named for its role (no version
+    suffix), and every shipped DiVE checkpoint's dive.json names a base that is there."""
+    import re
+
+    from dive.checkpoint import trained_base
+
+    folders = {p.name for p in (defaults.REPO_ROOT / defaults.CHECKPOINTS).iterdir() if p.is_dir()}
+    assert folders == set(defaults.SHIPPED.values())
+    assert not [f for f in folders if re.search(r"-v\d", f)]
+    for role in ("demo", "ablation-modality", "ablation-ir-only"):
+        base = trained_base(defaults.shipped(defaults.SHIPPED[role]))
+        assert base is not None and base.is_dir() and base.resolve() == defaults.shipped(defaults.BASE_NAME).resolve(), role

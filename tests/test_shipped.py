@@ -86,3 +86,36 @@ def test_bench_defaults_are_shipped_on_one_base_and_recipe(tmp_path):
     assert set(found) == {"camera", "modality", "ir-only"} and not (tmp_path / "dive").exists()
     assert found["camera"].resolve() == (SHIPPED / defaults.DEMO_NAME).resolve()
     assert {trained_base(p).resolve() for p in found.values()} == {cfg.base.resolve()}
+
+
+#: the Hugging Face Hub refuses files over 10 MB pushed without Git LFS
+HUB_FILE_LIMIT = 10_000_000
+
+
+def test_every_committed_file_fits_a_space_without_lfs():
+    """A Space can be pushed from the repository as it is: no tracked file over the Hub's limit
+    (the base's UNet is sharded, which plain `from_pretrained` loads: the test above)."""
+    import subprocess
+
+    root = SHIPPED.parent
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(b"\0")
+    sizes = {f.decode(): (root / f.decode()).stat().st_size for f in files if f and (root / f.decode()).is_file()}
+    assert len(sizes) > 100
+    assert {f: s for f, s in sizes.items() if s > HUB_FILE_LIMIT} == {}
+
+
+def test_new_bases_are_saved_in_shards_under_the_hub_limit(tmp_path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from dive.base.models import save_base
+
+    base = BASES[0]
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False)
+    pipe_parts = dict(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, unet=pipe.unet)
+    out = save_base(tmp_path / "base", **pipe_parts)
+    shards = sorted((out / "unet").glob("*.safetensors"))
+    assert len(shards) >= 2 and all(s.stat().st_size <= HUB_FILE_LIMIT for s in shards)
+    assert pipe.unet.dtype == torch.float32  # the caller's module is not cast
+    unet = UNet2DConditionModel.from_pretrained(str(out / "unet"), torch_dtype=torch.float16)
+    ref = UNet2DConditionModel.from_pretrained(str(base / "unet"), torch_dtype=torch.float16)
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), ref.state_dict().values()))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from dive.utils.io import cast_safetensors
 
 
 @dataclass
@@ -125,24 +124,33 @@ def sampling_scheduler(prediction_type: str = "v_prediction"):
     return DPMSolverMultistepScheduler(**scheduler_config(prediction_type), algorithm_type="dpmsolver++", solver_order=2)
 
 
+#: the largest weight file `save_base` writes: under the Hugging Face Hub's 10 MB limit for files
+#: committed without Git LFS (larger models are split into shards that diffusers loads as one)
+MAX_SHARD_SIZE = "9MB"
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def save_base(directory: str | Path, *, tokenizer, text_encoder, vae, unet, prediction_type: str = "v_prediction",
-              unet_dtype: torch.dtype = torch.float16) -> Path:
+              unet_dtype: torch.dtype = torch.float16, max_shard_size: str = MAX_SHARD_SIZE) -> Path:
     """Save in diffusers' layout (safetensors) so `StableDiffusionPipeline.from_pretrained` loads it.
 
     The UNet's weights are stored as `unet_dtype` (default float16: half the size on disk, as SD's
     own fp16 files); diffusers loads them as float32 unless asked otherwise, so nothing else changes.
+    Weight files larger than `max_shard_size` are split into shards with an index (diffusers' own
+    layout), so every file stays under the Hugging Face Hub's 10 MB limit for files outside Git LFS.
     The caller's modules are not touched."""
+    import copy
+
     from diffusers import StableDiffusionPipeline
 
+    if unet_dtype != unet.dtype:
+        unet = copy.deepcopy(unet).to(unet_dtype)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(directory), safe_serialization=True)
-    if unet_dtype != unet.dtype:
-        cast_safetensors(Path(directory) / "unet" / "diffusion_pytorch_model.safetensors", unet_dtype)
+    pipe.save_pretrained(str(directory), safe_serialization=True, max_shard_size=max_shard_size)
     return Path(directory)
