@@ -34,7 +34,8 @@ from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
 from dive.studio.training_ui import DEFAULT_PRESET, TrainingCallbacks  # noqa: E402
-from dive.studio.ui import CSS, attention_help, err, export_lines, gpu, neighbours, visitor  # noqa: E402
+from dive.studio.ui import (CSS, attention_help, err, export_lines, gpu, neighbours, real_gallery,  # noqa: E402
+                            visitor)
 
 PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
                "and makes no useful model. full: the demo's recipe (hours on a CPU).")
@@ -88,13 +89,8 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                 gr.update(choices=ids, value=[]), gr.update(choices=cams, value=ir), gr.update(choices=ids, value=[]))
 
     def reference(choice, token, request: gr.Request = None):
-        if not choice or not token:
-            return None
-        try:
-            p = studio.reference_image(choice, token, me(request))
-        except (StudioError, ValueError):
-            return None
-        return str(p) if p else None
+        """Real images of the selected identity, one per camera (or the checkpoint's reference strip)."""
+        return real_gallery(studio, choice, token, me(request))
 
     # -- generate ---------------------------------------------------------------------------------------
     def gallery_of(images, owner):
@@ -278,8 +274,10 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                                                    type="filepath", elem_id="reuse-file", height=110)
                             g_reuse = gr.Button("Reuse settings of the uploaded or selected image", elem_id="reuse-button")
                     with gr.Column(scale=3):
-                        g_ref = gr.Image(label="Real images of this identity (reference)", height=170, interactive=False,
-                                         elem_id="reference-image")
+                        g_ref = gr.Gallery(label="Real images of this identity (one per camera)", columns=8,
+                                           height="auto", object_fit="contain", elem_id="real-images",
+                                           elem_classes=["dive-gallery", "dive-real"], allow_preview=False)
+                        g_ref_msg = gr.Markdown(elem_id="real-images-source")
                         g_msg = gr.Markdown()
                         g_gallery = gr.Gallery(label="Generated (click an image to pick it for reuse)", columns=6,
                                                height="auto", object_fit="contain", elem_id="gallery",
@@ -358,15 +356,15 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
         private = dict(api_visibility="private")
         # the identity picker's value is set by these handlers, so the reference follows explicitly
         demo.load(token_updates, [ckpt], token_outs, **private).then(
-            reference, [ckpt, g_id], [g_ref], **private)
+            reference, [ckpt, g_id], [g_ref, g_ref_msg], **private)
         # server state, read on every page load: checkpoints, datasets, runs
         demo.load(refresh_checkpoints, [ckpt], [ckpt], **private)
         demo.load(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
         demo.load(tc.watch, [t_run, t_shown], [t_plot, t_prev, t_head, t_table, t_run, t_shown], **private)
         # a user's checkpoint choice (not a programmatic one: reuse sets the tokens itself)
-        ckpt.input(token_updates, [ckpt], token_outs, **private).then(reference, [ckpt, g_id], [g_ref], **private)
+        ckpt.input(token_updates, [ckpt], token_outs, **private).then(reference, [ckpt, g_id], [g_ref, g_ref_msg], **private)
         refresh_ck.click(refresh_checkpoints, [ckpt], [ckpt], **private)
-        g_id.change(reference, [ckpt, g_id], [g_ref], **private)
+        g_id.change(reference, [ckpt, g_id], [g_ref, g_ref_msg], **private)
         g_go.click(do_generate, [ckpt, g_id, g_cam, g_seed, g_random, g_steps, g_guid, g_n, g_init, g_strength],
                    [g_gallery, g_zip, g_msg, g_seed, g_paths], api_name="generate", concurrency_limit=8)
         g_allcam.click(every_camera, [ckpt, g_id, g_seed, g_steps, g_guid], [g_gallery, g_zip, g_msg, g_paths],
@@ -377,7 +375,7 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
         g_reuse_file.upload(lambda f: f, [g_reuse_file], [g_picked], **private)
         reuse_outs = [ckpt, *token_outs, g_seed, g_random, g_steps, g_guid, g_n, g_msg]
         g_reuse.click(reuse, [g_picked], reuse_outs, api_name="reuse_picked", api_visibility="undocumented").then(
-            reference, [ckpt, g_id], [g_ref], **private)
+            reference, [ckpt, g_id], [g_ref, g_ref_msg], **private)
         # /reuse for scripts: the settings of a PNG, as the form takes them
         reuse_api = gr.Button(visible=False)
         reuse_api.click(reuse, [g_reuse_file], reuse_outs, api_name="reuse")

@@ -257,8 +257,9 @@ def test_browser_walkthrough(app_url, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.goto(app_url)
         expect(page.get_by_text("identity tokens", exact=False)).to_be_visible(timeout=60_000)
-        # the chosen identity's real images are shown as a reference
-        expect(page.locator("#reference-image img").first).to_be_visible(timeout=30_000)
+        # the chosen identity's real images, one per camera, captioned in words
+        expect(page.locator("#real-images img").first).to_be_visible(timeout=30_000)
+        assert page.locator("#real-images .caption-label").first.inner_text().endswith(" · real")
         # generate for the default identity / camera
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.get_by_text("images · seed", exact=False)).to_be_visible(timeout=120_000)

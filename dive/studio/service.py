@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 
 from dive import defaults
-from dive.checkpoint import (META_FILE, CheckpointError, TokenTable, check_checkpoint_dir, reference_path,
-                             trained_base)
+from dive.checkpoint import (META_FILE, TOKENS_FILE, CheckpointError, TokenTable, check_checkpoint_dir,
+                             reference_path, trained_base)
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.studio import pngmeta
+from dive.studio.real import RealImages, RealIndex, real_images
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
 from dive.utils.io import as_rgb
@@ -106,6 +107,7 @@ class Studio:
         self._gens_lock = threading.Lock()
         self._base_hashes: dict[str, str] = {}
         self.max_cached = max_cached
+        self._real = RealIndex()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoints(self, owner: str | None = None) -> list[CheckpointChoice]:
@@ -242,6 +244,13 @@ class Studio:
     def reference_image(self, choice: str, token: str, owner: str | None = None) -> Path | None:
         p = reference_path(self.resolve_checkpoint(choice, owner).path, token)
         return p if p.exists() else None
+
+    def real_images(self, choice: str, token: str, owner: str | None = None) -> RealImages:
+        """One real visible and (where the dataset has them) infrared image per camera of `token`'s
+        identity, from the dataset the checkpoint was trained on when it lies inside the data folder;
+        else the checkpoint's reference strip (`dive.studio.real`)."""
+        c = self.resolve_checkpoint(choice, owner)
+        return real_images(c.path, TokenTable.load(c.path / TOKENS_FILE), token, self.sandbox, self._real)
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, choice: str, identities: list[str], cameras: list[str], *, n: int, seed: int, steps: int,

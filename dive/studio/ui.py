@@ -19,6 +19,7 @@ CSS = """
 .dive-gallery .thumbnail-item img {aspect-ratio: 1 / 2; height: auto !important; object-fit: contain}
 .dive-gallery .caption-label {position: static !important; max-width: 100% !important; white-space: normal !important;
   opacity: 1 !important; border: 0 !important; border-radius: 0 !important; font-size: 12px; padding: 2px 4px !important}
+.dive-real .grid-container {grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important}
 """
 
 
@@ -59,6 +60,22 @@ def neighbours(ids: list[str], selected: str | None, k: int = 8) -> list[str]:
     i = ids.index(selected) if selected in ids else 0
     start = max(0, min(i - k // 2 + 1, len(ids) - k))
     return ids[start : start + k]
+
+
+def real_gallery(studio, choice, token, owner) -> tuple[list, str]:
+    """The Generate tab's real images of the selected identity: (image, caption) pairs, as pixels so
+    that no dataset folder needs serving, and one line saying where they come from."""
+    import numpy as np
+
+    from dive.utils.io import load_rgb
+
+    if not choice or not token:
+        return [], ""
+    try:
+        got = studio.real_images(choice, token, owner)
+        return [(np.asarray(load_rgb(p)), cap) for p, cap in got.items], got.message()
+    except (StudioError, ValueError, KeyError, OSError) as e:
+        return [], err(e, studio)
 
 
 def attention_help() -> str:
