@@ -8,12 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dive.reid import deen
 from dive.reid.device import DEVICES, PRECISIONS, check_options
 from dive.reid.model import ARCHS, ModelSpec
 from dive.reid.pretrained import PRESET_CHOICES
 from dive.reid.transforms import AugmentConfig
 
-METHODS = ("agw", "caj")
+METHODS = ("agw", "caj", "deen")
+#: options of --method deen only (unset: the published value)
+DEEN_OPTIONS = ("deen_branches", "cpm_weight", "cpm_margin", "ort_weight")
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
 
 
 @dataclass
@@ -24,7 +31,10 @@ class ReIDTrainConfig:
         "help": "run folder; default runs/reid/<method>-seed<seed>"})
     force: bool = field(default=False, metadata={"help": "overwrite a run folder that already holds a run"})
     method: str = field(default="agw", metadata={
-        "help": "recipe: agw (CE + WRT) or caj (+ channel-augmented visible copies, ADP triplet)",
+        "help": "recipe: agw (CE + WRT); caj (+ channel-augmented visible copies, ADP triplet); deen "
+                "(DEE module after layer3 with 2 generated embeddings per image, CE + batch-hard triplet "
+                "margin 0.3 + 0.8 CPM (margin 0.2) + 0.01 ORT; test feature: the pooled and BN-neck "
+                "features of all 3 embeddings, L2-normalised and concatenated; published schedule: dive.reid.deen)",
         "choices": list(METHODS)})
     seed: int = field(default=0, metadata={"help": "seed of weights, batch order and augmentation"})
     preset: str = field(default="none", metadata={
@@ -62,11 +72,22 @@ class ReIDTrainConfig:
     # losses
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy (0: off)"})
     triplet: str = field(default="auto", metadata={
-        "help": "triplet loss: wrt (AGW), adp (CAJ), none; auto follows --method", "choices": ["auto", "wrt", "adp", "none"]})
+        "help": "triplet loss: wrt (AGW), adp (CAJ), batch-hard (DEEN), none; auto follows --method",
+        "choices": ["auto", "wrt", "adp", "batch-hard", "none"]})
     triplet_weight: float = field(default=1.0, metadata={"help": "weight of the triplet term"})
     adp_alpha: float = field(default=1.0, metadata={"help": "ADP: scale of the distances in the softmax weights"})
     adp_gamma: float = field(default=1.0, metadata={"help": "ADP: scale of the gap inside the soft margin"})
     adp_square: bool = field(default=True, metadata={"help": "ADP: soft margin on the signed squared gap"})
+    triplet_margin: float | None = field(default=None, metadata={
+        "help": f"batch-hard triplet margin (unset: {deen.TRIPLET_MARGIN}, DEEN's)"})
+    deen_branches: int | None = field(default=None, metadata={
+        "help": f"DEEN: embeddings the DEE module generates per image (unset: {deen.BRANCHES}, published)"})
+    cpm_weight: float | None = field(default=None, metadata={
+        "help": f"DEEN: weight of the center-guided pair mining loss (unset: {deen.CPM_WEIGHT}, published)"})
+    cpm_margin: float | None = field(default=None, metadata={
+        "help": f"DEEN: margin of the center-guided pair mining loss (unset: {deen.CPM_MARGIN}, published)"})
+    ort_weight: float | None = field(default=None, metadata={
+        "help": f"DEEN: weight of the orthogonal loss between branches (unset: {deen.ORT_WEIGHT}, published)"})
     # augmentation
     pad: int = field(default=10, metadata={"help": "zero padding before the random crop (pixels)"})
     flip_p: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
@@ -110,13 +131,47 @@ class ReIDTrainConfig:
             raise ValueError(f"epochs must be >= 1; got {self.epochs}")
         if self.select == "best-val" and self.val_every < 0:
             raise ValueError("val_every must be >= 0")
+        if self.method != "deen":
+            given = [f"--{k.replace('_', '-')}" for k in DEEN_OPTIONS if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: DEEN options; they apply to --method deen only")
+        if self.triplet_margin is not None and self.triplet_kind != "batch-hard":
+            raise ValueError("--triplet-margin applies to the batch-hard triplet (--triplet batch-hard or --method deen)")
+        if self.deen_branches is not None and self.deen_branches < 1:
+            raise ValueError(f"--deen-branches must be >= 1; got {self.deen_branches}")
 
     # resolved "auto" options -------------------------------------------------------------------
     @property
     def triplet_kind(self) -> str:
         if self.triplet != "auto":
             return self.triplet
-        return "adp" if self.method == "caj" else "wrt"
+        return {"caj": "adp", "deen": "batch-hard"}.get(self.method, "wrt")
+
+    @property
+    def triplet_margin_value(self) -> float:
+        return _or(self.triplet_margin, deen.TRIPLET_MARGIN)
+
+    @property
+    def dee_branches(self) -> int:
+        """DEE branches of the network: 0 (no DEE) unless --method deen."""
+        if self.method != "deen":
+            return 0
+        return deen.BRANCHES if self.deen_branches is None else int(self.deen_branches)
+
+    def deen_recipe(self) -> dict:
+        """The DEEN values in force (published ones for the options left unset)."""
+        return {"branches": self.dee_branches, "cpm_weight": _or(self.cpm_weight, deen.CPM_WEIGHT),
+                "cpm_margin": _or(self.cpm_margin, deen.CPM_MARGIN),
+                "ort_weight": _or(self.ort_weight, deen.ORT_WEIGHT), "triplet_margin": self.triplet_margin_value}
+
+    def resolved(self) -> dict:
+        """The "auto" / unset options as this run resolves them (stored in config.json)."""
+        out = {"triplet": self.triplet_kind, "channel_aug": self.use_channel_aug}
+        if self.triplet_kind == "batch-hard":
+            out["triplet_margin"] = self.triplet_margin_value
+        if self.method == "deen":
+            out["deen"] = self.deen_recipe()
+        return out
 
     @property
     def use_channel_aug(self) -> bool:
@@ -129,7 +184,8 @@ class ReIDTrainConfig:
     def model_spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec(num_classes=num_classes, arch=self.arch, base_width=self.base_width,
                          last_stride=self.last_stride, pool=self.pool, gem_p=self.gem_p,
-                         gem_learnable=self.gem_learnable, height=self.height, width=self.width)
+                         gem_learnable=self.gem_learnable, height=self.height, width=self.width,
+                         dee_branches=self.dee_branches)
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(pad=self.pad, flip_p=self.flip_p, erasing_p=self.erasing_p,

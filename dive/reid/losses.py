@@ -16,6 +16,18 @@ with ``square=True``, on the *signed squared* gap ``gamma * (d_pos - d_neg) * |d
 (clamped at 88 before the softplus, as exp overflows beyond): a violated anchor (d_pos > d_neg)
 costs softplus(gamma * gap^2), a satisfied one softplus(-gamma * gap^2), which keeps pushing the
 gap wider. The published CAJ command is ``--method adp --alpha 1 --square 1 --gamma 1``.
+
+Batch-hard triplet (Hermans et al. 2017; DEEN's triplet term): per anchor the furthest positive and
+the nearest negative, ``relu(d_pos - d_neg + margin)`` (margin 0.3 in DEEN).
+
+DEEN (Zhang & Wang, CVPR 2023) adds two terms, both on pooled features (``dive.reid.deen``):
+
+* center-guided pair mining (CPM, ``center_pair_mining_loss``): over identity centers of the
+  original and of one generated embedding, a generated visible center must lie closer to its
+  identity's original *infrared* center than to its own original visible center (by a margin),
+  and closer than the nearest other identity's center; the same with the modalities swapped;
+* orthogonality between branches (ORT, ``orthogonal_loss``): the inner products between the
+  generated embeddings of the same image, pushed to 0 so the branches learn different things.
 """
 
 from __future__ import annotations
@@ -109,10 +121,115 @@ class CrossEntropyLabelSmooth(nn.Module):
         return ((1.0 - self.epsilon) * nll + self.epsilon * smooth).mean()
 
 
-def build_triplet(kind: str, alpha: float = 1.0, gamma: float = 1.0, square: bool = False) -> WeightedRegularizedTriplet:
-    """``"wrt"``: AGW's WRT (alpha, gamma = 1, no square); ``"adp"``: CAJ's ADP with the given values."""
+class BatchHardTriplet(nn.Module):
+    """Batch-hard triplet: per anchor the furthest positive (itself included, at distance 0) and the
+    nearest negative, ``relu(d_pos - d_neg + margin)`` averaged over the anchors that have a
+    negative. ``forward(feat, labels)`` returns ``(loss, correct)`` (anchors with d_neg >= d_pos)."""
+
+    def __init__(self, margin: float = 0.3):
+        super().__init__()
+        self.margin = float(margin)
+
+    def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        dist = euclidean_distance(feat)
+        same = labels.view(-1, 1) == labels.view(1, -1)
+        has_neg = (~same).any(dim=1)
+        if not bool(has_neg.any()):
+            return feat.sum() * 0.0, 0
+        d_pos = dist.masked_fill(~same, float("-inf")).max(dim=1).values
+        d_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
+        loss = F.relu(d_pos - d_neg + self.margin)[has_neg].mean()
+        correct = int((d_neg >= d_pos)[has_neg].sum().item())
+        return loss, correct
+
+
+TRIPLETS = ("wrt", "adp", "batch-hard")
+
+
+def build_triplet(kind: str, alpha: float = 1.0, gamma: float = 1.0, square: bool = False,
+                  margin: float = 0.3) -> nn.Module:
+    """``"wrt"``: AGW's WRT (alpha, gamma = 1, no square); ``"adp"``: CAJ's ADP with the given values;
+    ``"batch-hard"``: the batch-hard triplet with `margin` (DEEN's)."""
     if kind == "wrt":
         return WeightedRegularizedTriplet(1.0, 1.0, False)
     if kind == "adp":
         return WeightedRegularizedTriplet(alpha, gamma, square)
-    raise ValueError(f"unknown triplet loss {kind!r}; expected 'wrt' or 'adp'")
+    if kind == "batch-hard":
+        return BatchHardTriplet(margin)
+    raise ValueError(f"unknown triplet loss {kind!r}; expected one of {', '.join(TRIPLETS)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# DEEN: center-guided pair mining and orthogonality between branches
+# ------------------------------------------------------------------------------------------------
+
+
+def identity_centers(feat: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean feature of each identity in `ids` (len(ids), dim); every id must occur in `labels`."""
+    member = (labels.view(1, -1) == ids.view(-1, 1)).to(feat.dtype)
+    return (member @ feat) / member.sum(dim=1, keepdim=True)
+
+
+def _paired_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return (a - b).pow(2).sum(dim=1).clamp(min=eps).sqrt()
+
+
+def _nearest_other(centers: torch.Tensor) -> torch.Tensor:
+    """Distance from each center to the nearest *other* center."""
+    eye = torch.eye(centers.shape[0], dtype=torch.bool, device=centers.device)
+    return euclidean_distance(centers).masked_fill(eye, float("inf")).min(dim=1).values
+
+
+def center_pair_mining_loss(original: torch.Tensor, generated: torch.Tensor, labels: torch.Tensor,
+                            infrared: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """DEEN's CPM between the original embeddings and one generated embedding of the same images.
+
+    `original`, `generated`: (n, dim) features of the same n images (row i = image i); `labels`
+    (n,) identities; `infrared` (n,) bool modality. Only identities with images of both modalities
+    count. With identity centers ``v``/``r`` (original visible / infrared) and ``gv``/``gr``
+    (generated visible / infrared) and ``h(x) = max(0, x + margin)``, per identity k::
+
+        A_k = h(d(r_k, gv_k) - sg[d(v_k, gv_k)])
+              + 0.5 * (h(d(r_k, gv_k) - min_{j!=k} d(gv_k, gv_j)) + h(d(r_k, gv_k) - min_{j!=k} d(v_k, v_j)))
+        B_k = the same with visible and infrared swapped (d(v_k, gr_k) against d(r_k, gr_k), ...)
+
+    (``sg``: no gradient) and the loss is ``(mean_k A_k + mean_k B_k) / 2``: a generated embedding
+    is pulled towards the other modality's center of its identity, past its own modality's center
+    and inside the nearest other identity. The nearest-other terms need two identities; with one
+    they are left out, with none the loss is 0.
+    """
+    infrared = infrared.to(torch.bool)
+    vis_ids, ir_ids = labels[~infrared].unique(), labels[infrared].unique()
+    ids = vis_ids[torch.isin(vis_ids, ir_ids)]
+    if ids.numel() == 0:
+        return (original.sum() + generated.sum()) * 0.0
+    vis, ir = ~infrared, infrared
+    v = identity_centers(original[vis], labels[vis], ids)
+    r = identity_centers(original[ir], labels[ir], ids)
+    gv = identity_centers(generated[vis], labels[vis], ids)
+    gr = identity_centers(generated[ir], labels[ir], ids)
+
+    def side(gen_c: torch.Tensor, own_c: torch.Tensor, other_c: torch.Tensor) -> torch.Tensor:
+        d_pos = _paired_distance(other_c, gen_c)
+        loss = F.relu(d_pos - _paired_distance(own_c, gen_c).detach() + margin).mean()
+        if ids.numel() > 1:
+            loss = loss + 0.5 * (F.relu(d_pos - _nearest_other(gen_c) + margin).mean()
+                                 + F.relu(d_pos - _nearest_other(own_c) + margin).mean())
+        return loss
+
+    return (side(gv, v, r) + side(gr, r, v)) / 2.0
+
+
+def orthogonal_loss(generated: list[torch.Tensor] | tuple[torch.Tensor, ...], normalizer: int | None = None) -> torch.Tensor:
+    """DEEN's ORT: ``sum_i sum_{a<b} <g_a[i], g_b[i]>`` over the generated embeddings g_1..g_N
+    (each (n, dim), row i = image i) divided by `normalizer` (default (N + 1) * n, the expanded
+    batch with the original embedding, as published). 0 when the branches are orthogonal per image;
+    the pooled features are non-negative (ReLU before pooling), so it is never below 0 there."""
+    if len(generated) < 2:
+        return generated[0].sum() * 0.0 if generated else torch.zeros(())
+    n = generated[0].shape[0]
+    total = generated[0].new_zeros(())
+    for a in range(len(generated)):
+        for b in range(a + 1, len(generated)):
+            total = total + (generated[a] * generated[b]).sum()
+    return total / float(normalizer if normalizer is not None else (len(generated) + 1) * n)

@@ -9,6 +9,9 @@ Layout (AGW, Ye et al. 2021; CAJ, Ye et al. 2021, use the same network)::
         -> BatchNorm1d "BN neck" (bias frozen at 0) -> feature g    (test feature)
         -> Linear without bias -> logits                            (cross-entropy)
 
+DEEN (``dee_branches > 0``, ``dive.reid.deen.DEENReID``) inserts its embedding expansion between
+layer3 and layer4 (``after_layer3``); everything else is this network.
+
 Depth: ``resnet18`` / ``resnet34`` (basic blocks) or ``resnet50`` / ``resnet101`` (bottlenecks).
 Width: ``base_width`` channels in the stem and layer1, doubled per stage (64 = torchvision's
 ResNet; the CPU default of ``dive reid`` is 16). ``last_stride=1`` keeps layer4 at 1/16 of the input (the ReID
@@ -52,6 +55,7 @@ class ModelSpec:
     gem_learnable: bool = False
     height: int = 128  # input size the network is trained and tested at
     width: int = 64
+    dee_branches: int = 0  # > 0: DEEN's embedding expansion after layer3 (dive.reid.deen)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -62,9 +66,14 @@ class ModelSpec:
             raise ValueError("base_width and num_classes must be >= 1 and last_stride 1 or 2")
         if self.height < 32 or self.width < 16:
             raise ValueError(f"input size {self.height}x{self.width} is too small (at least 32x16)")
+        if self.dee_branches < 0:
+            raise ValueError(f"dee_branches must be >= 0; got {self.dee_branches}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.dee_branches:  # the plain network's spec reads as it always has
+            d.pop("dee_branches")
+        return d
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -237,8 +246,12 @@ class TwoStreamReID(nn.Module):
     def pooled(self, x: torch.Tensor, modality) -> torch.Tensor:
         y = self.stem(x.contiguous(memory_format=torch.channels_last), modality)
         y = y.contiguous(memory_format=torch.channels_last)  # a mixed batch's stem output is re-assembled
-        y = self.layer4(self.layer3(self.layer2(self.layer1(y))))
+        y = self.layer4(self.after_layer3(self.layer3(self.layer2(self.layer1(y)))))
         return self.pool(y) if self.pool is not None else y.mean(dim=(2, 3))
+
+    def after_layer3(self, y: torch.Tensor) -> torch.Tensor:
+        """Hook between layer3 and layer4 (the plain network passes the maps on unchanged)."""
+        return y
 
     def forward(self, x: torch.Tensor, modality="visible"):
         feat = self.pooled(x, modality)
@@ -249,6 +262,11 @@ class TwoStreamReID(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> TwoStreamReID:
+    """The network of `spec`: the two-stream ResNet, with DEEN's DEE module when ``dee_branches > 0``."""
+    if spec.dee_branches > 0:
+        from dive.reid.deen import DEENReID
+
+        return DEENReID(spec)
     return TwoStreamReID(spec)
 
 

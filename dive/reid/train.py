@@ -1,4 +1,4 @@
-"""Train a VI-ReID network with the AGW or CAJ recipe on any list of Records.
+"""Train a VI-ReID network with the AGW, CAJ or DEEN recipe on any list of Records.
 
 ``train_reid(cfg, train_records, val=None)`` writes a run folder and returns its path::
 
@@ -17,7 +17,10 @@ Recipes (``method``): ``agw`` = cross-entropy on the BN-neck logits + WRT triple
 feature, batch P ids x K visible + K infrared, pad/crop/flip/random erasing. ``caj`` = the same
 network plus a channel-augmented copy of every visible image in the batch (visible, augmented
 visible and infrared learned jointly) and the ADP triplet (alpha 1, gamma 1, squared gap).
-Options left at "auto" follow the method.
+``deen`` = the network with DEEN's embedding expansion after layer3 (2 generated embeddings per
+image), CE + batch-hard triplet (margin 0.3) on every embedding + 0.8 CPM + 0.01 ORT, and a test
+feature built from all embeddings (dive.reid.deen; its log rows add ``loss_cpm`` / ``loss_ort``).
+Options left at "auto" (or unset) follow the method.
 
 Labels: identities are keyed by (dataset, pid) (``identity_key="dataset-pid"``), numbered in
 sorted order; for one dataset this is exactly ``dive.data.records.relabel``. So external ids
@@ -53,6 +56,7 @@ from dive.data.records import Modality, Record
 from dive.reid import resume
 from dive.reid.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from dive.reid.config import METHODS, ReIDTrainConfig
+from dive.reid.deen import DEENObjective
 from dive.reid.device import BatchLoader, Runtime, make_optimizer, resolve_device
 from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
 from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
@@ -140,8 +144,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         raise ValueError("no training records")
     run = resume.prepare_run_dir(cfg.run_dir, cfg.force)
     t_start = time.perf_counter()
-    write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {},
-                                     "resolved": {"triplet": cfg.triplet_kind, "channel_aug": cfg.use_channel_aug}})
+    write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {}, "resolved": cfg.resolved()})
     records = list(train_records)
     labels_of = label_map(records, cfg.identity_key)
     label_list = [list(k) for k in sorted(labels_of, key=labels_of.get)]
@@ -169,7 +172,12 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.base_lr_mult)
         ce = CrossEntropyLabelSmooth(cfg.label_smoothing)
         tri = None if cfg.triplet_kind == "none" else build_triplet(
-            cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square)
+            cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square, cfg.triplet_margin_value)
+        objective = None
+        if cfg.method == "deen":
+            recipe = cfg.deen_recipe()
+            objective = DEENObjective(recipe["branches"], ce, tri, cfg.triplet_weight, recipe["cpm_weight"],
+                                      recipe["cpm_margin"], recipe["ort_weight"])
         sampler = IdentitySampler(y_all.numpy(), is_ir, cfg.num_ids, cfg.num_per_modality,
                                   cfg.batches_per_epoch, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -217,6 +225,8 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 sums = {"loss": 0.0, "loss_id": 0.0, "loss_tri": 0.0, "acc_id": 0.0, "acc_tri": 0.0, "n": 0}
+                if objective is not None:
+                    sums |= {"loss_cpm": 0.0, "loss_ort": 0.0}
                 t_epoch = time.perf_counter()
                 for b, (x, mask, y) in enumerate(batches.epoch(epoch)):
                     lr = lr_at(cfg, epoch + b / n_batches)
@@ -226,24 +236,30 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                     with rt.autocast():
                         feat, logits = model(x, mask)
                     feat, logits = feat.float(), logits.float()  # losses in fp32 (no-op at fp32)
-                    loss_id = ce(logits, y)
-                    if tri is not None:
-                        loss_tri, correct = tri(feat, y)
-                    else:
-                        loss_tri, correct = logits.sum() * 0.0, 0
-                    loss = loss_id + cfg.triplet_weight * loss_tri
+                    extra = {}
+                    if objective is None:
+                        loss_id = ce(logits, y)
+                        if tri is not None:
+                            loss_tri, correct = tri(feat, y)
+                        else:
+                            loss_tri, correct = logits.sum() * 0.0, 0
+                        loss = loss_id + cfg.triplet_weight * loss_tri
+                    else:  # DEEN: the batch expanded to its original + generated embeddings
+                        step = objective(feat, logits, y, mask)
+                        loss, loss_id, loss_tri, correct, y = step.loss, step.loss_id, step.loss_tri, step.correct, step.labels
+                        extra = {"loss_cpm": step.loss_cpm.item(), "loss_ort": step.loss_ort.item()}
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
                     rt.step(loss, opt)
                     it += 1
                     acc_id = float((logits.argmax(1) == y).float().mean())
                     vals = {"loss": loss.item(), "loss_id": loss_id.item(), "loss_tri": loss_tri.item(),
-                            "acc_id": acc_id, "acc_tri": correct / len(y)}
+                            "acc_id": acc_id, "acc_tri": correct / len(y), **extra}
                     for k, v_ in vals.items():
                         sums[k] += v_
                     sums["n"] += 1
                     if cfg.log_every > 0 and (it % cfg.log_every == 0 or it == 1):
-                        log.write({"type": "iter", "epoch": epoch, "iter": it, "lr": lr, "batch_size": len(y),
+                        log.write({"type": "iter", "epoch": epoch, "iter": it, "lr": lr, "batch_size": len(x),
                                    **{k: round(v_, 6) for k, v_ in vals.items()},
                                    "seconds": round(time.perf_counter() - t_train, 3)})
                     if bar is not None:
