@@ -136,7 +136,8 @@ class ReIDTrainConfig:
             if given:
                 raise ValueError(f"{', '.join(given)}: DEEN options; they apply to --method deen only")
         if self.triplet_margin is not None and self.triplet_kind != "batch-hard":
-            raise ValueError("--triplet-margin applies to the batch-hard triplet (--triplet batch-hard or --method deen)")
+            raise ValueError("--triplet-margin applies to the batch-hard triplet "
+                             "(--triplet batch-hard, or --method deen)")
         if self.deen_branches is not None and self.deen_branches < 1:
             raise ValueError(f"--deen-branches must be >= 1; got {self.deen_branches}")
 

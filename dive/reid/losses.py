@@ -32,6 +32,8 @@ DEEN (Zhang & Wang, CVPR 2023) adds two terms, both on pooled features (``dive.r
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -220,7 +222,7 @@ def center_pair_mining_loss(original: torch.Tensor, generated: torch.Tensor, lab
     return (side(gv, v, r) + side(gr, r, v)) / 2.0
 
 
-def orthogonal_loss(generated: list[torch.Tensor] | tuple[torch.Tensor, ...], normalizer: int | None = None) -> torch.Tensor:
+def orthogonal_loss(generated: Sequence[torch.Tensor], normalizer: int | None = None) -> torch.Tensor:
     """DEEN's ORT: ``sum_i sum_{a<b} <g_a[i], g_b[i]>`` over the generated embeddings g_1..g_N
     (each (n, dim), row i = image i) divided by `normalizer` (default (N + 1) * n, the expanded
     batch with the original embedding, as published). 0 when the branches are orthogonal per image;

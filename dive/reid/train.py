@@ -246,7 +246,8 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                         loss = loss_id + cfg.triplet_weight * loss_tri
                     else:  # DEEN: the batch expanded to its original + generated embeddings
                         step = objective(feat, logits, y, mask)
-                        loss, loss_id, loss_tri, correct, y = step.loss, step.loss_id, step.loss_tri, step.correct, step.labels
+                        loss, loss_id, loss_tri, correct = step.loss, step.loss_id, step.loss_tri, step.correct
+                        y = step.labels  # each image's label once per embedding
                         extra = {"loss_cpm": step.loss_cpm.item(), "loss_ort": step.loss_ort.item()}
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
