@@ -7,7 +7,8 @@ cross-attention of each token, export an expanded dataset, and run training in t
 Layout and wiring only: every action calls `dive.studio.service.Studio`, which calls the same stage
 functions as the `dive` command line. Named API endpoints (for gradio_client): /generate (no
 arguments: the form's defaults), /generate_every_camera, /generate_many_identities, /reuse,
-/attention, /export, /train (no arguments: the quick smoke test), /runs, /stop, /resume.
+/attention, /export, /dataset_images, /train (no arguments: the quick smoke test), /runs, /stop,
+/resume.
 
 Runs are server state: the run list is read from the run store (SQLite) on page load and on a
 timer, so a run can be watched, stopped and resumed after a reload or from another browser.
@@ -23,7 +24,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
 import random  # noqa: E402
-import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -33,20 +33,18 @@ from dive.generate import DEFAULT_GUIDANCE  # noqa: E402
 from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
+from dive.studio.datasets_ui import DatasetsTab  # noqa: E402
+from dive.studio.export_ui import ExportCallbacks  # noqa: E402
 from dive.studio.training_ui import DEFAULT_PRESET, TrainingCallbacks  # noqa: E402
-from dive.studio.ui import (CSS, attention_help, err, export_lines, gpu, neighbours, real_gallery,  # noqa: E402
-                            visitor)
+from dive.studio.ui import CSS, attention_help, err, gpu, neighbours, real_gallery, visitor  # noqa: E402
 
 PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
                "and makes no useful model. full: the demo's recipe (hours on a CPU).")
 
 DEFAULT_DATA = Path(os.environ.get("DIVE_STUDIO_DATA", "studio_data"))
-USER_ERRORS = (StudioError, KeyError, ValueError, FileExistsError, FileNotFoundError)
 
 
 def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
-    stop_flags: dict[str, threading.Event] = {}
-
     def _err(e: Exception) -> str:
         return err(e, studio)
 
@@ -181,45 +179,8 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
         return str(fig), pd.DataFrame(rows), (f"attention of each token (conditional branch), identity and camera "
                                               f"first; colour scale: {scale}")
 
-    # -- export: Stop keeps the finished files, Resume finishes the same folder ---------------------------
-    def export_flag(request):
-        flag = stop_flags.setdefault(me(request) or getattr(request, "session_hash", None) or "local", threading.Event())
-        flag.clear()
-        return flag
-
-    def export_progress(progress):
-        return lambda d, t, what: progress(d / max(1, t), desc=what)
-
-    @gpu
-    def do_export(choice, data, mode, min_images, top_k, id_list, cameras, n, steps, request: gr.Request = None,
-                  progress=gr.Progress()):
-        flag = export_flag(request)
-        try:
-            out, zpath, summary = studio.export(
-                choice, data, which="external", min_images=int(min_images) if mode == "min images" else 0,
-                top_k=int(top_k) if mode == "top-K" else 0, ids=list(id_list or []) if mode == "list" else [],
-                cameras=list(cameras or []), n=int(n), seed=0, steps=int(steps), guidance=DEFAULT_GUIDANCE,
-                owner=me(request), progress=export_progress(progress), should_stop=flag.is_set)
-        except USER_ERRORS as e:
-            return None, "", _err(e)
-        return str(zpath), studio.sandbox.relative(out), export_lines(studio, out, summary)
-
-    @gpu
-    def resume_export(request: gr.Request = None, progress=gr.Progress()):
-        flag = export_flag(request)
-        try:
-            out, zpath, summary = studio.resume_export(me(request), progress=export_progress(progress),
-                                                       should_stop=flag.is_set)
-        except USER_ERRORS as e:
-            return None, "", _err(e)
-        return str(zpath), studio.sandbox.relative(out), "resumed and finished\n\n" + export_lines(studio, out, summary)
-
-    def stop_export(request: gr.Request = None):
-        key = me(request) or getattr(request, "session_hash", None) or "local"
-        stop_flags.setdefault(key, threading.Event()).set()
-        return "stopping after the current image; what is written is kept (Resume export finishes it)…"
-
     tc = TrainingCallbacks(studio)
+    ec = ExportCallbacks(studio)
 
     def refresh_checkpoints(current, request: gr.Request = None):
         choices = ck_choices(me(request))
@@ -328,6 +289,7 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                         e_msg = gr.Markdown()
                         e_zip = gr.File(label="Expanded dataset (zip)")
                         e_folder = gr.Textbox(label="Folder (inside the data folder)", interactive=False)
+            DatasetsTab(studio).build()  # browse an exported dataset by identity, real / synthetic
             with gr.Tab("Training") as train_tab:
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -383,10 +345,10 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                    [a_fig, a_table, a_msg], api_name="attention")
         export_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
         train_tab.select(dataset_pickers, [e_data, t_data], [e_data, t_data], **private)
-        e_go.click(do_export, [ckpt, e_data, e_mode, e_min, e_topk, e_list, e_cams, e_n, e_steps],
+        e_go.click(ec.export, [ckpt, e_data, e_mode, e_min, e_topk, e_list, e_cams, e_n, e_steps],
                    [e_zip, e_folder, e_msg], api_name="export", concurrency_limit=2)
-        e_resume.click(resume_export, None, [e_zip, e_folder, e_msg], api_name="resume_export", concurrency_limit=2)
-        e_stop.click(stop_export, None, [e_msg], **private, queue=False)
+        e_resume.click(ec.resume, None, [e_zip, e_folder, e_msg], api_name="resume_export", concurrency_limit=2)
+        e_stop.click(ec.stop_export, None, [e_msg], **private, queue=False)
         t_go.click(tc.launch, [t_preset, t_data, t_steps, t_seed], [t_msg, t_table, t_run], api_name="train")
         runs_api = gr.Button(visible=False)
         runs_api.click(tc.list_runs, None, [t_table], api_name="runs")

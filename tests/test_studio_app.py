@@ -120,6 +120,14 @@ def test_named_endpoints_and_concurrency(app_url, studio_dirs):
 
     zpath, folder, msg = client.predict(ck, "worlds/tiny", "top-K", 12, 1, [], [cam], 1, 3, api_name="/export")
     assert zpath and Path(zpath).exists() and "exported" in msg, msg
+    # the exported dataset, browsed by identity: its synthetic images, captioned in words
+    data, _ = studio_dirs
+    import csv
+
+    with (data / folder / "manifest.csv").open(newline="") as f:
+        pid = next(r["pid"] for r in csv.DictReader(f) if r["origin"] == "synthetic")
+    gallery, line = client.predict(folder, pid, "synthetic", api_name="/dataset_images")
+    assert gallery and all(" · synthetic · seed " in g["caption"] for g in gallery), line
     # path traversal through any input is refused
     _, _, msg = client.predict(ck, "../../etc", "top-K", 12, 1, [], [], 1, 3, api_name="/export")
     assert "outside" in msg

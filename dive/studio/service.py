@@ -19,6 +19,7 @@ from dive.checkpoint import (META_FILE, TOKENS_FILE, CheckpointError, TokenTable
                              reference_path, trained_base)
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.studio import pngmeta
+from dive.studio.datasets import ExportBrowser
 from dive.studio.real import RealImages, RealIndex, real_images
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
@@ -108,6 +109,7 @@ class Studio:
         self._base_hashes: dict[str, str] = {}
         self.max_cached = max_cached
         self._real = RealIndex()
+        self.exports = ExportBrowser(self)  # the exported datasets a visitor may browse
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoints(self, owner: str | None = None) -> list[CheckpointChoice]:
