@@ -208,6 +208,11 @@ def test_deen_trains_reproducibly_resumes_loads_and_evaluates(tiny_world_dir, tm
     res = evaluate_model(model, data.test, ["sysu-all", "sysu-indoor"], trials=2)
     assert set(res) == {"sysu-all", "sysu-indoor"} and 0 <= res["sysu-all"]["rank1"] <= 100
 
+    from dive.metrics.features import ReIDFeatures
+
+    with pytest.raises(ValueError, match="DEEN network"):  # the quality metrics take one feature per image
+        ReIDFeatures(runs[0])
+
     # killed right after epoch 1's state: the rerun continues and ends with the same bytes
     save = resume.save_state
 

@@ -74,6 +74,9 @@ class ReIDFeatures:
             raise ValueError(f"feature must be one of {REID_FEATURES}; got {feature!r}")
         self.run = Path(run)
         self.model, self.meta = load_checkpoint(self.run)
+        if (self.meta.get("model_spec") or {}).get("dee_branches"):
+            raise ValueError(f"{self.run}: a DEEN network (several expanded embeddings per image); the quality "
+                             "metrics read one AGW / CAJ feature per image: give an AGW or CAJ run as the feature model")
         weights = (self.run / "model.safetensors") if self.run.is_dir() else self.run.with_suffix(".safetensors")
         self.weights = weights
         self.sha256 = sha256_file(weights)
