@@ -36,7 +36,8 @@ from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
 from dive.studio.datasets_ui import DatasetsTab  # noqa: E402
 from dive.studio.export_ui import ExportCallbacks  # noqa: E402
 from dive.studio.training_ui import DEFAULT_PRESET, TrainingCallbacks  # noqa: E402
-from dive.studio.ui import CSS, attention_help, err, gpu, neighbours, real_gallery, visitor  # noqa: E402
+from dive.studio.ui import (CSS, KEYBOARD_HEAD, attention_help, err, gpu, neighbours, real_gallery,  # noqa: E402
+                            visitor)
 
 PRESET_INFO = ("quick smoke test: 60 steps on a tiny world built in seconds; it checks that training runs end to end "
                "and makes no useful model. full: the demo's recipe (hours on a CPU).")
@@ -362,13 +363,14 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
 
 
 def launch_options(studio: Studio) -> dict:
-    """Theme, CSS, the page script and what the server may serve: the data folder (public mode: only the visitors' folders, each
-    behind its unguessable id) and the shipped checkpoints (reference images); never the run
-    database, the logs or another folder of the data root."""
+    """Theme, CSS, the page's keyboard script and what the server may serve: the data folder (public
+    mode: only the visitors' folders, each behind its unguessable id) and the shipped checkpoints
+    (reference images); never the run database, the logs or another folder of the data root."""
     root = studio.sandbox.root
     allowed = [str(root / "visitors") if studio.public else str(root), str(Path(__file__).parent / "checkpoints")]
     blocked = [str(root / name) for name in ("runs.sqlite", "runs.sqlite-journal", "runs.sqlite-wal")]
-    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS}
+    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS,
+            "head": KEYBOARD_HEAD}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -215,10 +215,24 @@ def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
     assert _get(f"{url}gradio_api/file={pub / 'worlds' / 'quick' / 'synthvi.json'}") in (403, 404)
 
 
-UNLABELLED = """() => Array.from(document.querySelectorAll('input, textarea, select'))
+UNNAMED = """() => Array.from(document.querySelectorAll(
+    'input, textarea, select, [role=combobox], [role=checkbox], [role=slider], [role=radio]'))
   .filter(e => e.type !== 'hidden' && e.type !== 'file' && e.offsetParent !== null)
-  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
+  .filter(e => {
+    const by = (e.getAttribute('aria-labelledby') || '').split(' ').filter(Boolean)
+      .map(i => (document.getElementById(i) || {}).textContent || '').join(' ');
+    const labels = e.labels ? Array.from(e.labels).map(l => l.textContent).join(' ') : '';
+    return !((e.getAttribute('aria-label') || '') + by + labels + (e.getAttribute('title') || '')).trim();
+  })
   .map(e => e.outerHTML.slice(0, 160))"""
+DROPDOWN = """(c) => { const list = document.getElementById(c.getAttribute('aria-controls'));
+  const a = document.activeElement;
+  return {open: c.getAttribute('aria-expanded') === 'true' || !!(list && list.offsetParent !== null),
+          body: a === document.body, same: a === c} }"""
+ACTIVE = """() => { const a = document.activeElement;
+  return ((a.getAttribute('aria-label') || (a.labels && a.labels[0] && a.labels[0].innerText) || a.tagName)
+          .split('\\n')[0].trim()) }"""
+TABS = ("Generate", "Attention", "Batch export", "Datasets", "Training")
 
 
 @pytest.mark.slow
@@ -233,8 +247,32 @@ def test_browser_labels_and_readable_gallery(app_url):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app_url)
         expect(page.get_by_text("identity tokens", exact=False)).to_be_visible(timeout=60_000)
-        assert page.evaluate(UNLABELLED) == []
         expect(page.get_by_label("Random seed")).to_be_visible()
+        # keyboard: Tab out of an open dropdown closes it and moves on to the next field
+        combos = page.locator("input[role=combobox]:visible")
+        assert combos.count() >= 4
+        for i in range(combos.count()):
+            combo = combos.nth(i)
+            combo.click()
+            expect(combo).to_have_attribute("aria-expanded", "true")
+            page.keyboard.press("Tab")
+            page.wait_for_timeout(300)
+            state = combo.evaluate(DROPDOWN)
+            assert state == {"open": False, "body": False, "same": False}, (combo.get_attribute("aria-label"), state)
+        # the focus follows the form
+        page.get_by_role("combobox", name="Identity token").click()
+        order = []
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            page.wait_for_timeout(300)
+            order.append(page.evaluate(ACTIVE))
+        assert order == ["Camera token", "Seed", "Random seed"], order
+        # every input, select, checkbox, slider and radio of every tab has an accessible name
+        for tab in TABS:
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(500)
+            assert page.evaluate(UNNAMED) == [], tab
+        page.get_by_role("tab", name="Generate").click()
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.get_by_text("images · seed", exact=False)).to_be_visible(timeout=120_000)
         for width in (1400, 800):

@@ -22,6 +22,22 @@ CSS = """
 .dive-real .grid-container {grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important}
 """
 
+# Keyboard: Gradio's dropdowns reopen their option list on any key that is not a navigation key,
+# Tab included, after the blur that closed it, so Tab left lists open over the page; and a long
+# list scrolls, so Chromium puts it in the focus order, where the focus was lost when it closed.
+# Tab in a dropdown is kept from the dropdown's own key handler and its list is taken out of the
+# focus order: the browser moves the focus to the next field, and the blur closes the list (and
+# commits a typed value).
+KEYBOARD_HEAD = """<script>
+window.addEventListener("keydown", function (e) {
+  var t = e.target;
+  if (e.key !== "Tab" || !t || !t.getAttribute || t.getAttribute("role") !== "combobox") return;
+  e.stopPropagation();
+  var list = document.getElementById(t.getAttribute("aria-controls") || "");
+  for (var n = list; n && n !== t.parentElement && n !== document.body; n = n.parentElement) n.tabIndex = -1;
+}, true);
+</script>"""
+
 
 def err(e: Exception, studio=None) -> str:
     """A one-line error for the page; paths read relative to the data folder."""
