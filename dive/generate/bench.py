@@ -5,6 +5,12 @@ The reference is what a diffusers user writes by hand: `StableDiffusionPipeline.
 `load_lora_weights` + `load_textual_inversion` on the checkpoint, `fuse_lora()`, DPM-Solver++,
 then `pipe(prompts, generator=...)` per batch. Both draw the same prompts, batch size and steps;
 timed alternately, best of `repeats`, after one warm-up batch each.
+
+With `flops` (default) the result also says how far each loop is from the machine's limit: the
+FLOPs of one image (counted by torch's FLOP counter on one batch of each loop; the UNet per step
+with both guidance branches and the VAE decode broken out), the FLOP/s each loop reached, and that
+rate as a share of the float32 (and, where the CPU has it, bf16) matmul peak measured on the same
+threads (dive.utils.flops). `generation_speed` times our loop alone for `dive speed`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 
 from dive import defaults
 from dive.generate import DEFAULT_GUIDANCE
+from dive.utils.flops import count_flops, measure_peaks, speed_fields, workload_record
 from dive.utils.threads import torch_threads
 
 
@@ -32,6 +39,8 @@ class GenerateBenchConfig:
     repeats: int = field(default=3, metadata={"help": "timed runs of each loop (best is kept)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     attention: bool = field(default=True, metadata={"help": "also time attention recording on (all layers and steps)"})
+    flops: bool = field(default=True, metadata={
+        "help": "also count FLOPs per image and report FLOP/s as a share of the machine's matmul peak"})
 
 
 def _plain_pipeline(base: Path, checkpoint: Path):
@@ -61,35 +70,82 @@ def _plain_pipeline(base: Path, checkpoint: Path):
     return pipe
 
 
+def generation_flops(render, batch: list, steps: int) -> dict:
+    """FLOPs of one image, counted over one call `render(batch)`: in total, the UNet per sampling step
+    (both guidance branches), the text encoder, and the rest (the VAE decode, mostly)."""
+    total, modules, _ = count_flops(lambda: render(batch))
+    n = len(batch)
+    unet = sum(v for k, v in modules.items() if k.lower().startswith("unet"))
+    text = sum(v for k, v in modules.items() if "text" in k.lower())
+    return {"flops_per_image": total // n, "unet_flops_per_step": unet // (n * max(1, steps)),
+            "text_encoder_flops_per_image": text // n, "decode_flops_per_image": (total - unet - text) // n}
+
+
+def _prepare(cfg: GenerateBenchConfig):
+    """The generator and the bench's batches: distinct prompts over every identity and infrared camera."""
+    from dive.checkpoint import resolve_base
+    from dive.generate.pipeline import GenerationRequest, load_generator
+    from dive.generate.run import select_cameras, select_identities
+
+    base = resolve_base(cfg.checkpoint, cfg.base)
+    gen = load_generator(base, cfg.checkpoint)
+    ids = [t.token for t in select_identities(gen.table, min_images=0)]
+    cams = select_cameras(gen.table, "infrared")
+    per = max(1, -(-cfg.n // max(1, len(ids) * len(cams))))  # distinct prompts, as in a real run
+    jobs = GenerationRequest(ids, cams, n=per, steps=cfg.steps, guidance=cfg.guidance).jobs(gen.table)[: cfg.n]
+    batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+    return base, gen, jobs, batches
+
+
+def generation_speed(cfg: GenerateBenchConfig, peaks: dict | None = None) -> dict:
+    """`dive speed`'s generation line: our loop alone at the bench's settings, its FLOPs per image
+    and the FLOP/s of its best timed run (of `repeats`) against the matmul peak (measured here on
+    `threads` unless given)."""
+    with torch_threads(cfg.threads):
+        _, gen, jobs, batches = _prepare(cfg)
+
+        def ours():
+            for b in batches:
+                gen.render(b, steps=cfg.steps, guidance=cfg.guidance)
+
+        gen.render(batches[0][:2], steps=2)
+        counted = generation_flops(lambda b: gen.render(b, steps=cfg.steps, guidance=cfg.guidance), batches[0],
+                                   cfg.steps)
+        times = []
+        for _ in range(max(1, cfg.repeats)):
+            t = time.perf_counter()
+            ours()
+            times.append(time.perf_counter() - t)
+        peaks = peaks or measure_peaks(cfg.threads)
+    return workload_record("generate", "image", counted["flops_per_image"], min(times) / len(jobs), peaks,
+                           **{k: v for k, v in counted.items() if k != "flops_per_image"},
+                           images=len(jobs), batch_size=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance,
+                           image_size=[gen.height, gen.width], repeats=cfg.repeats, checkpoint=str(cfg.checkpoint))
+
+
 def generate_bench(cfg: GenerateBenchConfig) -> dict:
     with torch_threads(cfg.threads):  # scoped: a caller's own thread setting comes back afterwards
         return _generate_bench(cfg)
 
 
 def _generate_bench(cfg: GenerateBenchConfig) -> dict:
-    from dive.checkpoint import resolve_base
     from dive.generate.attention import attention_overhead
-    from dive.generate.pipeline import GenerationRequest, load_generator
-    from dive.generate.run import select_cameras, select_identities
 
-    base = resolve_base(cfg.checkpoint, cfg.base)
-    gen = load_generator(base, cfg.checkpoint)
+    base, gen, jobs, batches = _prepare(cfg)
     plain = _plain_pipeline(base, cfg.checkpoint)
-    ids = [t.token for t in select_identities(gen.table, min_images=0)]
-    cams = select_cameras(gen.table, "infrared")
-    per = max(1, -(-cfg.n // max(1, len(ids) * len(cams))))  # distinct prompts, as in a real run
-    jobs = GenerationRequest(ids, cams, n=per, steps=cfg.steps, guidance=cfg.guidance).jobs(gen.table)[: cfg.n]
-    batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
 
     def ours():
         for b in batches:
             gen.render(b, steps=cfg.steps, guidance=cfg.guidance)
 
+    def plain_batch(b):
+        gens = [torch.Generator().manual_seed(j.seed) for j in b]
+        plain([j.prompt for j in b], height=gen.height, width=gen.width, num_inference_steps=cfg.steps,
+              guidance_scale=cfg.guidance, generator=gens, output_type="np")
+
     def reference():
         for b in batches:
-            gens = [torch.Generator().manual_seed(j.seed) for j in b]
-            plain([j.prompt for j in b], height=gen.height, width=gen.width, num_inference_steps=cfg.steps,
-                  guidance_scale=cfg.guidance, generator=gens, output_type="np")
+            plain_batch(b)
 
     gen.render(batches[0][:2], steps=2)
     plain([batches[0][0].prompt], height=gen.height, width=gen.width, num_inference_steps=2, output_type="np")
@@ -107,7 +163,24 @@ def _generate_bench(cfg: GenerateBenchConfig) -> dict:
     # each repeat's two loops ran back to back: their ratio cancels the machine's drift between
     # repeats (a shared CPU's speed wanders by tens of percent), so the median pair is the robust figure
     res["ratio_median_of_pairs"] = round(statistics.median(r / o for o, r in zip(t_ours, t_ref)), 4)
+    if cfg.flops:
+        res.update(_flop_fields(cfg, gen, batches[0], plain_batch, min(t_ours) / len(jobs), min(t_ref) / len(jobs)))
     if cfg.attention:
         res["attention"] = attention_overhead(gen, n=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance,
                                               repeats=cfg.repeats)
     return res
+
+
+def _flop_fields(cfg: GenerateBenchConfig, gen, batch: list, plain_batch, s_ours: float, s_plain: float) -> dict:
+    """Each loop's FLOPs per image (counted on one batch), its FLOP/s and share of the matmul peak."""
+    ours = generation_flops(lambda b: gen.render(b, steps=cfg.steps, guidance=cfg.guidance), batch, cfg.steps)
+    plain_total, _, _ = count_flops(lambda: plain_batch(batch))
+    peaks = measure_peaks(cfg.threads)
+    out = {**ours, **speed_fields(ours["flops_per_image"], s_ours, peaks, "ours_"),
+           **speed_fields(plain_total // len(batch), s_plain, peaks, "plain_diffusers_"),
+           "peak_float32_gflop_per_s": round(peaks["float32_flop_per_s"] / 1e9, 2),
+           "peak_bf16_gflop_per_s": None if peaks["bf16_flop_per_s"] is None else round(peaks["bf16_flop_per_s"] / 1e9, 2),
+           "bf16": peaks["bf16"]}
+    out["plain_diffusers_flops_per_image"] = out.pop("plain_diffusers_flops_per_unit")
+    out.pop("ours_flops_per_unit")
+    return out
