@@ -301,7 +301,7 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
                         t_seed = gr.Textbox(value="0", label="Seed", max_lines=1)
                         t_go = gr.Button("Launch training", variant="primary")
                         t_run = gr.Dropdown([], label="Run", value=None, allow_custom_value=True,
-                                            info=("your runs from this page; states are live" if studio.public else
+                                            info=("your runs in this browser; states are live" if studio.public else
                                                   "every run of this studio, from any browser; states are live"))
                         with gr.Row():
                             t_stop = gr.Button("Stop run", variant="stop")
@@ -364,13 +364,25 @@ def build_app(studio: Studio, *, queue_size: int = 16) -> gr.Blocks:
 
 def launch_options(studio: Studio) -> dict:
     """Theme, CSS, the page's keyboard script and what the server may serve: the data folder (public
-    mode: only the visitors' folders, each behind its unguessable id) and the shipped checkpoints
-    (reference images); never the run database, the logs or another folder of the data root."""
+    mode: only the visitors' folders, each file to its own visitor: `dive.studio.visitors`) and the
+    shipped checkpoints (reference images); never the run database, the logs or another folder of
+    the data root."""
     root = studio.sandbox.root
     allowed = [str(root / "visitors") if studio.public else str(root), str(Path(__file__).parent / "checkpoints")]
     blocked = [str(root / name) for name in ("runs.sqlite", "runs.sqlite-journal", "runs.sqlite-wal")]
-    return {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS,
+    opts = {"allowed_paths": allowed, "blocked_paths": blocked, "theme": gr.themes.Soft(), "css": CSS,
             "head": KEYBOARD_HEAD}
+    if studio.public:
+        from starlette.middleware import Middleware
+
+        from dive.studio.visitors import VisitorKeys
+
+        # outputs are served from the visitor's own folder (not copied to Gradio's cache), and the
+        # middleware hands out visitor keys and serves those files to their visitor only
+        (root / "visitors").mkdir(parents=True, exist_ok=True)
+        gr.set_static_paths([root / "visitors"])
+        opts["app_kwargs"] = {"middleware": [Middleware(VisitorKeys, studio=studio)]}
+    return opts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,12 +57,13 @@ def public_url(studio_dirs, tiny_world_dir, tmp_path_factory):
         yield url, pub
 
 
-def _get(url: str) -> int:
+def _get(url: str, cookies: dict | None = None) -> int:
     import urllib.error
     import urllib.request
 
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -191,9 +192,14 @@ def test_run_database_is_never_served(app_url, studio_dirs):
 def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
     from gradio_client import Client
 
+    from dive.studio.sandbox import visitor_id
+    from dive.studio.visitors import COOKIE
+
     url, pub = public_url
     a, b = Client(url, verbose=False), Client(url, verbose=False)
-    gallery, _, msg, _ = a.predict(api_name="/generate")
+    # each client got its own visitor key, as a cookie it sends back with every request
+    assert a.cookies.get(COOKIE) and b.cookies.get(COOKIE) and a.cookies[COOKIE] != b.cookies[COOKIE]
+    gallery, _, msg, _ = a.predict(api_name="/generate")  # a downloads its own images
     assert len(gallery) == 4, msg
     msg = a.predict(api_name="/train")[0]
     assert msg.startswith("started run"), msg
@@ -205,12 +211,23 @@ def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
         assert f"no run {run_id}" in msg, msg
     msg = b.predict(api_name="/train")[0]
     assert "1 training(s) at a time" in msg and str(pub) not in msg, msg  # capped, one clear line
-    assert a.predict(api_name="/runs")["data"][0][2] == "running"
-    msg, _ = a.predict(run_id, api_name="/stop")
+    # a reload: a new session with the same key sees a's run and stops it
+    again = Client(url, verbose=False, download_files=False, httpx_kwargs={"cookies": {COOKIE: a.cookies[COOKIE]}})
+    assert again.cookies[COOKIE] == a.cookies[COOKIE]
+    assert again.predict(api_name="/runs")["data"][0][2] == "running"
+    msg, _ = again.predict(run_id, api_name="/stop")
     assert f"run {run_id} stopped in" in msg, msg
-    # a's files live under a's own visitor folder; the run database and other folders are never served
+    # a's files live under a's own visitor folder and are served from there (not from a copy in a
+    # shared cache), to a only
     owners = [p.name for p in (pub / "visitors").iterdir()]
-    assert len(owners) == 1 and (pub / "visitors" / owners[0] / "generations").is_dir()
+    assert owners == [visitor_id(a.cookies[COOKIE])] and (pub / "visitors" / owners[0] / "generations").is_dir()
+    item = again.predict(api_name="/generate")[0][0]["image"]
+    image = Path(item["path"] if isinstance(item, dict) else item.path)
+    assert image.is_relative_to(pub / "visitors" / owners[0] / "generations"), image
+    assert _get(f"{url}gradio_api/file={image}", {COOKIE: a.cookies[COOKIE]}) == 200
+    assert _get(f"{url}gradio_api/file={image}", {COOKIE: b.cookies[COOKIE]}) == 403
+    assert _get(f"{url}gradio_api/file={image}") == 403
+    # the run database and the data folder's other folders are never served
     assert _get(f"{url}gradio_api/file={pub / 'runs.sqlite'}") in (403, 404)
     assert _get(f"{url}gradio_api/file={pub / 'worlds' / 'quick' / 'synthvi.json'}") in (403, 404)
 

@@ -7,6 +7,7 @@ import html
 import time
 
 from dive.studio.sandbox import StudioError, visitor_id
+from dive.studio.visitors import COOKIE, key_of
 
 # galleries: as many ~110 px columns as fit (1400 px and 800 px alike); captions under the image
 CSS = """
@@ -48,13 +49,16 @@ def err(e: Exception, studio=None) -> str:
 
 
 def visitor(studio, request) -> str | None:
-    """The owner id of this request's visitor in public mode (its Gradio session, or the browser
-    key kept in the page's BrowserState); None in local mode (one user who sees everything)."""
+    """The owner id of this request's visitor in public mode: from the visitor key the browser (or
+    gradio_client) sends back as a cookie, so it survives a reload; else from the Gradio session.
+    None in local mode (one user who sees everything)."""
     if not studio.public:
         return None
     key = None
     if request is not None:
-        key = getattr(request, "session_hash", None)
+        cookies = getattr(request, "cookies", None) or {}
+        key = key_of(f"{COOKIE}={cookies[COOKIE]}") if COOKIE in cookies else None
+        key = key or getattr(request, "session_hash", None)
     if not key:
         raise StudioError("no visitor key: use the page or gradio_client")
     return visitor_id(str(key))
