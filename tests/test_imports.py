@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("caption", "train"),
     ("generate",),
     ("export", "baselines"),
+    ("check",),
     ("reid", "metrics"),
     ("bench",),
     ("studio", "cli", "__main__", "app"),
