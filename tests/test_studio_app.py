@@ -370,5 +370,18 @@ def test_browser_walkthrough(app_url, tmp_path):
         import zipfile
 
         assert any(n.endswith("export/manifest.csv") for n in zipfile.ZipFile(target).namelist())
+        # the export, browsed: its newest folder and first identity (one with synthetic images) are
+        # picked; then only its real images, then only its synthetic ones
+        page.get_by_role("tab", name="Datasets").click()
+        expect(page.locator("#dataset-gallery img").first).to_be_visible(timeout=60_000)
+        caps = page.locator("#dataset-gallery .caption-label")
+        expect(caps.first).to_have_text(re.compile(r"^cam\d · infrared · synthetic · seed \d+$"))
+        page.get_by_label("real", exact=True).check()
+        expect(caps.first).to_have_text(re.compile(r"^cam\d · visible · real$"), timeout=30_000)
+        assert all(c.endswith(" · real") for c in caps.all_inner_texts())
+        page.get_by_label("synthetic", exact=True).check()
+        expect(caps.first).to_have_text(re.compile(r"^cam\d · infrared · synthetic · seed \d+$"), timeout=30_000)
+        assert all(" · synthetic · seed " in c for c in caps.all_inner_texts())
+        page.screenshot(path=str(shots / "05-datasets.png"))
         browser.close()
-    assert len(list(shots.glob("*.png"))) == 4
+    assert len(list(shots.glob("*.png"))) == 5

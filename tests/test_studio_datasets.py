@@ -54,7 +54,9 @@ def test_a_visitor_browses_their_export_by_identity_and_origin(exported):
     real, _ = studio.exports.images(rel, pick.pid, "real", a)
     assert len(real) == pick.real and all(c.endswith(" · real") for _, c in real)
     both, _ = studio.exports.images(rel, pick.label, "both", a)  # the picker's label works as well
-    assert [c for _, c in both] == [c for _, c in real] + [c for _, c in synth]  # real first
+    # infrared first: here the synthetic images (this identity's real images are visible ones)
+    assert all(" · infrared · " in c for _, c in synth) and all(" · visible · " in c for _, c in real)
+    assert [c for _, c in both] == [c for _, c in synth] + [c for _, c in real]
     cam = next(r for r in rows if int(r["pid"]) == pick.pid and r["origin"] == "synthetic")
     assert any(c.startswith(f"cam{cam['camera']} · {cam['modality']} · synthetic · seed {cam['seed']}") for _, c in synth)
     few, line = studio.exports.images(rel, pick.pid, "both", a, limit=1)

@@ -55,8 +55,8 @@ class ExportBrowser:
                 continue
             origin = counts.get("per_origin", {})
             rel = self.studio.sandbox.relative(done.parent)
-            out.append((f"{rel} · {counts.get('images', '?')} images ({origin.get('real', 0)} real, "
-                        f"{origin.get('synthetic', 0)} synthetic)", rel))
+            out.append((f"{done.parent.parent.name} · {counts.get('images', '?')} images ({origin.get('real', 0)} "
+                        f"real, {origin.get('synthetic', 0)} synthetic)", rel))
         return out
 
     def folder(self, text: str, owner: str | None = None) -> Path:
@@ -105,8 +105,9 @@ class ExportBrowser:
 
     def images(self, text: str, pid, show: str = "both", owner: str | None = None,
                limit: int = 60) -> tuple[list[tuple[Path, str]], str]:
-        """(image, caption in words) of one identity, `show` = both / real / synthetic, real images
-        first, by camera; at most `limit` of them; and one line saying what is shown."""
+        """(image, caption in words) of one identity, `show` = both / real / synthetic: infrared
+        images first (real and synthetic side by side), then visible ones, by camera, real before
+        synthetic; at most `limit` of them; and one line saying what is shown."""
         if show not in SHOW:
             raise StudioError(f"show must be one of {', '.join(SHOW)}, got {show!r}")
         try:
@@ -118,7 +119,7 @@ class ExportBrowser:
         if not mine:
             raise StudioError(f"#{pid:04d}: not an identity of {self.studio.sandbox.relative(folder)}")
         picked = sorted((r for r in mine if show in ("both", r["origin"])),
-                        key=lambda r: (r["origin"] != "real", r["modality"] != "visible", r["camera"], r["path"]))
+                        key=lambda r: (r["modality"] != "infrared", r["camera"], r["origin"] != "real", r["path"]))
         items = [(folder / r["path"], caption(r)) for r in picked[:limit]]
         what = {"both": "images", "real": "real images", "synthetic": "synthetic images"}[show]
         more = f" (the first {limit} shown)" if len(picked) > limit else ""

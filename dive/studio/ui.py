@@ -9,7 +9,8 @@ import time
 from dive.studio.sandbox import StudioError, visitor_id
 from dive.studio.visitors import COOKIE, key_of
 
-# galleries: as many ~110 px columns as fit (1400 px and 800 px alike); captions under the image
+# galleries: as many ~110 px columns as fit (1400 px and 800 px alike); captions under the image;
+# the real images of an identity: one compact row of thumbnails at their own shape
 CSS = """
 #title {margin-bottom: 0}
 .dive-error {color: #b91c1c; font-weight: 600}
@@ -20,7 +21,12 @@ CSS = """
 .dive-gallery .thumbnail-item img {aspect-ratio: 1 / 2; height: auto !important; object-fit: contain}
 .dive-gallery .caption-label {position: static !important; max-width: 100% !important; white-space: normal !important;
   opacity: 1 !important; border: 0 !important; border-radius: 0 !important; font-size: 12px; padding: 2px 4px !important}
-.dive-real .grid-container {grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important}
+.dive-real.block, .dive-real .gallery-container, .dive-real .grid-wrap {height: auto !important; min-height: 0 !important;
+  max-height: none !important}
+.dive-real .grid-container {display: flex !important; flex-wrap: wrap; gap: 6px; padding-top: 34px !important}
+.dive-real .gallery-item, .dive-real .thumbnail-item {width: auto !important; flex: 0 0 auto}
+.dive-real .thumbnail-item img {aspect-ratio: auto !important; height: 110px !important; width: auto !important}
+.dive-real .caption-label {max-width: 160px !important}
 """
 
 # Keyboard: Gradio's dropdowns reopen their option list on any key that is not a navigation key,
