@@ -104,7 +104,7 @@ def test_format_table_lists_workloads_and_the_peak():
     rec = workload_record("reid", "batch", 3e9, 0.5, NO_BF16)
     table = flops.format_table([peak, rec])
     assert "reid (per batch)" in table and "15.0%" in table  # 6 GFLOP/s of 40
-    assert "bf16 not measured: not available" in table
+    assert "bf16 not available: test" in table
 
 
 def test_generate_bench_reports_flops_and_share(micro_base, micro_dive_run):

@@ -226,7 +226,7 @@ def format_table(records: list[dict]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     if peak is not None:
-        bf = "not measured: " + peak["bf16"] if peak["peak_bf16_gflop_per_s"] is None else f"{peak['peak_bf16_gflop_per_s']:.4g} GFLOP/s"
+        bf = peak["bf16"] if peak["peak_bf16_gflop_per_s"] is None else f"{peak['peak_bf16_gflop_per_s']:.4g} GFLOP/s"
         lines.append(f"matmul peak ({peak['size']}x{peak['size']}, {peak['threads']} threads): float32 "
                      f"{peak['peak_float32_gflop_per_s']:.4g} GFLOP/s; bf16 {bf}")
     return "\n".join(lines)
