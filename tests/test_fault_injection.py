@@ -1,4 +1,4 @@
-"""Fault injection (issue 31, item 8): `kill -9` at a seeded random point of `dive generate`,
+"""Fault injection: `kill -9` at a seeded random point of `dive generate`,
 `dive export`, `dive train` and `dive reid train`, then the same command again, must end with the
 bytes of an uninterrupted run. One kill per command, each at a point drawn from one seeded
 generator (a count of finished outputs, plus a random delay), so a failure names a reproducible

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from dive.cli.common import add_stage
@@ -37,6 +38,11 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
     print(f"ours: {res['ours_steps_per_s']} steps/s | reference loop (diffusers TI + LoRA recipe): "
           f"{res['reference_steps_per_s']} steps/s | ratio {res['ratio']} "
           f"(batch {res['batch_size']}, {res['steps']} timed steps, {res['threads']} threads)")
+    if res.get("ours_gflop_per_s") is not None:
+        print(f"ours: {res['ours_flops_per_step'] / 1e9:.1f} GFLOP/step, {res['ours_gflop_per_s']} GFLOP/s, "
+              f"{100 * res['ours_share_of_float32_peak']:.1f}% of the float32 matmul peak "
+              f"({res['peak_float32_gflop_per_s']} GFLOP/s)")
+    print(json.dumps(res))
     return 0
 
 
