@@ -1,4 +1,4 @@
-"""`dive bench --quick`: the whole benchmark pipeline at toy size, on the shipped tiny base."""
+"""`dive bench`: the whole benchmark pipeline at toy size (`--quick`), its ReID jobs, budgets and tables."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from dive import defaults
+from dive.bench.tables import MAIN_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def quick_bench(tmp_path_factory):
+def quick_bench(tmp_path_factory, micro_base):
+    """The quick bench on the test suite's micro base (every real class, a few thousand parameters:
+    the pipeline is what is tested here, not the images), with the rows trained to convergence."""
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
-           "--reid-workers", "1", "--base", str(REPO / defaults.BASE), "--translate-strength", "0.6"]
+           "--reid-workers", "1", "--base", str(micro_base), "--translate-strength", "0.6",
+           "--reid-converge-epochs", "3"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
@@ -46,19 +49,31 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
         return {json.loads(x)["path"]: json.loads(x)["source_path"] for x in lines}
 
     assert sources("dive-translate") == sources("grayscale")
-    diag = tables["diagnostics"]  # one-seed rows outside the claim: longer baseline, perfect generator
-    assert set(diag) == {"baseline", "baseline-long", "dive-camera", "oracle", "oracle-vae"}
+    diag = tables["diagnostics"]  # one-seed rows outside the claim: a perfect generator
+    assert set(diag) == {"baseline", "dive-camera", "oracle", "oracle-vae"}
     # the perfect-UNet row: the oracle's very images, each through the base's VAE
     vae_rows = (out / "synthetic" / "oracle-vae" / "manifest.jsonl").read_text()
     assert vae_rows == (out / "synthetic" / "oracle" / "manifest.jsonl").read_text()
     first = json.loads(vae_rows.splitlines()[0])["path"]
     assert (out / "synthetic" / "oracle-vae" / first).read_bytes() != (out / "synthetic" / "oracle" / first).read_bytes()
     assert "oracle" not in main and not any("oracle" in what for what in tables["main-agw"]["claim"].get("checks", {}))
-    long_cfg = json.loads((out / "reid" / "baseline-long-agw-seed0" / "config.json").read_text())["train"]
-    dive_rep = json.loads((out / "reid" / "dive-camera-agw-seed0" / "report.json").read_text())
-    base_rep = json.loads((out / "reid" / "baseline-agw-seed0" / "report.json").read_text())
-    # AGW's epoch grows with the data: the expanded set trains longer, and so does baseline-long
-    assert long_cfg["batches_per_epoch"] == dive_rep["train"]["batches_per_epoch"] > base_rep["train"]["batches_per_epoch"]
+    # equal budget: the baseline trains as many batches as the largest expanded set, whose AGW epoch it takes
+    reps = {name: json.loads((out / "reid" / f"{name}-agw-seed0" / "report.json").read_text())["train"]
+            for name in ("baseline", "external-rgb", "dive-camera", "oracle")}
+    assert len({r["timing"]["iterations"] for r in reps.values()}) == 1
+    from dive.bench.jobs import epoch_batches_of
+
+    assert reps["baseline"]["batches_per_epoch"] > epoch_batches_of(out / "world", "synthvi")
+    assert "Budget: every run trains the same number of batches" in (out / "tables.md").read_text()
+    # every Tables 1/2 row also trained to convergence: weights of the best val epoch, its curve plotted
+    conv = tables["main-agw"]["converged"]
+    assert set(conv["rows"]) == set(main) and set(conv["curves"]) and (out / "convergence-agw.png").is_file()
+    for name in ("baseline", "dive-camera"):
+        run = json.loads((out / "reid" / f"{name}-converged-agw-seed0" / "report.json").read_text())["train"]
+        assert run["selected_by"] == "best-val" and 1 <= run["epoch"] <= 3
+        curve = conv["curves"][dict(MAIN_ROWS)[name]]  # {epoch (a JSON key): mean val Rank-1}
+        assert curve[str(run["epoch"])] == max(curve.values())  # (ties on Rank-1 are broken by mAP)
+    assert any("(converged)" in what for what in tables["main-agw"]["claim"]["checks"])
     assert "Table 1: AGW" in stdout and "Table 6" in (out / "tables.md").read_text()
     # every export is a SYSU-MM01 tree our own reader accepts, with a manifest row per synthetic image
     syn = [json.loads(x) for x in (out / "synthetic" / "dive-camera" / "manifest.jsonl").read_text().splitlines()]
@@ -117,12 +132,12 @@ def test_identity_payoff_pairs_each_generators_identity_with_its_reid_row_at_the
 
 
 def test_bench_reid_jobs_budget_and_tables(tmp_path):
-    """Default budget is AGW's epoch (0: grows with the training set); CAJ trains on baseline and
-    + DiVE only; every job of the main table runs 3 seeds."""
+    """With --reid-budget own, the budget is AGW's epoch (0: grows with the training set); CAJ trains
+    on baseline and + DiVE only; every job of the main table runs 3 seeds."""
     from dive.bench.config import BenchConfig
     from dive.bench.jobs import reid_jobs
 
-    cfg = BenchConfig(out=tmp_path, diagnostics=False)  # (the quick bench covers the diagnostic rows)
+    cfg = BenchConfig(out=tmp_path, diagnostics=False, reid_budget="own")  # (the quick bench covers the diagnostics)
     names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only",
              "dive-camera-k64")
     jobs = reid_jobs(cfg, {n: tmp_path / n for n in names})
@@ -134,6 +149,56 @@ def test_bench_reid_jobs_budget_and_tables(tmp_path):
     assert caj == {"baseline", "dive-camera"}
     assert {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality"} <= agw
     assert sum(1 for k in keys if k.startswith("grayscale|agw|")) == 3
+
+
+def test_bench_default_budget_is_equal_and_converged_rows_select_on_val(tmp_path, monkeypatch):
+    """By default every ReID run trains the largest set's AGW epochs (the baseline as long as + DiVE);
+    with --reid-converge-epochs each Tables 1/2 row also trains to convergence, selected on val ids."""
+    from dive.bench import jobs
+    from dive.bench.config import BenchConfig
+
+    sizes = {"baseline": 90, "external-rgb": 150, "grayscale": 170, "cyclegan": 170, "dive-camera": 181,
+             "dive-modality": 181, "dive-ir-only": 181, "oracle": 181, "oracle-vae": 181}
+    monkeypatch.setattr(jobs, "epoch_batches_of", lambda data, fmt: sizes[Path(data).name])
+    exports = {n: tmp_path / n for n in sizes if n != "baseline"}
+    cfg = BenchConfig(out=tmp_path, data=tmp_path / "baseline", diagnostics=True)
+    plain = jobs.reid_jobs(cfg, exports)
+    assert {j[6]["batches_per_epoch"] for j in plain} == {181}
+    assert not any(j[0].startswith("baseline-long") for j in plain)  # equal budget: nothing to make up for
+    assert {j[6].get("select", "last") for j in plain} == {"last"}
+    conv = jobs.reid_jobs(BenchConfig(out=tmp_path, data=tmp_path / "baseline", reid_converge_epochs=12), exports)
+    extra = [j for j in conv if jobs.CONVERGED in j[0]]
+    assert {j[0].split("|")[0] for j in extra} == {t + jobs.CONVERGED for t in
+                                                    ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera")}
+    assert len(extra) == 5 * 3 + 2 * 3  # AGW on every main set, CAJ on baseline and + DiVE, 3 seeds each
+    recipe = extra[0][6]
+    assert (recipe["epochs"], recipe["batches_per_epoch"], recipe["select"], recipe["val_every"]) == (12, 181, "best-val", 1)
+    assert recipe["lr_steps"] == (8, 10)
+    # a converged run has its own folder, which the bench's run names read back
+    run = Path(extra[0][3]).name
+    assert jobs.parse_reid_run_name(run)[0].endswith(jobs.CONVERGED)
+    own = jobs.reid_jobs(BenchConfig(out=tmp_path, data=tmp_path / "baseline", reid_budget="own", diagnostics=True), exports)
+    long = next(j for j in own if j[0].startswith("baseline-long|"))
+    assert long[6]["batches_per_epoch"] == 181 and {j[6]["batches_per_epoch"] for j in own if j is not long} == {0}
+
+
+def test_claim_is_checked_against_the_strongest_baseline(tmp_path):
+    from dive.bench.tables import claim_check, val_curves
+
+    def row(r1, std=0.5):
+        return {f"sysu-all/{k}": {"mean": r1 + (5 if k == "mAP" else 0), "std": std, "values": [r1] * 3}
+                for k in ("rank1", "mAP")}
+
+    rows = {"baseline": row(10.0), "dive-camera": row(12.0), "grayscale": row(11.0)}
+    assert claim_check(rows)["holds"]
+    check = claim_check(rows | {"baseline-long": row(13.0)})
+    assert not check["holds"] and "beats the strongest baseline (baseline-long) rank1 by > spread" in check["checks"]
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"type": "iter", "iter": 1}, {"type": "epoch", "epoch": 0, "val": {"rank1": 10.0}},
+        {"type": "epoch", "epoch": 1, "val": {"rank1": 20.0}}, {"type": "epoch", "epoch": 2}]) + "\n")
+    assert val_curves({"row": [run, tmp_path / "missing"]}) == {"row": {1: 10.0, 2: 20.0}}
 
 
 def test_bench_runs_longest_first_and_names_its_run_folders_reversibly(tmp_path):
@@ -151,7 +216,7 @@ def test_bench_runs_longest_first_and_names_its_run_folders_reversibly(tmp_path)
     assert [j[0] for j in longest_first(jobs)] == [
         "dive|caj|0", "dive|agw|0", "baseline|caj|0", "small|agw|0", "baseline|agw|0"]
 
-    cfg = BenchConfig(out=tmp_path, diagnostics=False)
+    cfg = BenchConfig(out=tmp_path, diagnostics=False, reid_budget="own")
     names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only", "dive-camera-k64")
     for j in reid_jobs(cfg, {n: tmp_path / n for n in names}):
         train_set, method, seed = j[0].split("|")
@@ -201,7 +266,7 @@ def test_bench_reuses_a_reid_run_only_with_the_same_recipe(tmp_path):
     from dive.bench.jobs import _job_train_config, finished_report, reid_jobs
     from dive.utils.config import config_to_dict
 
-    cfg = BenchConfig(out=tmp_path, methods=("agw",), seeds=(0,), id_counts=(), diagnostics=False)
+    cfg = BenchConfig(out=tmp_path, methods=("agw",), seeds=(0,), id_counts=(), diagnostics=False, reid_budget="own")
     names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only")
     job = next(j for j in reid_jobs(cfg, {n: tmp_path / n for n in names}) if j[0] == "baseline|agw|0")
     run = Path(job[3])

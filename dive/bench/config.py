@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dive import defaults
 from dive.generate import DEFAULT_GUIDANCE
+from dive.reid.config import METHODS
 
 #: a toy world for `dive bench --quick` (a few identities, a few images each)
 QUICK_WORLD = dict(vi_train_ids=8, vi_val_ids=2, vi_test_ids=6, vi_images_per_camera=(2, 3), ext_ids=10,
@@ -17,11 +18,11 @@ QUICK_WORLD = dict(vi_train_ids=8, vi_val_ids=2, vi_test_ids=6, vi_images_per_ca
 @dataclass
 class BenchConfig:
     """The paper's tables in miniature. CPU defaults (stated in every report): 6 generated images per
-    infrared camera (paper 18), ReID as `dive reid run`'s defaults but with 6 epochs of AGW's length
-    (it grows with the training set: a fixed budget starves the expanded sets), 3 ReID seeds for
-    Tables 1/2 and 1 for the ablations, comparison baselines with AGW only (Table 2: baseline vs
-    + DiVE, as in the paper), the diagnostic rows off (--diagnostics adds them, ~15 minutes); the
-    DiVE ablation checkpoints are trained by the bench when not shipped."""
+    infrared camera (paper 18), ReID as `dive reid run`'s defaults but with 6 epochs of the largest
+    training set's AGW epoch for every run (equal budget: the baseline trains as many batches as
+    + DiVE), 3 ReID seeds for Tables 1/2 and 1 for the ablations, comparison baselines with AGW only
+    (Table 2: baseline vs + DiVE, as in the paper), the diagnostic rows off (--diagnostics adds
+    them); the DiVE ablation checkpoints are trained by the bench when not shipped."""
 
     out: Path = field(default=defaults.RUNS / "bench", metadata={"help": "bench folder (resumable: finished stages are reused)"})
     data: Path = field(default=defaults.DATA, metadata={"help": "SynthVI world (built with --world-seed when missing)"})
@@ -52,15 +53,26 @@ class BenchConfig:
     cyclegan_steps: int = field(default=1300, metadata={"help": "CycleGAN baseline training steps"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "ReID seeds of Tables 1/2"})
     ablation_seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "ReID seeds of Tables 3 and 5"})
-    methods: tuple[str, ...] = field(default=("agw", "caj"), metadata={"help": "ReID recipes of Tables 1/2"})
+    methods: tuple[str, ...] = field(default=("agw", "caj"), metadata={
+        "help": "ReID recipes of Tables 1/2 (agw, caj, deen; the paper's Table 1 has all three)"})
     id_counts: tuple[int, ...] = field(default=(64, 128), metadata={
         "help": "Table 5: expanded-id counts besides 0 and all (nested random subsets)"})
     reid_epochs: int = field(default=6, metadata={
-        "help": "ReID epochs of AGW's length (0: dive reid run's default, 18); 6 keeps the whole bench "
-                "within 2 hours on 2 cores (the expanded sets' epochs are twice as long)"})
+        "help": "ReID epochs (0: dive reid run's default, 18); an epoch is AGW's epoch of the largest training "
+                "set (--reid-budget equal) or of each set (own)"})
     reid_batches_per_epoch: int = field(default=0, metadata={
         "help": "ReID batches per epoch (0: AGW's epoch, visible training images // (P*K), so a training set "
                 "with twice the images trains twice as long and each identity is seen as often)"})
+    reid_budget: str = field(default="equal", metadata={
+        "help": "equal: every ReID run trains as many batches as the largest training set's AGW epochs, so "
+                "the baseline gets the same training as + DiVE and a gain is the data's, not extra batches; "
+                "own: each set trains its own AGW epochs (an expanded set trains longer)",
+        "choices": ["equal", "own"]})
+    reid_converge_epochs: int = field(default=0, metadata={
+        "help": "also train every Tables 1/2 row to convergence: up to N epochs (at the equal budget's epoch "
+                "length), Rank-1 on the val ids checked every epoch, the weights of the epoch where it peaked "
+                "kept (the budget the learning curve chose; never the test ids); rows '(converged)' and "
+                "convergence-*.png; 0: off (about N/reid_epochs times the Tables 1/2 ReID time)"})
     comparisons_for: tuple[str, ...] = field(default=("agw",), metadata={
         "help": "ReID recipes also trained on the comparison baselines' sets; the others train on the "
                 "baseline and + DiVE only (the paper's Table 2)"})
@@ -84,9 +96,13 @@ class BenchConfig:
         self.comparisons_for = tuple(self.comparisons_for)
         if not self.seeds:
             raise ValueError("seeds: at least one ReID seed is needed")
-        bad = set(self.methods) - {"agw", "caj"}
+        bad = set(self.methods) - set(METHODS)
         if bad:
-            raise ValueError(f"methods: unknown ReID recipe(s) {sorted(bad)}; expected agw and/or caj")
+            raise ValueError(f"methods: unknown ReID recipe(s) {sorted(bad)}; expected some of {', '.join(METHODS)}")
+        if self.reid_budget not in ("equal", "own"):
+            raise ValueError(f"reid_budget must be 'equal' or 'own'; got {self.reid_budget!r}")
+        if self.reid_converge_epochs < 0:
+            raise ValueError(f"reid_converge_epochs must be >= 0; got {self.reid_converge_epochs}")
         if not 0.0 <= self.translate_strength <= 1.0:
             raise ValueError(f"translate_strength must be in [0, 1] (0: off); got {self.translate_strength}")
 
@@ -99,5 +115,5 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
         cfg, data=out / "world", checkpoint=None, modality_checkpoint=None, ir_only_checkpoint=None, cyclegan=None,
         dive_steps=12, min_images=4, n_per_camera=2, gen_steps=8, cyclegan_steps=12, seeds=(0,),
         ablation_seeds=(0,), methods=("agw",), id_counts=(3,), reid_epochs=2, reid_batches_per_epoch=0,
-        diagnostics=True,
+        reid_converge_epochs=3 if cfg.reid_converge_epochs else 0, diagnostics=True,
     )

@@ -4,6 +4,7 @@ and running them in parallel, longest first."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -79,10 +80,33 @@ def reid_recipe(cfg: BenchConfig) -> dict:
     return recipe
 
 
+#: the suffix of a Tables 1/2 row trained to convergence (its own run folders and job keys)
+CONVERGED = "-converged"
+
+
+def converged_recipe(cfg: BenchConfig, batches_per_epoch: int) -> dict:
+    """Training to convergence: `reid_converge_epochs` epochs of the equal budget's length, the val
+    ids' Rank-1 checked every epoch, the weights of its best epoch kept."""
+    recipe = reid_recipe(dataclasses.replace(cfg, reid_epochs=cfg.reid_converge_epochs))
+    return recipe | {"batches_per_epoch": batches_per_epoch, "select": "best-val", "val_every": 1}
+
+
+def equal_budget(sets: dict[str, tuple]) -> int:
+    """Batches per epoch that give every set the training of the largest: the largest AGW epoch."""
+    return max(epoch_batches_of(*v) for v in sets.values())
+
+
 def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
+    """Every ReID run of the bench. With `reid_budget="equal"` (default) every run trains the same
+    number of batches: the largest training set's AGW epochs, so the baseline row stands at the
+    budget of + DiVE and of every other expansion row."""
     overrides = reid_recipe(cfg)
     sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
     per_set: dict[str, dict] = {}
+    equal = 0
+    if cfg.reid_budget == "equal" and not cfg.reid_batches_per_epoch:
+        equal = equal_budget(sets)
+        overrides = overrides | {"batches_per_epoch": equal}
     main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera") + (
         ("dive-translate",) if "dive-translate" in sets else ())
     jobs = []
@@ -94,13 +118,24 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
     for train_set in ablations:
         for seed in cfg.ablation_seeds:
             jobs.append((train_set, "agw", seed))
+    if cfg.reid_converge_epochs:
+        per_epoch = equal or cfg.reid_batches_per_epoch or equal_budget(sets)
+        for train_set, method, seed in list(jobs):
+            if train_set in main:
+                sets[train_set + CONVERGED] = sets[train_set]
+                per_set[train_set + CONVERGED] = converged_recipe(cfg, per_epoch)
+                jobs.append((train_set + CONVERGED, method, seed))
     if cfg.diagnostics:
-        # is a gain only more optimisation? the baseline for as many batches as + DiVE gets;
-        # and what would a perfect generator add? the external ids' true infrared renders
-        per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
-                                    or epoch_batches_of(*sets["dive-camera"])}
-        sets["baseline-long"] = sets["baseline"]
-        for train_set in ("baseline-long", "oracle", "oracle-vae"):
+        # what would a perfect generator add? the external ids' true infrared renders; and, where
+        # runs have their own budgets, is a gain only more optimisation? the baseline for as many
+        # batches as + DiVE gets
+        diagnostic = ["oracle", "oracle-vae"]
+        if not equal:
+            per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
+                                        or epoch_batches_of(*sets["dive-camera"])}
+            sets["baseline-long"] = sets["baseline"]
+            diagnostic.insert(0, "baseline-long")
+        for train_set in diagnostic:
             for seed in cfg.ablation_seeds:
                 jobs.append((train_set, "agw", seed))
     for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
@@ -129,8 +164,8 @@ def epoch_batches_of(data: Path | str, fmt: str) -> int:
     return agw_epoch_batches(visible, d.num_ids, d.num_per_modality)
 
 
-#: a CAJ batch holds 1.5x the images of an AGW batch (the channel-augmented visible copies)
-_METHOD_COST = {"agw": 1.0, "caj": 1.5}
+#: relative cost of a batch: CAJ holds 1.5x the images (the channel-augmented visible copies)
+_METHOD_COST = {"agw": 1.0, "caj": 1.5, "deen": 1.7}  # DEEN: 3x the batch after layer3
 
 
 def longest_first(jobs: list[tuple]) -> list[tuple]:
