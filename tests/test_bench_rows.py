@@ -12,7 +12,9 @@ from dive.utils.config import config_to_dict
 
 
 def _finished_bench(tmp_path: Path, **settings) -> BenchConfig:
-    """A bench folder as a finished bench leaves it: bench.json with its settings, and its world."""
+    """A bench folder as a finished bench leaves it: bench.json with its settings, and its world
+    (each set at its own AGW epochs unless the test asks for the equal budget)."""
+    settings.setdefault("reid_budget", "own")
     bench = BenchConfig(out=tmp_path / "bench", data=tmp_path / "world", **settings)
     bench.out.mkdir(parents=True)
     bench.data.mkdir()
@@ -30,7 +32,7 @@ def test_a_rows_jobs_are_the_benchs_own_jobs_for_that_row(tmp_path):
     from dive.bench.jobs import reid_jobs, reid_recipe
     from dive.bench.rows import BenchRowConfig, row_jobs, row_settings
 
-    bench = _finished_bench(tmp_path, seeds=(3, 4), reid_epochs=4, diagnostics=False)
+    bench = _finished_bench(tmp_path, seeds=(3, 4), reid_epochs=4, diagnostics=False, reid_budget="own")
     names = ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality", "dive-ir-only")
     # (the bench also trains the baseline at its ablation seed 0 for Tables 3/5; a row takes the Table 1 seeds)
     theirs = [j for j in reid_jobs(bench, {n: tmp_path / n for n in names}) if j[0] in ("baseline|agw|3", "baseline|agw|4")]
@@ -45,6 +47,26 @@ def test_a_rows_jobs_are_the_benchs_own_jobs_for_that_row(tmp_path):
     assert job[6] == reid_recipe(BenchConfig(reid_epochs=9, reid_batches_per_epoch=302))
     assert job[6] == {"batches_per_epoch": 302, "epochs": 9, "lr_steps": (6, 8), "warmup_epochs": 2.0}
     assert Path(job[3]) == bench.out / "reid" / "baseline-equal-caj-seed0" and job[4] == "caj"
+
+
+def test_a_row_of_an_equal_budget_bench_trains_the_benchs_batches(tmp_path):
+    """At the bench's equal budget a row trains the batches per epoch the bench's own runs trained;
+    a bench folder from before the equal budget is read as the per-set recipe it ran."""
+    from dive.bench.rows import BenchRowConfig, bench_settings, row_jobs, row_settings
+
+    bench = _finished_bench(tmp_path, seeds=(0,), reid_epochs=4, diagnostics=False, reid_budget="equal")
+    cfg = BenchRowConfig(source="baseline", out=bench.out, name="extra")
+    with pytest.raises(ValueError, match="equal ReID budget"):
+        row_jobs(cfg, row_settings(cfg), bench.data, "synthvi")
+    run = bench.out / "reid" / "baseline-agw-seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"train": {"batches_per_epoch": 302}}))
+    (job,) = row_jobs(cfg, row_settings(cfg), bench.data, "synthvi")
+    assert job[6]["batches_per_epoch"] == 302 and job[6]["epochs"] == 4
+    saved = json.loads((bench.out / "bench.json").read_text())
+    del saved["config"]["reid_budget"]
+    (bench.out / "bench.json").write_text(json.dumps(saved))
+    assert bench_settings(bench.out).reid_budget == "own"
 
 
 def test_bench_row_reuses_the_benchs_finished_run_and_never_overwrites_another_recipe(tmp_path):
@@ -108,8 +130,8 @@ def test_bench_progress_prints_the_finished_rows_and_the_claim_check(tmp_path, c
     assert "| baseline | 0,1 | 11.00 ± 1.41 | 16.00 ± 1.41 |" in out
     assert "| dive-camera | 0,1 | 11.20 ± 0.28 |" in out and "| oracle | 0,1 | 21.00 ± 1.41 |" in out
     claim = json.loads(out.split("claim check on these rows: ")[1].splitlines()[0])
-    assert claim == {"holds": False, "checks": {"beats baseline rank1 by > spread": False,
-                                                 "beats baseline mAP by > spread": False}}
+    assert claim == {"holds": False, "checks": {"beats the strongest baseline (baseline) rank1 by > spread": False,
+                                                 "beats the strongest baseline (baseline) mAP by > spread": False}}
     with_oracle = json.loads(out.split("claim check with oracle in DiVE's place: ")[1].splitlines()[0])
     assert with_oracle["holds"] is True
 

@@ -77,7 +77,21 @@ def bench_settings(out: Path) -> BenchConfig:
     except (ValueError, KeyError) as err:
         raise ValueError(f"{path}: expected the bench's bench.json with a 'config' object ({err})") from None
     names = {f.name for f in dataclasses.fields(BenchConfig)}
+    saved.setdefault("reid_budget", "own")  # a bench from before the equal budget trained each set its own epochs
     return BenchConfig(**{k: v for k, v in saved.items() if k in names} | {"out": Path(out)})
+
+
+def row_recipe(bench: BenchConfig) -> dict:
+    """The bench's ReID recipe for a row; at the equal budget, the batches per epoch its own runs trained."""
+    recipe = reid_recipe(bench)
+    if bench.reid_budget == "equal" and not bench.reid_batches_per_epoch:
+        for seed in bench.seeds:
+            saved = reid_run_dir(bench, "baseline", "agw", seed) / "config.json"
+            if saved.exists():
+                return recipe | {"batches_per_epoch": int(json.loads(saved.read_text())["train"]["batches_per_epoch"])}
+        raise ValueError(f"{bench.out}: the bench's equal ReID budget is read from its baseline runs and none has "
+                         "started; run the bench first, or give --batches-per-epoch")
+    return recipe
 
 
 def row_settings(cfg: BenchRowConfig) -> BenchConfig:
@@ -138,7 +152,7 @@ def row_training_set(cfg: BenchRowConfig, bench: BenchConfig) -> tuple[Path, str
 
 def row_jobs(cfg: BenchRowConfig, bench: BenchConfig, data: Path, fmt: str) -> list[tuple]:
     """The row's ReID jobs, in the bench's job format and folders, with the bench's recipe."""
-    recipe = reid_recipe(bench)
+    recipe = row_recipe(bench)
     return [(f"{cfg.name}|{cfg.method}|{seed}", str(data), fmt, str(reid_run_dir(bench, cfg.name, cfg.method, seed)),
              cfg.method, seed, recipe) for seed in (cfg.seeds or bench.seeds)]
 
@@ -151,7 +165,7 @@ def bench_row(cfg: BenchRowConfig) -> dict[str, dict]:
         raise ValueError(f"{bench.data}: the bench's world is missing (run `dive bench --out {bench.out}` first)")
     for seed in cfg.seeds or bench.seeds:
         run = reid_run_dir(bench, cfg.name, cfg.method, seed)
-        job = (f"{cfg.name}|{cfg.method}|{seed}", "", "", str(run), cfg.method, seed, reid_recipe(bench))
+        job = (f"{cfg.name}|{cfg.method}|{seed}", "", "", str(run), cfg.method, seed, row_recipe(bench))
         if (run / "report.json").exists() and finished_report(job) is None:
             raise ValueError(f"{run}: a finished run of another ReID recipe is there; give another --name "
                              "(a row at another budget needs its own name)")
