@@ -1,5 +1,5 @@
 """Every expected failure at the command line: exit status 2 and one line naming the file and what
-was expected, never a traceback (issue 31: damaged images, damaged or mismatched weights, bad token
+was expected, never a traceback (damaged images, damaged or mismatched weights, bad token
 tables, bad ids and modalities, a base without safetensors)."""
 
 import json

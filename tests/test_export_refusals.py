@@ -1,5 +1,5 @@
 """`dive export` refuses, before writing anything, synthetic rows of ids the external dataset
-lacks and ids that would end with one modality; a damaged image stops it with one line (issue 31, item 4)."""
+lacks and ids that would end with one modality; a damaged image stops it with one line."""
 
 from __future__ import annotations
 

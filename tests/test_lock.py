@@ -1,4 +1,4 @@
-"""One writer per output folder (issue 31, item 5): `OUT/.dive-lock`, tested with real processes."""
+"""One writer per output folder: `OUT/.dive-lock`, tested with real processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`dive package` never deletes what it did not write (issue 31, item 1)."""
+"""`dive package` never deletes what it did not write."""
 
 from __future__ import annotations
 
