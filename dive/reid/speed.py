@@ -24,12 +24,10 @@ import torch
 
 from dive.data.synthvi.build import SynthConfig
 from dive.reid.config import METHODS, ReIDTrainConfig
-from dive.reid.deen import DEENObjective
 from dive.reid.device import BatchLoader, Runtime, make_optimizer
-from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
 from dive.reid.model import build_model
 from dive.reid.sampler import IdentitySampler
-from dive.reid.train import _runtime
+from dive.reid.train import _runtime, build_losses
 from dive.utils.flops import count_flops, measure_peaks, workload_record
 
 #: identities of the default SynthVI world's ReID training split
@@ -79,14 +77,7 @@ def reid_speed(cfg: ReIDSpeedConfig, peaks: dict | None = None) -> dict:
         rt = Runtime("cpu", tcfg.precision)
         model.train()
         opt = make_optimizer(model, tcfg.optimizer, tcfg.lr, tcfg.momentum, tcfg.weight_decay, tcfg.base_lr_mult)
-        ce = CrossEntropyLabelSmooth(tcfg.label_smoothing)
-        tri = None if tcfg.triplet_kind == "none" else build_triplet(
-            tcfg.triplet_kind, tcfg.adp_alpha, tcfg.adp_gamma, tcfg.adp_square, tcfg.triplet_margin_value)
-        objective = None
-        if tcfg.method == "deen":
-            r = tcfg.deen_recipe()
-            objective = DEENObjective(r["branches"], ce, tri, tcfg.triplet_weight, r["cpm_weight"], r["cpm_margin"],
-                                      r["ort_weight"])
+        ce, tri, objective = build_losses(tcfg)
         sampler = IdentitySampler(labels.numpy(), is_ir, tcfg.num_ids, tcfg.num_per_modality,
                                   cfg.warmup + cfg.batches, cfg.seed)
         loader = BatchLoader(sampler, images, labels, torch.Generator().manual_seed(cfg.seed), tcfg.augment(),

@@ -132,6 +132,21 @@ class _Log:
 # ------------------------------------------------------------------------------------------------
 
 
+def build_losses(cfg: ReIDTrainConfig) -> tuple[CrossEntropyLabelSmooth, torch.nn.Module | None,
+                                                 DEENObjective | None]:
+    """The recipe's losses: identity cross-entropy, the triplet loss (None when off) and, for DEEN,
+    its objective over every expanded embedding (None otherwise)."""
+    ce = CrossEntropyLabelSmooth(cfg.label_smoothing)
+    tri = None if cfg.triplet_kind == "none" else build_triplet(
+        cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square, cfg.triplet_margin_value)
+    objective = None
+    if cfg.method == "deen":
+        recipe = cfg.deen_recipe()
+        objective = DEENObjective(recipe["branches"], ce, tri, cfg.triplet_weight, recipe["cpm_weight"],
+                                  recipe["cpm_margin"], recipe["ort_weight"])
+    return ce, tri, objective
+
+
 def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Sequence[Record] | None = None,
                *, meta: dict | None = None) -> Path:
     """Train on `train_records` (any mix of datasets / modalities); returns the run folder.
@@ -170,14 +185,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         rt = Runtime(cfg.device, cfg.precision)
         model.to(rt.device).train()
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.base_lr_mult)
-        ce = CrossEntropyLabelSmooth(cfg.label_smoothing)
-        tri = None if cfg.triplet_kind == "none" else build_triplet(
-            cfg.triplet_kind, cfg.adp_alpha, cfg.adp_gamma, cfg.adp_square, cfg.triplet_margin_value)
-        objective = None
-        if cfg.method == "deen":
-            recipe = cfg.deen_recipe()
-            objective = DEENObjective(recipe["branches"], ce, tri, cfg.triplet_weight, recipe["cpm_weight"],
-                                      recipe["cpm_margin"], recipe["ort_weight"])
+        ce, tri, objective = build_losses(cfg)
         sampler = IdentitySampler(y_all.numpy(), is_ir, cfg.num_ids, cfg.num_per_modality,
                                   cfg.batches_per_epoch, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
