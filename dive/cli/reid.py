@@ -46,7 +46,8 @@ def _cmd_reid_train(args: argparse.Namespace) -> int:
     print(f"  last epoch: loss {last['loss']:.3f}, id accuracy {last['acc_id']:.3f}"
           + (f", val R1 {last['val']['rank1']:.2f}" if "val" in last else ""))
     print(f"  weights: {run / 'model.safetensors'} ({meta['selected_by']}, epoch {meta['epoch']})")
-    print(f"next: dive reid test {run} --data {args.data}")
+    trial = f" --regdb-trial {args.regdb_trial}" if data.format == "regdb" else ""
+    print(f"next: dive reid test {run} --data {args.data}{trial}")
     return 0
 
 
@@ -86,7 +87,7 @@ def _print_report(report: dict) -> None:
     t = report["train"]["timing"]
     print(f"{report['label']}: trained {t['iterations']} batches in {t['train_seconds']} s "
           f"({t['seconds_per_batch']} s/batch); test {report['test_data']['test_ids']} ids, "
-          f"{report['eval']['trials']} trials")
+          f"{max(r['trials'] for r in report['results'].values())} trial(s)")
     print(summary_line(report))
     run = Path(report["run"])
     print(f"  written: {run / 'report.json'}, {run / 'report.md'}, {run / 'cmc.png'}")
@@ -106,8 +107,10 @@ def _register_reid(sub) -> None:
     p.add_argument("--protocol", required=True,
                    choices=["sysu-all", "sysu-indoor", "llcm-v2i", "llcm-i2v", "regdb-v2t", "regdb-t2v"])
     p.add_argument("--trials", type=int, default=10, help="trials (single-shot gallery re-drawn per trial)")
-    p.add_argument("--gallery", choices=["sampled", "as-given"], default="sampled",
-                   help="'as-given' scores the gallery exactly as given (one trial, no sampling)")
+    p.add_argument("--gallery", choices=["sampled", "agw", "as-given"], default="sampled",
+                   help="'sampled': single-shot draw per (seed, trial); 'agw': AGW's own draw (random.seed(seed + "
+                        "trial), ids ascending; an optional gallery_path array orders each id and camera's "
+                        "images); 'as-given' scores the gallery exactly as given (one trial, no sampling)")
     p.add_argument("--seed", type=int, default=0, help="gallery sampling seed")
     p.add_argument("--json", type=Path, default=None, help="write the result (percent, per trial) here")
     p.set_defaults(func=_cmd_reid_eval)
@@ -122,8 +125,8 @@ def _register_reid(sub) -> None:
     add_dataclass_arguments(p, ReIDTrainConfig)
     defer_preset_defaults(p)
     p.set_defaults(func=_cmd_reid_train)
-    p = reid.add_parser("run", help="train (AGW, CAJ or DEEN: --method), then evaluate all-search + indoor; "
-                                     "report.json/.md + CMC plot")
+    p = reid.add_parser("run", help="train (AGW, CAJ or DEEN: --method) on SynthVI, SYSU-MM01, LLCM or RegDB, then "
+                                     "evaluate with the data's protocols; report.json/.md + CMC plot")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDTrainConfig)
     add_dataclass_arguments(p, ReIDEvalConfig)

@@ -1,9 +1,12 @@
 """Feature extraction and VI-ReID evaluation of a trained network.
 
 ``evaluate_model(model, records)`` takes a dataset's records (any split mix), keeps the test split,
-uses its infrared images as queries and its visible images as the gallery (SYSU-MM01 style), and
-scores them with ``dive.reid.protocols.evaluate`` (``sysu-all``, ``sysu-indoor``; results in
-percent, averaged over trials). Features are the BN-neck outputs, compared by cosine distance.
+extracts the features of its infrared and its visible images once, and scores them with
+``dive.reid.protocols.evaluate`` under each protocol asked for (results in percent, averaged over
+trials). A protocol's query modality decides the direction: infrared (or thermal) queries against
+the visible gallery (``sysu-*``, ``llcm-i2v``, ``regdb-t2v``), or visible queries against the
+infrared gallery (``llcm-v2i``, ``regdb-v2t``). Features are the BN-neck outputs, compared by
+cosine distance.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from dive.data.records import Modality, Record
-from dive.reid.protocols import evaluate
+from dive.reid.protocols import evaluate, get_protocol
 from dive.reid.transforms import eval_batch, load_images
 
 
@@ -62,7 +65,8 @@ def extract_features(model: torch.nn.Module, records: Sequence[Record] | None = 
 
 @dataclass
 class EvalSet:
-    """Query (infrared) and gallery (visible) images of one split, loaded once (uint8)."""
+    """Infrared ("query") and visible ("gallery") images of one split, loaded once (uint8);
+    protocols with visible queries swap the two roles."""
 
     query_pid: np.ndarray
     query_cam: np.ndarray
@@ -70,6 +74,8 @@ class EvalSet:
     gallery_cam: np.ndarray
     query_images: torch.Tensor
     gallery_images: torch.Tensor
+    query_path: np.ndarray | None = None
+    gallery_path: np.ndarray | None = None
 
     @property
     def sizes(self) -> tuple[int, int]:
@@ -92,33 +98,43 @@ def prepare_eval_set(records: Sequence[Record], height: int, width: int, split: 
         gallery_pid=np.array([r.pid for r in gallery]), gallery_cam=np.array([r.camid for r in gallery]),
         query_images=load_images([r.path for r in query], height, width, progress, "query"),
         gallery_images=load_images([r.path for r in gallery], height, width, progress, "gallery"),
+        query_path=np.array([str(r.path) for r in query]), gallery_path=np.array([str(r.path) for r in gallery]),
     )
 
 
 def evaluate_prepared(model: torch.nn.Module, es: EvalSet, protocol: str | Sequence[str] = "sysu-all",
-                      trials: int = 10, seed: int = 0, flip: bool = False, batch_size: int = 128):
-    """Score a prepared set; a protocol name gives one result, a list a {protocol: result} dict."""
-    qf = extract_features(model, images=es.query_images, modality=np.ones(es.sizes[0], bool),
-                          batch_size=batch_size, flip=flip)
-    gf = extract_features(model, images=es.gallery_images, modality=np.zeros(es.sizes[1], bool),
-                          batch_size=batch_size, flip=flip)
+                      trials: int = 10, seed: int = 0, flip: bool = False, batch_size: int = 128,
+                      gallery: str = "sampled"):
+    """Score a prepared set; a protocol name gives one result, a list a {protocol: result} dict.
+
+    ``gallery`` is the gallery draw of ``dive.reid.protocols.evaluate`` (``sampled``, ``agw``).
+    """
     names = [protocol] if isinstance(protocol, str) else list(protocol)
-    out = {
-        name: evaluate(name, query_pid=es.query_pid, query_cam=es.query_cam, gallery_pid=es.gallery_pid,
-                       gallery_cam=es.gallery_cam, query_feat=qf, gallery_feat=gf, trials=trials, seed=seed)
-        for name in names
-    }
+    protos = [get_protocol(n) for n in names]  # unknown names fail before any feature is computed
+    ir_feat = extract_features(model, images=es.query_images, modality=np.ones(es.sizes[0], bool),
+                               batch_size=batch_size, flip=flip)
+    vis_feat = extract_features(model, images=es.gallery_images, modality=np.zeros(es.sizes[1], bool),
+                                batch_size=batch_size, flip=flip)
+    ir = dict(pid=es.query_pid, cam=es.query_cam, feat=ir_feat, path=es.query_path)
+    vis = dict(pid=es.gallery_pid, cam=es.gallery_cam, feat=vis_feat, path=es.gallery_path)
+    out = {}
+    for name, proto in zip(names, protos):
+        q, g = (vis, ir) if proto.query_modality == "visible" else (ir, vis)
+        out[name] = evaluate(proto, query_pid=q["pid"], query_cam=q["cam"], gallery_pid=g["pid"],
+                             gallery_cam=g["cam"], query_feat=q["feat"], gallery_feat=g["feat"],
+                             trials=trials, seed=seed, gallery=gallery, gallery_path=g["path"])
     return out[protocol] if isinstance(protocol, str) else out
 
 
 def evaluate_model(model: torch.nn.Module, dataset_records: Sequence[Record],
                    protocol: str | Sequence[str] = "sysu-all", trials: int = 10, seed: int = 0, *,
                    split: str | None = "test", flip: bool = False, batch_size: int = 128,
-                   progress: bool = False):
-    """Evaluate on a dataset's `split` (default: test): infrared queries vs visible gallery.
+                   progress: bool = False, gallery: str = "sampled"):
+    """Evaluate on a dataset's `split` (default: test), in each protocol's direction.
 
     `protocol` is a name (returns that protocol's result dict) or a list of names (returns
     ``{name: result}``; features are extracted once for all of them).
     """
     es = prepare_eval_set(dataset_records, model.spec.height, model.spec.width, split, progress)
-    return evaluate_prepared(model, es, protocol, trials=trials, seed=seed, flip=flip, batch_size=batch_size)
+    return evaluate_prepared(model, es, protocol, trials=trials, seed=seed, flip=flip, batch_size=batch_size,
+                             gallery=gallery)

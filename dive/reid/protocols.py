@@ -15,12 +15,19 @@ Protocols (``PROTOCOLS``):
 * ``llcm-v2i`` / ``llcm-i2v``: the two LLCM directions (the caller passes the matching query and
   gallery sets); gallery items with the query's identity *and* camera are removed; single-shot
   gallery (one random image per (identity, camera)) re-drawn per trial, 10 trials by default.
-* ``regdb-v2t`` / ``regdb-t2v``: no exclusion, gallery as given, always one trial. RegDB's "10
-  trials" are the dataset's 10 train/test splits: the caller evaluates one split at a time and
-  averages those results.
+* ``regdb-v2t`` / ``regdb-t2v``: no exclusion, gallery as given, always one trial, and the CMC
+  of the raw ranking (AGW's ``eval_regdb``: a rank-k hit is a correct image among the first k,
+  not a correct identity among the first k identities). RegDB's "10 trials" are the dataset's
+  10 train/test splits: the caller evaluates one split at a time and averages those results.
 
-Trial ``t`` draws its gallery with ``np.random.default_rng([seed, t])``, so a trial is
-reproducible on its own and independent of how many trials are run.
+Gallery draws (``gallery=``): with ``"sampled"`` (the default) trial ``t`` draws its gallery with
+``np.random.default_rng([seed, t])``, so a trial is reproducible on its own and independent of
+how many trials are run. ``"agw"`` repeats AGW's own draw (``process_gallery_sysu``, and DEEN's
+``process_gallery_llcm``) with Python's ``random``: seeded with ``seed + t`` (``random.seed(t)``
+at the default seed 0), identities ascending, cameras in the protocol's order (ascending when it
+names none), and for each (identity, camera) with images one ``random.choice`` over its images
+sorted by path (``gallery_path``; without paths, the given order is taken as that sorted order).
+Seed for seed, the gallery is then the one the published numbers were computed on.
 Results are in percent: ``rank1/5/10/20``, ``mAP``, ``mINP`` (means over trials), ``cmc``
 (mean curve), ``per_trial`` (one dict per trial). Distances come either from features (cosine
 distance on L2-normalised features, as AGW does) or from a precomputed (queries x gallery) matrix.
@@ -29,6 +36,7 @@ distance on L2-normalised features, as AGW does) or from a precomputed (queries 
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,6 +49,7 @@ __all__ = [
     "PROTOCOLS",
     "get_protocol",
     "sample_single_shot_gallery",
+    "agw_single_shot_gallery",
     "trial_rng",
     "evaluate",
     "evaluate_npz",
@@ -48,7 +57,7 @@ __all__ = [
 
 RANK_KEYS = (1, 5, 10, 20)
 METRIC_KEYS = tuple(f"rank{k}" for k in RANK_KEYS) + ("mAP", "mINP")
-GALLERY_MODES = ("sampled", "as-given")
+GALLERY_MODES = ("sampled", "as-given", "agw")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Protocol:
     gallery_cams: Optional[tuple[int, ...]] = None  # None: every gallery camera given
     single_shot: bool = False  # one random image per (identity, camera), re-drawn per trial
     fixed_trials: Optional[int] = None  # e.g. RegDB: always 1 (splits are the caller's trials)
+    cmc: str = "dedup"  # "dedup": identity ranking (AGW eval_sysu); "raw": image ranking (eval_regdb)
     description: str = ""
 
 
@@ -79,9 +89,9 @@ PROTOCOLS: dict[str, Protocol] = {
                  single_shot=True, description="LLCM visible -> infrared"),
         Protocol("llcm-i2v", "llcm", "infrared", "visible", "same-id-same-camera",
                  single_shot=True, description="LLCM infrared -> visible"),
-        Protocol("regdb-v2t", "regdb", "visible", "thermal", "none", fixed_trials=1,
+        Protocol("regdb-v2t", "regdb", "visible", "thermal", "none", fixed_trials=1, cmc="raw",
                  description="RegDB visible -> thermal, one split per call"),
-        Protocol("regdb-t2v", "regdb", "thermal", "visible", "none", fixed_trials=1,
+        Protocol("regdb-t2v", "regdb", "thermal", "visible", "none", fixed_trials=1, cmc="raw",
                  description="RegDB thermal -> visible, one split per call"),
     )
 }
@@ -125,6 +135,47 @@ def sample_single_shot_gallery(
     sp, sc = gp[order], gc[order]
     first = np.r_[True, (sp[1:] != sp[:-1]) | (sc[1:] != sc[:-1])]
     return np.sort(order[first]).astype(np.int64)
+
+
+def agw_single_shot_gallery(
+    gallery_pid: np.ndarray,
+    gallery_cam: np.ndarray,
+    seed: int,
+    cameras: Optional[tuple[int, ...]] = None,
+    gallery_path: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Indices of AGW's single-shot gallery, in AGW's order (identity, then camera).
+
+    ``random.Random(seed)`` is what ``random.seed(seed)`` sets up; then for every identity in
+    ascending order and every camera of `cameras` in the order given (default: the cameras
+    present, ascending), one ``choice`` over the indices of that (identity, camera) sorted by
+    `gallery_path` (given order when None). Empty pairs draw nothing, as AGW skips them.
+    """
+    gp = np.asarray(gallery_pid)
+    gc = np.asarray(gallery_cam)
+    if gp.ndim != 1 or gc.shape != gp.shape:
+        raise ValueError(
+            f"gallery_pid and gallery_cam must be 1-D of equal length; got {gp.shape} and {gc.shape}"
+        )
+    if gallery_path is not None and np.shape(gallery_path) != gp.shape:
+        raise ValueError(f"gallery_path must have shape {gp.shape} (one path per gallery item); "
+                         f"got {np.shape(gallery_path)}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (p, c) in enumerate(zip(gp.tolist(), gc.tolist())):
+        groups.setdefault((p, c), []).append(i)
+    if gallery_path is not None:
+        paths = [str(x) for x in np.asarray(gallery_path).tolist()]
+        for members in groups.values():
+            members.sort(key=paths.__getitem__)
+    cams = sorted({c for _, c in groups}) if cameras is None else [int(c) for c in cameras]
+    rng = random.Random(int(seed))
+    out = []
+    for pid in sorted({p for p, _ in groups}):
+        for cam in cams:
+            members = groups.get((pid, cam))
+            if members:
+                out.append(rng.choice(members))
+    return np.asarray(out, dtype=np.int64)
 
 
 def _check_1d(name: str, arr: np.ndarray | None, length: int | None, what: str) -> np.ndarray:
@@ -185,8 +236,13 @@ def evaluate(
     gallery: str = "sampled",
     seed: int = 0,
     max_rank: int = 20,
+    gallery_path: np.ndarray | None = None,
 ) -> dict:
-    """Evaluate one protocol; metrics in percent, averaged over trials (see module docstring)."""
+    """Evaluate one protocol; metrics in percent, averaged over trials (see module docstring).
+
+    ``gallery`` is ``"sampled"``, ``"agw"`` (AGW's draw; ``gallery_path`` orders each
+    (identity, camera)'s images as AGW's sorted file list does) or ``"as-given"``.
+    """
     proto = get_protocol(protocol)
     if gallery not in GALLERY_MODES:
         raise ValueError(f"gallery must be one of {GALLERY_MODES}; got {gallery!r}")
@@ -201,6 +257,8 @@ def evaluate(
     ng = gp.shape[0]
     gc = _check_1d("gallery_cam", gallery_cam, ng, "gallery item")
     dist = _distance_matrix(query_feat, gallery_feat, distance, nq, ng)
+    if gallery_path is not None:
+        _check_1d("gallery_path", gallery_path, ng, "gallery item")
 
     # Unsampled protocols (RegDB) and gallery="as-given": one trial on the gallery exactly as given.
     as_given = gallery == "as-given" or not proto.single_shot
@@ -225,10 +283,13 @@ def evaluate(
     for t in range(n_trials):
         if as_given:
             cols = pool
+        elif gallery == "agw":
+            paths = None if gallery_path is None else np.asarray(gallery_path)[pool]
+            cols = pool[agw_single_shot_gallery(gp[pool], gc[pool], int(seed) + t, proto.gallery_cams, paths)]
         else:
             cols = pool[sample_single_shot_gallery(gp[pool], gc[pool], trial_rng(seed, t))]
         res = evaluate_ranking(
-            dist[:, cols], qp, qc, gp[cols], gc[cols], exclude=rule, max_rank=curve_len
+            dist[:, cols], qp, qc, gp[cols], gc[cols], exclude=rule, max_rank=curve_len, cmc=proto.cmc
         )
         if res["num_valid_queries"] == 0:
             raise ValueError(
@@ -266,7 +327,8 @@ def evaluate_npz(
     seed: int = 0,
     max_rank: int = 20,
 ) -> dict:
-    """Evaluate an .npz of ids/cameras plus features or a distance matrix (never unpickled)."""
+    """Evaluate an .npz of ids/cameras plus features or a distance matrix (never unpickled);
+    an optional string array ``gallery_path`` orders the images of the ``"agw"`` draw."""
     path = os.fspath(path)
     try:
         npz = np.load(path, allow_pickle=False)
@@ -293,7 +355,8 @@ def evaluate_npz(
                         f"or 'distance')"
                     )
         try:
-            arrays = {k: npz[k] for k in keys if k in _NPZ_IDS + ("distance", "query_feat", "gallery_feat")}
+            arrays = {k: npz[k] for k in keys
+                      if k in _NPZ_IDS + ("distance", "query_feat", "gallery_feat", "gallery_path")}
         except ValueError as e:  # object arrays would need pickle
             raise ValueError(f"{path}: cannot read arrays without pickle ({e})") from None
     return evaluate(protocol, trials=trials, gallery=gallery, seed=seed, max_rank=max_rank, **arrays)

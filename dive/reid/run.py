@@ -6,12 +6,18 @@ Training sets (``train_set``):
 * ``vi+ext-rgb``: the same plus the external dataset's training images (visible only, their own
   labels): the paper's "+ external RGB only" baseline.
 
-Data sources (``format``): a SynthVI world (``synthvi``: VI set ``vi/`` + external ``external/``)
-or a SYSU-MM01 tree (``sysu_mm01``; ``--external`` names a Market-1501-layout folder for
-``vi+ext-rgb``). ``auto`` detects the layout.
+Data sources (``format``): a SynthVI world (``synthvi``: VI set ``vi/`` + external ``external/``),
+a SYSU-MM01 tree (``sysu_mm01``), an LLCM tree (``llcm``: trains on the idx lists, tests on
+``test_vis`` / ``test_nir``) or a RegDB tree (``regdb``: train and test lists of one of its 10
+splits, ``regdb_trial``); ``--external`` names a Market-1501-layout folder for ``vi+ext-rgb``.
+``auto`` detects the layout.
+
+Evaluation protocols default to the test data's own pair (``DEFAULT_PROTOCOLS``): SynthVI and
+SYSU-MM01 all-search + indoor, LLCM visible->infrared + infrared->visible, RegDB
+visible->thermal + thermal->visible on the split's test ids.
 
 ``run_reid`` writes into the run folder, beside the training files: ``report.json`` (config,
-training summary, all-search and indoor results with per-trial numbers and CMC), ``report.md``
+training summary, each protocol's results with per-trial numbers and CMC), ``report.md``
 (the paper's Table 2 columns) and ``cmc.png``. Test identities are used only here, after training.
 """
 
@@ -26,22 +32,31 @@ from dive.data.records import Modality, Record, summarize
 from dive.data.registry import detect_format, load_dataset
 from dive.reid.device import resolve_device
 from dive.reid.evaluate import evaluate_model
-from dive.reid.protocols import METRIC_KEYS
+from dive.reid.protocols import METRIC_KEYS, PROTOCOLS, get_protocol
 from dive.reid.train import ReIDTrainConfig, load_checkpoint, train_reid
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, write_json, write_text
 from dive.utils.threads import torch_threads
 
 TRAIN_SETS = ("vi", "vi+ext-rgb")
+VI_FORMATS = ("synthvi", "sysu_mm01", "llcm", "regdb")
+#: the protocols a format's test ids are scored with when none are named
+DEFAULT_PROTOCOLS = {
+    "synthvi": ("sysu-all", "sysu-indoor"),
+    "sysu_mm01": ("sysu-all", "sysu-indoor"),
+    "llcm": ("llcm-v2i", "llcm-i2v"),
+    "regdb": ("regdb-v2t", "regdb-t2v"),
+}
+_PROTOCOL_DATASET = {"synthvi": "sysu-mm01", "sysu_mm01": "sysu-mm01", "llcm": "llcm", "regdb": "regdb"}
 
 
 @dataclass
 class ReIDDataConfig:
     """Where the ReID training / test data comes from."""
 
-    data: Path = field(metadata={"help": "a SynthVI world (dive data synth) or a SYSU-MM01 folder"})
+    data: Path = field(metadata={"help": "a SynthVI world (dive data synth) or a SYSU-MM01, LLCM or RegDB folder"})
     format: str = field(default="auto", metadata={
-        "help": "layout of --data", "choices": ["auto", "synthvi", "sysu_mm01"]})
+        "help": "layout of --data", "choices": ["auto", *VI_FORMATS]})
     train_set: str = field(default="vi", metadata={
         "help": "vi: VI training ids; vi+ext-rgb: plus the external set's visible-only training ids",
         "choices": list(TRAIN_SETS)})
@@ -49,6 +64,8 @@ class ReIDDataConfig:
         "help": "VI splits trained on (AGW trains on train+val: --train-splits train val)"})
     external: Path | None = field(default=None, metadata={
         "help": "external visible dataset (Market-1501 layout) for vi+ext-rgb; SynthVI: its external/"})
+    regdb_trial: int = field(default=1, metadata={
+        "help": "RegDB: which of its 10 train/test splits (idx/*_T.txt) is trained and tested"})
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -63,10 +80,15 @@ class ReIDDataConfig:
 class ReIDEvalConfig:
     """How the trained network is scored on the test identities."""
 
-    protocols: tuple[str, ...] = field(default=("sysu-all", "sysu-indoor"), metadata={
-        "help": "evaluation protocols (infrared queries, visible gallery)", "choices": ["sysu-all", "sysu-indoor"]})
-    trials: int = field(default=10, metadata={"help": "single-shot gallery trials"})
+    protocols: tuple[str, ...] = field(default=(), metadata={
+        "help": "evaluation protocols; none named: the test data's pair (SYSU-MM01 and SynthVI: sysu-all "
+                "sysu-indoor; LLCM: llcm-v2i llcm-i2v; RegDB: regdb-v2t regdb-t2v)", "choices": list(PROTOCOLS)})
+    trials: int = field(default=10, metadata={"help": "single-shot gallery trials (RegDB: always 1)"})
     eval_seed: int = field(default=0, metadata={"help": "gallery sampling seed"})
+    gallery_sampling: str = field(default="sampled", metadata={
+        "help": "single-shot gallery draw: sampled (numpy, per (seed, trial)) or agw (AGW's own draw: "
+                "random.seed(seed + trial), ids ascending, one random.choice per id and camera)",
+        "choices": ["sampled", "agw"]})
     flip: bool = field(default=False, metadata={"help": "average features of each image and its mirror"})
     eval_batch_size: int = field(default=128, metadata={"help": "feature extraction batch size"})
     eval_threads: int = field(default=1, metadata={"help": "torch CPU threads while evaluating (0: torch's default)"})
@@ -84,9 +106,10 @@ class ReIDData:
 def load_reid_data(cfg: ReIDDataConfig) -> ReIDData:
     """Training records of the chosen train set, the VI val records and the VI test records."""
     fmt = detect_format(cfg.data) if cfg.format == "auto" else cfg.format
-    if fmt not in ("synthvi", "sysu_mm01"):
-        raise ValueError(f"{cfg.data}: format {fmt!r} is not a VI training source; expected synthvi or sysu_mm01")
-    ds = load_dataset(fmt, cfg.data)
+    if fmt not in VI_FORMATS:
+        raise ValueError(f"{cfg.data}: format {fmt!r} is not a VI training source; expected one of "
+                         f"{', '.join(VI_FORMATS)}")
+    ds = load_dataset(fmt, cfg.data, trial=cfg.regdb_trial) if fmt == "regdb" else load_dataset(fmt, cfg.data)
     if fmt == "synthvi":
         vi = [r for r in ds.records if r.dataset == "synthvi_vi"]
         ext_all = [r for r in ds.records if r.dataset == "synthvi_ext"]
@@ -111,15 +134,29 @@ def load_reid_data(cfg: ReIDDataConfig) -> ReIDData:
     test = [r for r in vi if r.split == "test"]
     summary = {"format": fmt, "train": summarize(train), "val_ids": len({r.pid for r in val}),
                "test_ids": len({r.pid for r in test}), "test_images": len(test)}
+    if fmt == "regdb":
+        summary["regdb_trial"] = cfg.regdb_trial
     return ReIDData(train, val, test, fmt, summary)
+
+
+def resolve_protocols(fmt: str, names: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The protocols to score data of format `fmt` with: `names`, or the format's default pair;
+    a protocol of another dataset (e.g. sysu-all on LLCM) is refused."""
+    chosen = list(names) or list(DEFAULT_PROTOCOLS[fmt])
+    wrong = [n for n in chosen if get_protocol(n).dataset != _PROTOCOL_DATASET[fmt]]
+    if wrong:
+        raise ValueError(f"protocols {wrong} do not fit {fmt} test data; use "
+                         f"{', '.join(n for n, p in PROTOCOLS.items() if p.dataset == _PROTOCOL_DATASET[fmt])}")
+    return chosen
 
 
 def _data_meta(cfg: ReIDDataConfig, data: ReIDData) -> dict:
     return {"data": config_to_dict(cfg), "data_summary": data.summary}
 
 
-def train_from_config(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig) -> tuple[Path, ReIDData]:
-    data = load_reid_data(data_cfg)
+def train_from_config(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig,
+                      data: ReIDData | None = None) -> tuple[Path, ReIDData]:
+    data = data or load_reid_data(data_cfg)
     run = train_reid(train_cfg, data.train, data.val or None, meta=_data_meta(data_cfg, data))
     return run, data
 
@@ -128,7 +165,8 @@ def train_from_config(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig) -> t
 # report
 # ------------------------------------------------------------------------------------------------
 
-_PRETTY = {"sysu-all": "All-search", "sysu-indoor": "Indoor-search"}
+_PRETTY = {"sysu-all": "All-search", "sysu-indoor": "Indoor-search", "llcm-v2i": "LLCM VIS->IR",
+           "llcm-i2v": "LLCM IR->VIS", "regdb-v2t": "RegDB VIS->T", "regdb-t2v": "RegDB T->VIS"}
 _COLS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 _COL_NAMES = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 
@@ -149,7 +187,7 @@ def format_report_md(report: dict) -> str:
         f"`{report['data']['train_set']}`: {tr['train_images']} images, {tr['num_classes']} ids "
         f"({tr['visible_only_ids']} visible-only); test: `{report['test_data']['data']}`, "
         f"{report['test_data']['test_ids']} ids, "
-        f"infrared queries -> visible gallery, {report['eval']['trials']} trials (percent).",
+        + "; ".join(f"{n}: {_direction(n)}, {results[n]['trials']} trial(s)" for n in names) + " (percent).",
         "",
         head,
         sep,
@@ -163,6 +201,11 @@ def format_report_md(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _direction(name: str) -> str:
+    p = PROTOCOLS.get(name)
+    return f"{p.query_modality} queries -> {p.gallery_modality} gallery" if p else "?"
 
 
 def _start(report: dict) -> str:
@@ -198,13 +241,14 @@ def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
                  data: ReIDData | None = None, label: str | None = None, device: str = "auto") -> dict:
     """Evaluate a trained run on the VI test ids (on `device`); writes report.json, report.md, cmc.png."""
     data = data or load_reid_data(data_cfg)
+    protocols = resolve_protocols(data.format, eval_cfg.protocols)
     model, meta = load_checkpoint(run)
     model.to(resolve_device(device))
     t0 = time.perf_counter()
     with torch_threads(eval_cfg.eval_threads):
-        results = evaluate_model(model, data.test, list(eval_cfg.protocols), trials=eval_cfg.trials,
+        results = evaluate_model(model, data.test, protocols, trials=eval_cfg.trials,
                                  seed=eval_cfg.eval_seed, split="test", flip=eval_cfg.flip,
-                                 batch_size=eval_cfg.eval_batch_size)
+                                 batch_size=eval_cfg.eval_batch_size, gallery=eval_cfg.gallery_sampling)
     eval_seconds = round(time.perf_counter() - t0, 2)
     train_meta = {k: meta[k] for k in ("model_spec", "num_classes", "train_images", "train_images_infrared",
                                        "visible_only_ids", "parameters", "epoch", "selected_by", "timing",
@@ -222,20 +266,24 @@ def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
                       "test_ids": data.summary["test_ids"], "test_images": data.summary["test_images"]},
         "train_config": meta["config"],
         "train": train_meta,
-        "eval": config_to_dict(eval_cfg),
+        "eval": {**config_to_dict(eval_cfg), "protocols": protocols},
         "eval_seconds": eval_seconds,
         "results": {n: {k: r[k] for k in METRIC_KEYS + ("cmc", "per_trial", "trials", "num_queries",
                                                          "num_valid_queries")} for n, r in results.items()},
     }
+    if "regdb_trial" in data.summary:  # the split whose test ids were scored
+        report["test_data"]["regdb_trial"] = data.summary["regdb_trial"]
     write_json(run / "report.json", report)
     write_text(run / "report.md", format_report_md(report))
-    plot_cmc(report["results"], run / "cmc.png", f"{label}: CMC, infrared -> visible")
+    plot_cmc(report["results"], run / "cmc.png", f"{label}: CMC")
     return report
 
 
 def run_reid(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig, eval_cfg: ReIDEvalConfig) -> dict:
     """Train, then evaluate on the test ids; returns the report (also written into the run folder)."""
-    run, data = train_from_config(data_cfg, train_cfg)
+    data = load_reid_data(data_cfg)
+    resolve_protocols(data.format, eval_cfg.protocols)  # a wrong protocol fails before training
+    run, data = train_from_config(data_cfg, train_cfg, data)
     return evaluate_run(run, data_cfg, eval_cfg, data, device=train_cfg.device)
 
 

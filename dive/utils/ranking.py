@@ -10,10 +10,12 @@ Conventions (these decide results when details differ between public codebases):
 * Exclusion: an optional boolean mask of shape (queries, gallery), True = remove this gallery
   item from this query's ranking (e.g. SYSU cam-3 queries vs cam-2 gallery, or the
   same-identity-same-camera rule of LLCM / Market-1501). Removed items take no rank position.
-* CMC is computed over the *de-duplicated identity ranking*: walking the filtered ranking, each
-  gallery identity is counted once, at its first valid position (what the SYSU/AGW evaluation
-  code does), so two images of one wrong identity ahead of the right one cost one rank position.
-  A query counts as a rank-k hit when its identity is among the first k identities.
+* CMC (``cmc="dedup"``, the default) is computed over the *de-duplicated identity ranking*:
+  walking the filtered ranking, each gallery identity is counted once, at its first valid
+  position (what AGW's ``eval_sysu`` / ``eval_llcm`` do), so two images of one wrong identity
+  ahead of the right one cost one rank position. A query counts as a rank-k hit when its identity
+  is among the first k identities. ``cmc="raw"`` counts positions of the filtered ranking itself
+  (AGW's ``eval_regdb``): a rank-k hit is a correct match among the first k gallery items.
 * mAP and mINP use the filtered full ranking (every non-excluded gallery item):
   AP = mean over the correct matches of precision at their positions;
   INP = (number of correct matches) / (1-based position of the last, i.e. hardest, correct match).
@@ -32,6 +34,8 @@ from typing import Callable, Union
 
 import numpy as np
 
+CMC_MODES = ("dedup", "raw")
+
 ExclusionRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 Exclusion = Union[None, np.ndarray, ExclusionRule]
 
@@ -45,6 +49,7 @@ __all__ = [
     "sysu_cam3_cam2_mask",
     "no_exclusion_mask",
     "EXCLUSION_RULES",
+    "CMC_MODES",
 ]
 
 
@@ -132,8 +137,10 @@ def _block_stats(
     excl: np.ndarray,
     group_cols: np.ndarray,
     group_starts: np.ndarray,
+    cmc: str = "dedup",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query (valid, dedup_rank, AP, INP) for one block of queries.
+    """Per-query (valid, rank, AP, INP) for one block of queries; `rank` is the 0-based CMC rank
+    (of the de-duplicated identity ranking, or of the filtered ranking when ``cmc="raw"``).
 
     q_code is the query's identity as an index into the gallery's unique identities, or -1 when
     the identity does not occur in the gallery.
@@ -157,6 +164,9 @@ def _block_stats(
     ap = prec_sum / safe_rel
     last_pos = np.where(correct_r, fpos, 0).max(axis=1)
     inp = num_rel / np.maximum(last_pos, 1)
+    if cmc == "raw":  # filtered position of the first correct match
+        first_hit = np.where(correct_r, fpos, ng + 1).min(axis=1) - 1
+        return valid, first_hit, ap, inp
 
     # De-duplicated identity rank: rank position (unfiltered, same order) of each gallery item,
     # excluded items pushed past the end; then first position of every identity via reduceat.
@@ -179,13 +189,15 @@ def evaluate_ranking(
     *,
     exclude: Exclusion = None,
     max_rank: int = 20,
+    cmc: str = "dedup",
 ) -> dict:
     """CMC / mAP / mINP of one distance matrix (queries x gallery), as fractions in [0, 1].
 
     ``exclude`` is None, a boolean (queries x gallery) mask (True = remove), or a callable
     ``rule(query_pid, query_cam, gallery_pid, gallery_cam) -> mask`` (see ``EXCLUSION_RULES``).
     Returns ``cmc`` (float64 array of length ``max_rank``), ``mAP``, ``mINP``,
-    ``num_valid_queries`` and ``num_queries``. See the module docstring for the conventions.
+    ``num_valid_queries`` and ``num_queries``. ``cmc`` is ``"dedup"`` (de-duplicated identity
+    ranking) or ``"raw"`` (the filtered ranking as is). See the module docstring for the conventions.
     """
     dist = np.asarray(distance)
     if dist.ndim != 2:
@@ -198,6 +210,8 @@ def evaluate_ranking(
     if int(max_rank) < 1:
         raise ValueError(f"max_rank must be >= 1; got {max_rank}")
     max_rank = int(max_rank)
+    if cmc not in CMC_MODES:
+        raise ValueError(f"cmc must be one of {CMC_MODES}; got {cmc!r}")
     if np.issubdtype(dist.dtype, np.floating) and np.isnan(dist).any():
         raise ValueError("distance contains NaN values; the ranking would be undefined")
 
@@ -235,20 +249,20 @@ def evaluate_ranking(
     parts = [
         _block_stats(
             dist[s : s + block], q_code[s : s + block], g_code, excl[s : s + block],
-            group_cols, group_starts,
+            group_cols, group_starts, cmc,
         )
         for s in range(0, nq, block)
     ]
-    valid, dedup_rank, ap, inp = (np.concatenate(x) for x in zip(*parts))
+    valid, rank, ap, inp = (np.concatenate(x) for x in zip(*parts))
 
     n_valid = int(valid.sum())
     if n_valid == 0:
         return empty
-    ranks = dedup_rank[valid]
+    ranks = rank[valid]
     hit_counts = np.bincount(np.minimum(ranks, max_rank), minlength=max_rank + 1)[:max_rank]
-    cmc = np.cumsum(hit_counts) / n_valid
+    curve = np.cumsum(hit_counts) / n_valid
     return {
-        "cmc": cmc.astype(np.float64),
+        "cmc": curve.astype(np.float64),
         "mAP": float(ap[valid].mean()),
         "mINP": float(inp[valid].mean()),
         "num_valid_queries": n_valid,
