@@ -232,6 +232,36 @@ def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
     assert _get(f"{url}gradio_api/file={pub / 'worlds' / 'quick' / 'synthvi.json'}") in (403, 404)
 
 
+def test_public_mode_uploads_are_served_to_their_uploader_only(public_url):
+    """An uploaded file lands in Gradio's shared upload cache: only the visitor who uploaded it may
+    fetch it; a cache file nobody uploaded is refused to everyone."""
+    import io
+
+    import httpx
+    from gradio_client import Client
+    from PIL import Image
+
+    from dive.studio.visitors import COOKIE, upload_cache
+
+    url, _ = public_url
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    ka, kb = a.cookies[COOKIE], b.cookies[COOKIE]
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 16), (200, 30, 30)).save(buf, format="PNG")
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": ("mine.png", buf.getvalue(), "image/png")},
+                   cookies={COOKIE: ka}, timeout=30)
+    assert r.status_code == 200, r.text
+    path = r.json()[0]
+    assert Path(path).is_relative_to(upload_cache())
+    assert _get(f"{url}gradio_api/file={path}", {COOKIE: ka}) == 200
+    assert _get(f"{url}gradio_api/file={path}", {COOKIE: kb}) == 403
+    assert _get(f"{url}gradio_api/file={path}") == 403
+    stray = upload_cache() / "not-uploaded-by-anyone" / "x.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(buf.getvalue())
+    assert _get(f"{url}gradio_api/file={stray}", {COOKIE: ka}) == 403
+
+
 UNNAMED = """() => Array.from(document.querySelectorAll(
     'input, textarea, select, [role=combobox], [role=checkbox], [role=slider], [role=radio]'))
   .filter(e => e.type !== 'hidden' && e.type !== 'file' && e.offsetParent !== null)

@@ -109,3 +109,24 @@ def test_real_images_follow_a_changed_dataset(real_studio, monkeypatch):
     later = time.time() + 5
     os.utime(world / "synthvi.json", (later, later))
     assert studio.real_images("shipped: absolute", tok).items == first.items and len(calls) == 2
+
+
+def test_public_mode_real_images_are_copies_in_the_visitor_s_own_folder(real_studio):
+    """Locally the real images travel as pixels; for a public visitor as copies in their own
+    `real/` folder (the only files a public studio serves), made once, byte for byte the source."""
+    from pathlib import Path
+
+    from dive.studio.ui import real_gallery
+
+    studio, table, _ = real_studio
+    vi = next(t for t in table.identities if not table.is_external(t.dataset))
+    local, _ = real_gallery(studio, "shipped: absolute", vi.token, None)
+    assert local and all(getattr(img, "ndim", 0) == 3 for img, _ in local)
+    shown, msg = real_gallery(studio, "shipped: absolute", vi.token, "visitor1")
+    sources = studio.real_images("shipped: absolute", vi.token, "visitor1").items
+    folder = studio.sandbox.owner_root("visitor1") / "real"
+    assert [c for _, c in shown] == [c for _, c in sources] and "worlds/tiny" in msg
+    for (path, _), (src, _) in zip(shown, sources):
+        assert Path(path).parent == folder and Path(path).read_bytes() == Path(src).read_bytes()
+    again, _ = real_gallery(studio, "shipped: absolute", vi.token, "visitor1")
+    assert [p for p, _ in again] == [p for p, _ in shown] and len(list(folder.iterdir())) == len(shown)

@@ -89,8 +89,9 @@ def neighbours(ids: list[str], selected: str | None, k: int = 8) -> list[str]:
 
 
 def real_gallery(studio, choice, token, owner) -> tuple[list, str]:
-    """The Generate tab's real images of the selected identity: (image, caption) pairs, as pixels so
-    that no dataset folder needs serving, and one line saying where they come from."""
+    """The Generate tab's real images of the selected identity: (image, caption) pairs and one line
+    saying where they come from. Locally as pixels, so that no dataset folder needs serving; in
+    public mode as copies in the visitor's own folder (`real/`), the only files a public studio serves."""
     import numpy as np
 
     from dive.utils.io import load_rgb
@@ -99,9 +100,27 @@ def real_gallery(studio, choice, token, owner) -> tuple[list, str]:
         return [], ""
     try:
         got = studio.real_images(choice, token, owner)
-        return [(np.asarray(load_rgb(p)), cap) for p, cap in got.items], got.message()
+        if owner is None:
+            return [(np.asarray(load_rgb(p)), cap) for p, cap in got.items], got.message()
+        return [(str(visitor_copy(studio, p, owner)), cap) for p, cap in got.items], got.message()
     except (StudioError, ValueError, KeyError, OSError) as e:
         return [], err(e, studio)
+
+
+def visitor_copy(studio, path, owner: str):
+    """A copy of a real image in the visitor's `real/` folder, named by its source (made once)."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    src = Path(path).resolve()
+    dst = studio.sandbox.owner_root(owner) / "real" / (hashlib.sha1(str(src).encode()).hexdigest()[:16] + src.suffix)
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".part")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return dst
 
 
 def attention_help() -> str:

@@ -6,17 +6,23 @@ events, file downloads. It survives a page reload, so a visitor still sees their
 exports after one; their files live under `visitors/<visitor_id(key)>/`. A request without the
 cookie (a client that keeps no cookies) is known by its Gradio session instead, for that session.
 
-`VisitorKeys` is the ASGI middleware that hands out the key and refuses any file of another
-visitor's folder (`/gradio_api/file=...`): a visitor's outputs are served from their own folder
-(`launch_options` makes it a static path, so Gradio serves it without copying it to its cache),
-and only to the visitor whose key names that folder.
+`VisitorKeys` is the ASGI middleware that hands out the key and decides which files
+(`/gradio_api/file=...`) a visitor may fetch:
+- a visitor's outputs (generations, attention maps, exports, runs, the real images shown beside
+  generated ones) are written to their own folder, which `launch_options` makes a static path so
+  Gradio serves it without copying it to its cache; each file only to the visitor it belongs to;
+- files a visitor uploads land in Gradio's shared upload cache: the middleware notes who uploaded
+  each one (from `/gradio_api/upload`'s answer) and serves it to that visitor only; any other file
+  in that cache is refused, since no output of a public studio is served from there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+from collections import OrderedDict
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 
@@ -62,11 +68,56 @@ def owns(studio, path: str | os.PathLike, owner: str | None) -> bool:
     return bool(owner) and len(rel.parts) > 1 and rel.parts[0] == owner
 
 
-class VisitorKeys:
-    """ASGI middleware: hands out visitor keys; serves a visitor's files to that visitor only."""
+def upload_cache() -> Path:
+    """Gradio's upload cache (where it stores uploaded files), as Gradio itself names it."""
+    from gradio.utils import get_upload_folder
 
-    def __init__(self, app, studio):
+    return Path(get_upload_folder()).resolve()
+
+
+class Uploads:
+    """Who uploaded which file of the upload cache (the newest `limit` files are remembered)."""
+
+    def __init__(self, cache: Path, limit: int = 20_000):
+        self.cache, self.limit = Path(cache).resolve(), limit
+        self._owner: OrderedDict[str, str] = OrderedDict()
+
+    def inside(self, path: str | os.PathLike) -> bool:
+        try:
+            Path(os.path.abspath(path)).resolve().relative_to(self.cache)
+            return True
+        except (ValueError, OSError):
+            return False
+
+    def note(self, body: bytes, owner: str) -> None:
+        """Record the paths of an upload's answer (a JSON list of cache paths) as `owner`'s."""
+        try:
+            paths = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return
+        for p in paths if isinstance(paths, list) else []:
+            if isinstance(p, str) and self.inside(p):
+                self._owner[str(Path(p).resolve())] = owner
+                self._owner.move_to_end(str(Path(p).resolve()))
+        while len(self._owner) > self.limit:
+            self._owner.popitem(last=False)
+
+    def owner_of(self, path: str | os.PathLike) -> str | None:
+        return self._owner.get(str(Path(os.path.abspath(path)).resolve()))
+
+
+class VisitorKeys:
+    """ASGI middleware: hands out visitor keys; serves a visitor's files (outputs and uploads) to
+    that visitor only."""
+
+    def __init__(self, app, studio, cache: Path | None = None):
         self.app, self.studio = app, studio
+        self.uploads = Uploads(cache or upload_cache())
+
+    def may_fetch(self, path: str, owner: str | None) -> bool:
+        if self.uploads.inside(path):
+            return owner is not None and self.uploads.owner_of(path) == owner
+        return owns(self.studio, path, owner)
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
@@ -74,19 +125,30 @@ class VisitorKeys:
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         key = key_of("; ".join(v for k, v in headers if k == "cookie"))
         path = scope.get("path", "")
-        if "/file=" in path and not owns(self.studio, path.split("/file=", 1)[1], visitor_id(key) if key else None):
+        if "/file=" in path and not self.may_fetch(path.split("/file=", 1)[1], visitor_id(key) if key else None):
             return await forbidden(send)
-        if key is not None:
+        cookie = None
+        if key is None:
+            key = new_key()
+            proto = dict(headers).get("x-forwarded-proto", scope.get("scheme", "http"))
+            cookie = set_cookie(key, https=proto.split(",")[0].strip() == "https").encode("latin-1")
+        is_upload = scope.get("method") == "POST" and path.rstrip("/").endswith("/upload")
+        if cookie is None and not is_upload:
             return await self.app(scope, receive, send)
-        proto = dict(headers).get("x-forwarded-proto", scope.get("scheme", "http"))
-        cookie = set_cookie(new_key(), https=proto.split(",")[0].strip() == "https").encode("latin-1")
+        status, body = [0], []
 
-        async def send_with_key(message):
+        async def send_through(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
+                status[0] = message["status"]
+                if cookie is not None:
+                    message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
+            elif message["type"] == "http.response.body" and is_upload and status[0] == 200:
+                body.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.uploads.note(b"".join(body), visitor_id(key))
             await send(message)
 
-        return await self.app(scope, receive, send_with_key)
+        return await self.app(scope, receive, send_through)
 
 
 async def forbidden(send) -> None:
