@@ -33,11 +33,14 @@ def _cmd_reid_bench_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reid_train(args: argparse.Namespace) -> int:
+    from dive.reid.distributed import is_main_process
     from dive.reid.pretrained import train_config_from_args
     from dive.reid.run import ReIDDataConfig, train_from_config
     from dive.reid.train import ReIDTrainConfig, epochs_summary
 
     run, data = train_from_config(dataclass_from_args(ReIDDataConfig, args), train_config_from_args(ReIDTrainConfig, args))
+    if not is_main_process():  # one of several training processes: the first one reports
+        return 0
     meta = json.loads((run / "model.json").read_text())
     last = epochs_summary(run)[-1]
     print(f"trained {meta['config']['method'].upper()} on {meta['train_images']} images, {meta['num_classes']} ids: "
@@ -52,10 +55,14 @@ def _cmd_reid_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reid_run(args: argparse.Namespace) -> int:
+    from dive.reid.distributed import is_main_process
     from dive.reid.pretrained import train_config_from_args
-    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
+    from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid, train_from_config
     from dive.reid.train import ReIDTrainConfig
 
+    if not is_main_process():  # one of several training processes: it trains; the first one evaluates
+        train_from_config(dataclass_from_args(ReIDDataConfig, args), train_config_from_args(ReIDTrainConfig, args))
+        return 0
     report = run_reid(dataclass_from_args(ReIDDataConfig, args), train_config_from_args(ReIDTrainConfig, args),
                       dataclass_from_args(ReIDEvalConfig, args))
     _print_report(report)
@@ -120,13 +127,16 @@ def _register_reid(sub) -> None:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_reid_bench_eval)
-    p = reid.add_parser("train", help="train a two-stream VI-ReID network (AGW, CAJ or DEEN recipe: --method)")
+    multi = "several GPUs or CPU processes: torchrun --nproc_per_node N -m dive reid %s ... (or accelerate launch)"
+    p = reid.add_parser("train", help="train a two-stream VI-ReID network (AGW, CAJ or DEEN recipe: --method)",
+                        epilog=multi % "train")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDTrainConfig)
     defer_preset_defaults(p)
     p.set_defaults(func=_cmd_reid_train)
     p = reid.add_parser("run", help="train (AGW, CAJ or DEEN: --method) on SynthVI, SYSU-MM01, LLCM or RegDB, then "
-                                     "evaluate with the data's protocols; report.json/.md + CMC plot")
+                                     "evaluate with the data's protocols; report.json/.md + CMC plot",
+                        epilog=multi % "run")
     add_dataclass_arguments(p, ReIDDataConfig)
     add_dataclass_arguments(p, ReIDTrainConfig)
     add_dataclass_arguments(p, ReIDEvalConfig)

@@ -11,6 +11,9 @@
   the default options is bit-identical for the same seed and thread count. With
   N > 0 each batch draws its augmentation from its own generator seeded by (seed, epoch, batch), so
   the result does not depend on N or on the order workers finish in.
+* several processes (dive.reid.distributed): each makes the whole global batch as above and keeps
+  its share of the identities (``share=(rank, world)``), so the global batch is the
+  single-process one; on CUDA process ``r`` runs on ``cuda:LOCAL_RANK`` (``Runtime(index=...)``).
 """
 
 from __future__ import annotations
@@ -53,9 +56,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Runtime:
     """Device + precision of one run: `autocast()` around the forward, `step(loss, opt)` for the update."""
 
-    def __init__(self, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, device: str = "auto", precision: str = "fp32", index: int | None = None):
         check_options(device, precision, 0)
         self.device = resolve_device(device)
+        if index is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", index)
         self.precision = precision
         self.dtype = _DTYPES.get(precision)
         if self.device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace (set before first use)
@@ -127,22 +132,39 @@ def assemble_batch(images: torch.Tensor, labels: torch.Tensor, batch, gen: torch
     return torch.cat(parts), torch.cat(masks), torch.cat(labs)
 
 
+def keep_identities(out: tuple[torch.Tensor, ...], ids: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The rows of an assembled batch ``(x, mask, labels)`` whose label is one of `ids` (same order)."""
+    keep = torch.isin(out[2], torch.as_tensor(list(ids), dtype=out[2].dtype))
+    return tuple(t[keep] for t in out)
+
+
+def _share(batch, share: tuple[int, int]) -> list[int] | None:
+    rank, world = share
+    if world <= 1:
+        return None
+    if batch.ids is None:
+        raise ValueError("a batch shared between processes needs its identities (Batch.ids)")
+    return [int(i) for i in batch.ids[rank::world]]
+
+
 def batch_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of one batch when workers make the batches."""
     return (int(seed) * 1_000_003 + int(epoch)) * 1_000_033 + int(index)
 
 
 class _EpochBatches(torch.utils.data.Dataset):
-    def __init__(self, batches: Sequence, images, labels, aug, channel_aug, seed, epoch):
+    def __init__(self, batches: Sequence, images, labels, aug, channel_aug, seed, epoch, share=(0, 1)):
         self.batches, self.images, self.labels = batches, images, labels
-        self.aug, self.channel_aug, self.seed, self.epoch = aug, channel_aug, seed, epoch
+        self.aug, self.channel_aug, self.seed, self.epoch, self.share = aug, channel_aug, seed, epoch, share
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int):
         gen = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, i))
-        return assemble_batch(self.images, self.labels, self.batches[i], gen, self.aug, self.channel_aug)
+        out = assemble_batch(self.images, self.labels, self.batches[i], gen, self.aug, self.channel_aug)
+        ids = _share(self.batches[i], self.share)
+        return out if ids is None else keep_identities(out, ids)
 
 
 def _worker_init(_: int) -> None:
@@ -150,23 +172,28 @@ def _worker_init(_: int) -> None:
 
 
 class BatchLoader:
-    """Yields ``(x, infrared_mask, labels)`` for every batch of an epoch of `sampler`."""
+    """Yields ``(x, infrared_mask, labels)`` for every batch of an epoch of `sampler`; with
+    ``share=(rank, world)``, world > 1, only the rows of this process's identities of each batch."""
 
     def __init__(self, sampler, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
                  aug: AugmentConfig, channel_aug: bool, *, workers: int = 0, seed: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, share: tuple[int, int] = (0, 1)):
         self.sampler, self.images, self.labels, self.gen = sampler, images, labels, gen
         self.aug, self.channel_aug = aug, channel_aug
         self.workers, self.seed, self.pin_memory = int(workers), int(seed), bool(pin_memory)
+        self.share = (int(share[0]), int(share[1]))
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self.workers == 0:
             for batch in self.sampler.epoch(epoch):
                 out = assemble_batch(self.images, self.labels, batch, self.gen, self.aug, self.channel_aug)
+                ids = _share(batch, self.share)
+                if ids is not None:
+                    out = keep_identities(out, ids)
                 yield tuple(t.pin_memory() for t in out) if self.pin_memory else out
             return
         ds = _EpochBatches(list(self.sampler.epoch(epoch)), self.images, self.labels, self.aug,
-                           self.channel_aug, self.seed, epoch)
+                           self.channel_aug, self.seed, epoch, self.share)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.workers,
                                              pin_memory=self.pin_memory, worker_init_fn=_worker_init)
         yield from loader

@@ -10,7 +10,9 @@ full again. Within an identity and modality, K images are drawn without replacem
 least K of them, with replacement otherwise (as AGW pads rare identities).
 
 Determinism: epoch ``e`` uses ``numpy.random.default_rng([seed, e])`` only, so the batches of an
-epoch do not depend on earlier epochs or on how many were run.
+epoch do not depend on earlier epochs or on how many were run. Several training processes
+(dive.reid.distributed) all draw this same sequence; process ``r`` of ``n`` keeps the identities
+``ids[r::n]`` of each batch, so the global batch is the single-process one.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ def agw_epoch_batches(num_visible: int, num_ids: int, num_per_modality: int) -> 
 
 @dataclass(frozen=True)
 class Batch:
-    """Indices into the training arrays: visible and infrared images, identity-major order."""
+    """Indices into the training arrays: visible and infrared images, identity-major order; `ids`:
+    the batch's identities (training labels) in the order they were drawn."""
 
     visible: np.ndarray
     infrared: np.ndarray
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.visible.size + self.infrared.size)
@@ -86,4 +90,5 @@ class IdentitySampler:
             chosen = rng.choice(self.ids, size=self.P, replace=False)
             vis = [self._take(self._vis[int(c)], rng) for c in chosen]
             ir = [self._take(self._ir[int(c)], rng) for c in chosen]
-            yield Batch(np.concatenate(vis).astype(np.int64), np.concatenate(ir).astype(np.int64))
+            yield Batch(np.concatenate(vis).astype(np.int64), np.concatenate(ir).astype(np.int64),
+                        np.asarray(chosen, dtype=np.int64))

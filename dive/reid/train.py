@@ -36,12 +36,14 @@ The CPU default: a narrow ResNet-18 (base width 16: channels 16/32/64/128, 0.7 M
 epochs and x0.1 at epochs 12 and 16, one thread: about 0.11 s per batch, ~3.5 minutes of
 training on the default SynthVI world here (2 cores shared with another training job). The paper
 setting: ``--preset paper --pretrained resnet50.safetensors`` (dive.reid.pretrained); device,
-precision and workers: dive.reid.device."""
+precision and workers: dive.reid.device; several GPUs or CPU processes (``torchrun`` /
+``accelerate launch``, DistributedDataParallel): dive.reid.distributed."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import time
@@ -58,6 +60,7 @@ from dive.reid.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_ch
 from dive.reid.config import METHODS, ReIDTrainConfig
 from dive.reid.deen import DEENObjective
 from dive.reid.device import BatchLoader, Runtime, make_optimizer, resolve_device
+from dive.reid.distributed import Group, process_group
 from dive.reid.evaluate import EvalSet, evaluate_prepared, prepare_eval_set
 from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
 from dive.reid.model import build_model, count_parameters
@@ -127,6 +130,16 @@ class _Log:
         self.f.close()
 
 
+class _NoLog:
+    """The log of a process that does not write (every process but the first of a multi-process run)."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
@@ -153,14 +166,27 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
 
     `val`: records whose infrared images query their visible ones (val ids; never the test set),
     used by ``select="best-val"`` and ``val_every``. `meta`: extra JSON-able facts stored in
-    config.json and the checkpoint metadata (e.g. where the data came from).
+    config.json and the checkpoint metadata (e.g. where the data came from). Launched on several
+    processes (dive.reid.distributed), each trains on its share of every batch; the first writes.
     """
     if not train_records:
         raise ValueError("no training records")
-    run = resume.prepare_run_dir(cfg.run_dir, cfg.force)
+    with process_group(cfg.device) as group:
+        return _train(cfg, list(train_records), val, meta, group)
+
+
+def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | None, meta: dict | None,
+           group: Group) -> Path:
+    if cfg.num_ids < group.world:
+        raise ValueError(f"--num-ids {cfg.num_ids}: each of the {group.world} processes needs at least one "
+                         "identity of every batch; use at least as many ids as processes")
+    run = Path(cfg.run_dir)
+    if group.is_main:
+        run = resume.prepare_run_dir(cfg.run_dir, cfg.force)
+        write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {},
+                                         "resolved": cfg.resolved(), "world_size": group.world})
+    group.barrier()  # the folder is ready (and a --force run's old state gone) before any process reads it
     t_start = time.perf_counter()
-    write_json(run / "config.json", {"train": config_to_dict(cfg), "meta": meta or {}, "resolved": cfg.resolved()})
-    records = list(train_records)
     labels_of = label_map(records, cfg.identity_key)
     label_list = [list(k) for k in sorted(labels_of, key=labels_of.get)]
     y_all = torch.tensor([labels_of[identity_of(r, cfg.identity_key)] for r in records], dtype=torch.int64)
@@ -169,7 +195,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
     with _runtime(cfg):
         images = load_images([r.path for r in records], cfg.height, cfg.width, cfg.progress, "load train")
         val_set: EvalSet | None = None
-        do_val = val is not None and (cfg.select == "best-val" or cfg.val_every > 0)
+        do_val = group.is_main and val is not None and (cfg.select == "best-val" or cfg.val_every > 0)
         if cfg.select == "best-val" and val is None:
             raise ValueError("select='best-val' needs val records (the val identities)")
         if do_val:
@@ -182,7 +208,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
         pretrained = load_pretrained(model, cfg.pretrained) if cfg.pretrained is not None else None
         if pretrained is not None:
             print(pretrained.summary())
-        rt = Runtime(cfg.device, cfg.precision)
+        rt = Runtime(cfg.device, cfg.precision, index=group.device.index if group.enabled else None)
         model.to(rt.device).train()
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.base_lr_mult)
         ce, tri, objective = build_losses(cfg)
@@ -190,18 +216,23 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                                   cfg.batches_per_epoch, cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         batches = BatchLoader(sampler, images, y_all, gen, cfg.augment(), cfg.use_channel_aug, workers=cfg.workers,
-                              seed=cfg.seed, pin_memory=rt.pin_memory)
+                              seed=cfg.seed, pin_memory=rt.pin_memory, share=(group.rank, group.world))
         n_batches = len(sampler)
         total = cfg.epochs * n_batches
 
+        fp_meta = dict(meta or {}, world_size=group.world) if group.enabled else (meta or {})
         fingerprint = resume.fingerprint(config_to_dict(cfg), label_list, [str(r.path) for r in records],
-                                         y_all.tolist(), meta or {})
+                                         y_all.tolist(), fp_meta)
         best: tuple[float, int, dict] | None = None
         history: list[dict] = []
         start_epoch, it, val_seconds, seconds_before = 0, 0, 0.0, 0.0
         saved = resume.read_state(run)
         if saved is not None:
             tensors, state = saved
+            was = state["fingerprint"]["meta"].get("world_size", 1)
+            if was != group.world:
+                raise ValueError(f"{run / resume.STATE_FILE}: an unfinished run of {was} process(es); resume it on "
+                                 f"as many (this launch: {group.world}), use another --out, or pass --force")
             differ = resume.differences(state["fingerprint"], fingerprint)
             if differ:
                 raise ValueError(f"{run / resume.STATE_FILE}: an unfinished run with other settings or data "
@@ -211,10 +242,13 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                 best = (state["best_key"], state["best_epoch"], best_state)
             start_epoch, it, history = state["epoch"], state["iter"], state["history"]
             val_seconds, seconds_before = state["val_seconds"], state["train_seconds"]
-            resume.trim_log(run / "log.jsonl", it)
-        log = _Log(run / "log.jsonl", append=saved is not None)
+            if group.is_main:
+                resume.trim_log(run / "log.jsonl", it)
+        # the network as trained: DDP over the processes (a stem idle on one process's batch is allowed)
+        net = group.wrap(model, find_unused=bool(sampler.visible_only_ids or sampler.infrared_only_ids))
+        log = _Log(run / "log.jsonl", append=saved is not None) if group.is_main else _NoLog()
         bar = None
-        if cfg.progress:
+        if cfg.progress and group.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=start_epoch * n_batches, desc=f"reid {cfg.method}", unit="batch")
@@ -225,7 +259,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
             "train_images_infrared": int(is_ir.sum()), "parameters": count_parameters(model),
             "visible_only_ids": sampler.visible_only_ids, "batches_per_epoch": n_batches,
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "device": str(rt.device), "pretrained": pretrained and {
+            "device": str(rt.device), "world_size": group.world, "pretrained": pretrained and {
                 "path": str(cfg.pretrained), "layout": pretrained.layout, "loaded": len(pretrained.loaded),
                 "unused": pretrained.unused, "missing": pretrained.missing},
         }
@@ -242,7 +276,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                         g["lr"] = lr * g["lr_mult"]
                     x, mask, y = rt.to_device(x, mask, y)
                     with rt.autocast():
-                        feat, logits = model(x, mask)
+                        feat, logits = net(x, mask)
                     feat, logits = feat.float(), logits.float()  # losses in fp32 (no-op at fp32)
                     extra = {}
                     if objective is None:
@@ -257,18 +291,22 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                         loss, loss_id, loss_tri, correct = step.loss, step.loss_id, step.loss_tri, step.correct
                         y = step.labels  # each image's label once per embedding
                         extra = {"loss_cpm": step.loss_cpm.item(), "loss_ort": step.loss_ort.item()}
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {b}; lower --lr")
-                    rt.step(loss, opt)
-                    it += 1
                     acc_id = float((logits.argmax(1) == y).float().mean())
                     vals = {"loss": loss.item(), "loss_id": loss_id.item(), "loss_tri": loss_tri.item(),
                             "acc_id": acc_id, "acc_tri": correct / len(y), **extra}
+                    size, more = len(x), {}
+                    if group.enabled:  # the mean over the processes; a bad loss on any one stops them all
+                        vals, size, more = _mean_over(group, vals, size)
+                    if not math.isfinite(vals["loss"]):
+                        raise FloatingPointError(f"loss is {vals['loss']} at epoch {epoch}, batch {b}; lower --lr")
+                    rt.step(loss, opt)
+                    it += 1
+                    acc_id = vals["acc_id"]
                     for k, v_ in vals.items():
                         sums[k] += v_
                     sums["n"] += 1
                     if cfg.log_every > 0 and (it % cfg.log_every == 0 or it == 1):
-                        log.write({"type": "iter", "epoch": epoch, "iter": it, "lr": lr, "batch_size": len(x),
+                        log.write({"type": "iter", "epoch": epoch, "iter": it, "lr": lr, "batch_size": size, **more,
                                    **{k: round(v_, 6) for k, v_ in vals.items()},
                                    "seconds": round(time.perf_counter() - t_train, 3)})
                     if bar is not None:
@@ -291,6 +329,8 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
                     model.train()
                 history.append(row)
                 log.write(row)
+                if not group.is_main:
+                    continue
                 save_checkpoint(run / "last", model, dict(base_meta, epoch=epoch + 1, selected_by="last",
                                                           history=history))
                 resume.save_state(run, model, opt, gen, best[2] if best else None, {
@@ -310,9 +350,18 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Seque
             sel_epoch, state = best[1] + 1, best[2]
         else:
             sel_epoch, state = cfg.epochs, None
-        save_checkpoint(run / "model", model, dict(base_meta, epoch=sel_epoch, selected_by=cfg.select,
-                                                   history=history, timing=timing), state=state)
+        if group.is_main:
+            save_checkpoint(run / "model", model, dict(base_meta, epoch=sel_epoch, selected_by=cfg.select,
+                                                       history=history, timing=timing), state=state)
+    group.barrier()  # every process returns once the run folder is complete
     return run
+
+
+def _mean_over(group: Group, vals: dict, size: int) -> tuple[dict, int, dict]:
+    """One step's numbers averaged over the processes, the global batch size, and each process's loss."""
+    rows = group.gather([*vals.values(), size])
+    mean = {k: sum(r[i] for r in rows) / len(rows) for i, k in enumerate(vals)}
+    return mean, int(sum(r[-1] for r in rows)), {"loss_ranks": [round(r[0], 6) for r in rows]}
 
 
 def epochs_summary(run: str | os.PathLike) -> list[dict]:
