@@ -3,6 +3,7 @@ cross-attention of each token, export an expanded dataset, and run training in t
 
     python app.py            # http://127.0.0.1:7860, the shipped demo checkpoint, no network
     python app.py --public   # a public Space: each visitor sees only their own runs, exports, files
+    python app.py --device cuda --dtype bf16   # the generators on a GPU, in bfloat16
 
 Layout and wiring only: every action calls `dive.studio.service.Studio`, which calls the same stage
 functions as the `dive` command line. Named API endpoints (for gradio_client): /generate (no
@@ -30,6 +31,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dive.generate import DEFAULT_GUIDANCE  # noqa: E402
+from dive.utils.device import DEVICE_HELP, DTYPE_HELP, DTYPES  # noqa: E402
 from dive.studio.pngmeta import parse_seed  # noqa: E402
 from dive.studio.sandbox import StudioError  # noqa: E402
 from dive.studio.service import TRAIN_PRESETS, Studio  # noqa: E402
@@ -396,8 +398,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-trainings", type=int, default=1, help="--public: trainings at a time (default 1)")
     p.add_argument("--max-exports", type=int, default=1, help="--public: exports at a time (default 1)")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most (default 16)")
+    p.add_argument("--device", default="auto", help=f"where the generators run: {DEVICE_HELP} (default auto)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help=f"generators' {DTYPE_HELP} (default fp32)")
     args = p.parse_args(argv)
-    studio = Studio(args.data, public=args.public, max_trainings=args.max_trainings, max_exports=args.max_exports)
+    try:
+        studio = Studio(args.data, public=args.public, max_trainings=args.max_trainings, max_exports=args.max_exports,
+                        device=args.device, dtype=args.dtype)
+    except ValueError as e:  # a bad or absent --device, fp16 on cpu: one line
+        p.error(str(e))
     # warm the default checkpoint so the first Generate is fast
     labels = [c.label for c in studio.checkpoints()]
     if labels:

@@ -14,6 +14,7 @@ from dive.checkpoint import reference_path, resolve_base
 from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, load_generator
 from dive.generate.run import select_identities
+from dive.utils.device import DEVICE_HELP, DTYPE_HELP, DTYPES, resolve
 from dive.utils.io import load_rgb, save_image
 
 
@@ -35,10 +36,13 @@ class GridConfig:
     guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "guidance scale"})
     negative_prompt: str = field(default="", metadata={
         "help": "negative prompt (guidance > 1); {camera} / {identity} become each image's tokens"})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    dtype: str = field(default="fp32", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
 
 
 def identity_grid(cfg: GridConfig) -> Path:
-    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint)
+    device, dtype = resolve(cfg.device, cfg.dtype)
+    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint, device=device, dtype=dtype)
     table = gen.table
     ids = select_identities(table, which=cfg.which, min_images=0, top_k=cfg.identities)
     cams = table.infrared_cameras() if cfg.cameras == "infrared" else list(table.cameras)

@@ -28,6 +28,7 @@ from dive.checkpoint import IdentityToken, TokenTable, resolve_base, trained_bas
 from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import GenerationRequest, Generator, load_generator
 from dive.utils.config import config_to_dict
+from dive.utils.device import DEVICE_HELP, DTYPE_HELP, DTYPES, dtype_name, resolve
 from dive.utils.io import save_image, write_json, write_text
 from dive.utils.lock import output_lock
 
@@ -54,7 +55,8 @@ class GenerateConfig:
         "help": "negative prompt (used when guidance > 1); {camera} / {identity} become each image's tokens: "
                 "'a {camera} photo of person' guides along the identity only"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    dtype: str = field(default="fp32", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
 
 
@@ -129,10 +131,12 @@ def generate(cfg: GenerateConfig, *, generator: Generator | None = None, progres
 def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, rank: int, world: int, on_batch,
               should_stop) -> Path:
     if generator is None:
+        device, dtype = resolve(cfg.device, cfg.dtype)  # a bad or absent device: one line, before anything else
         cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
+        generator = load_generator(cfg.base, cfg.checkpoint, device=device, dtype=dtype)
     elif cfg.base is None:  # the caller's generator is what renders; record its checkpoint's base if at hand
         cfg = replace(cfg, base=trained_base(cfg.checkpoint))
-    gen = generator or load_generator(cfg.base, cfg.checkpoint, device=cfg.device)
+    gen = generator
     table = gen.table
     idents = select_identities(table, which=cfg.identities, min_images=cfg.min_images, top_k=cfg.top_k,
                                random_k=cfg.random_k, ids=cfg.ids, seed=cfg.seed)
@@ -143,16 +147,21 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
         raise ValueError(f"{cfg.checkpoint}: no camera token matches {cfg.cameras!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("stop_after", "device")}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("stop_after", "device", "dtype")}
+    if dtype_name(gen.dtype) != "fp32":  # recorded only when not fp32: earlier fp32 folders resume as they were
+        settings["dtype"] = dtype_name(gen.dtype)
     settings |= {"checkpoint_hash": gen.checkpoint_hash, "scheduler": "DPMSolverMultistep (dpmsolver++)",
                  "height": gen.height, "width": gen.width, "identities_selected": [t.token for t in idents],
                  "cameras_selected": cams}
     settings_path = out / "generate.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
-        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width")
-        if any(old.get(k) != settings.get(k) for k in keys):
-            raise ValueError(f"{settings_path}: this folder was generated with other settings; use a new --out")
+        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype")
+        shown = lambda d, k: d.get(k, "fp32" if k == "dtype" else None)  # noqa: E731
+        differ = [f"{k} {shown(old, k)} -> {shown(settings, k)}" for k in keys if old.get(k) != settings.get(k)]
+        if differ:
+            raise ValueError(f"{settings_path}: this folder was generated with other settings ({'; '.join(differ)}); "
+                             "use a new --out")
     if rank == 0:
         write_json(settings_path, settings)
 

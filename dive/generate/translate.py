@@ -32,6 +32,7 @@ from dive.generate.sources import (SETTINGS_FILE, BaselineSelection, base_settin
 from dive.checkpoint import checkpoint_hash, resolve_base
 from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.pipeline import Generator, ImageJob, image_seed, load_generator
+from dive.utils.device import DEVICE_HELP, DTYPE_HELP, DTYPES, dtype_name, resolve
 from dive.utils.io import save_image
 from dive.utils.lock import output_lock
 
@@ -51,7 +52,8 @@ class TranslateConfig(BaselineSelection):
     guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale (1: off)"})
     negative_prompt: str = field(default="", metadata={"help": "negative prompt (guidance > 1); {camera} / {identity} as in dive generate"})
     batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    dtype: str = field(default="fp32", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many new images; for tests"})
 
     def __post_init__(self) -> None:
@@ -68,8 +70,13 @@ def translate(cfg: TranslateConfig, *, generator: Generator | None = None, progr
 
 
 def _translate(cfg: TranslateConfig, generator: Generator | None, progress: bool) -> Path:
-    base = resolve_base(cfg.checkpoint, cfg.base) if generator is None else (cfg.base or generator.base)
-    gen = generator or load_generator(base, cfg.checkpoint, device=cfg.device)
+    if generator is None:
+        device, dtype = resolve(cfg.device, cfg.dtype)  # a bad or absent device: one line, before anything else
+        base = resolve_base(cfg.checkpoint, cfg.base)
+        generator = load_generator(base, cfg.checkpoint, device=device, dtype=dtype)
+    else:
+        base = cfg.base or generator.base
+    gen = generator
     table = gen.table
     inputs = load_baseline_inputs(cfg.data, cfg.format, cfg.external, cfg.external_format)
     jobs, keys, cams = plan_jobs(inputs, min_images=cfg.min_images, top_k=cfg.top_k, cameras=cfg.cameras, n=cfg.n,
@@ -94,7 +101,9 @@ def _translate(cfg: TranslateConfig, generator: Generator | None, progress: bool
                              base=str(Path(base).resolve()), checkpoint_hash=ckpt_hash, min_images=cfg.min_images,
                              top_k=cfg.top_k, n=cfg.n, seed=cfg.seed, strength=cfg.strength, steps=cfg.steps,
                              guidance=cfg.guidance, negative_prompt=cfg.negative_prompt, height=gen.height,
-                             width=gen.width, scheduler=scheduler)
+                             width=gen.width, scheduler=scheduler,
+                             # recorded only when not fp32: earlier fp32 folders resume as they were
+                             **({} if dtype_name(gen.dtype) == "fp32" else {"dtype": dtype_name(gen.dtype)}))
     settings_path = Path(cfg.out) / SETTINGS_FILE
     earlier = json.loads(settings_path.read_text()) if settings_path.is_file() else None
     prepare_out(cfg.out, settings, inputs.protected + [Path(cfg.checkpoint)], cfg.force)

@@ -23,6 +23,7 @@ from dive.studio.datasets import ExportBrowser
 from dive.studio.real import RealImages, RealIndex, real_images
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
+from dive.utils.device import resolve
 from dive.utils.io import as_rgb
 
 REPO_ROOT = defaults.REPO_ROOT
@@ -87,20 +88,17 @@ def describe_checkpoint(ckpt: Path, *, demo: bool = False) -> str:
 class Studio:
     def __init__(self, data_root: str | Path, shipped_dir: Path = SHIPPED_DIR, max_cached: int = 2,
                  default_base: Path = SHIPPED_BASE, *, public: bool = False, max_trainings: int = 1,
-                 max_exports: int = 1, device: str | None = None):
+                 max_exports: int = 1, device: str | None = None, dtype: str = "fp32"):
         """public: every visitor (an `owner` id) sees only their own runs, exports and files, and
         trainings / exports are capped (`max_trainings`, `max_exports` at a time). Local mode (the
-        default) is one user who sees every run. device: "cuda" when a GPU is present, else "cpu"."""
+        default) is one user who sees every run. device / dtype: the generators' (`dive.utils.device`;
+        None: "auto", cuda when a GPU is present, else cpu)."""
+        self.device, self.dtype = resolve(device or "auto", dtype)  # checked before any folder is made
         self.sandbox = Sandbox(data_root)
         self.public = public
         self.max_trainings, self.max_exports = max_trainings, max_exports
         self._exports_running = 0
         self._exports_lock = threading.Lock()
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
         self.shipped_dir = Path(shipped_dir)
         self.default_base = Path(default_base)
         self.runs = RunManager(self.sandbox.root / "runs.sqlite", self.sandbox.root / "runs")
@@ -208,7 +206,7 @@ class Studio:
             if key in self._gens:
                 self._gens.move_to_end(key)
                 return self._gens[key]
-        gen = load_generator(c.base, c.path, device=self.device)  # outside the lock: loading takes a moment
+        gen = load_generator(c.base, c.path, device=self.device, dtype=self.dtype)  # outside the lock: loading takes a moment
         self.base_hash(c.base)  # once per base, with the load: images record it
         with self._gens_lock:
             self._gens[key] = (gen, threading.Lock())

@@ -34,6 +34,7 @@ from dive.data.records import Modality
 from dive.train.data import TrainingSet, build_training_set, load_sources
 from dive.utils.adapters import AdapterGate
 from dive.utils.config import config_to_dict
+from dive.utils.device import DTYPES, accelerate_options
 from dive.utils.diffusion import diffusion_loss, encode_latents
 from dive.utils.io import cast_safetensors, load_rgb, load_rgb_tensor, require_safetensors, save_image, write_json
 from dive.utils.state import (
@@ -127,8 +128,12 @@ class DiVETrainConfig:
     caption_dropout: float = field(default=0.05, metadata={"help": "chance of the empty prompt (keeps guidance usable)"})
     snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting (0: plain MSE)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flip"})
-    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision", "choices": ["no", "bf16", "fp16"]})
-    cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "mixed precision: fp32, bf16 or fp16 (fp16 needs a GPU); the trainable weights stay float32. None: "
+                "--mixed-precision", "choices": list(DTYPES)})
+    device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda or mps"})
+    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision (older spelling of --dtype)", "choices": ["no", "bf16", "fp16"]})
+    cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present (= --device cpu)"})
     save_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
     preview_every: int = field(default=500, metadata={"help": "fixed-seed preview grid every N steps (0: off)"})
@@ -191,14 +196,15 @@ class DiVETrainer:
             self._setup(training_set)
 
     def _setup(self, training_set: TrainingSet | None) -> None:
+        cfg, progress = self.cfg, self.progress
+        # a bad or absent --device / --dtype: one line, before the seconds of importing the model libraries
+        cpu, mixed = accelerate_options(cfg.device, cfg.dtype, cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
         from accelerate import Accelerator
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from peft import LoraConfig
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        cfg, progress = self.cfg, self.progress
-        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
-                                       gradient_accumulation_steps=cfg.grad_accum)
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum)
         acc = self.accelerator
         world = acc.num_processes
         if cfg.batch_size % (world * cfg.grad_accum):

@@ -13,6 +13,7 @@ from dive.generate import DEFAULT_GUIDANCE
 from dive.generate.attention.figure import attention_figure
 from dive.generate.attention.maps import MASK_METHODS, AttentionResult, attention_maps, default_tokens
 from dive.generate.attention.record import record_attention
+from dive.utils.device import DEVICE_HELP, DTYPE_HELP, DTYPES, resolve
 
 
 def attention_overhead(generator, n: int = 4, steps: int = 25, *, guidance: float = 1.0, seed: int = 0,
@@ -68,7 +69,8 @@ class AttentionConfig:
     layers: str = field(default="all", metadata={"help": "cross-attention layers: all, or comma-separated down, mid, up, 1/k (resolution), names"})
     step_range: str = field(default="all", metadata={"help": "sampling steps averaged: all, 'a:b' (indices, b exclusive) or fractions '0:0.5'"})
     mask: str = field(default="border", metadata={"help": "person mask for the summary", "choices": list(MASK_METHODS)})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    dtype: str = field(default="fp32", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
 
 
 def run_attention(cfg: AttentionConfig) -> tuple[AttentionResult, Path, Path]:
@@ -78,7 +80,8 @@ def run_attention(cfg: AttentionConfig) -> tuple[AttentionResult, Path, Path]:
 
     if cfg.out.suffix.lower() != ".png":
         raise ValueError(f"--out {cfg.out}: the figure is a PNG; give a path ending in .png")
-    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint, device=cfg.device)
+    device, dtype = resolve(cfg.device, cfg.dtype)
+    gen = load_generator(resolve_base(cfg.checkpoint, cfg.base), cfg.checkpoint, device=device, dtype=dtype)
     res = attention_maps(gen, cfg.identity, cfg.camera, seed=cfg.seed, index=cfg.index, steps=cfg.steps,
                          guidance=cfg.guidance, negative_prompt=cfg.negative_prompt, layers=cfg.layers,
                          step_range=cfg.step_range, mask=cfg.mask)
