@@ -406,10 +406,14 @@ def main(argv: list[str] | None = None) -> None:
                         device=args.device, dtype=args.dtype)
     except ValueError as e:  # a bad or absent --device, fp16 on cpu: one line
         p.error(str(e))
-    # warm the default checkpoint so the first Generate is fast
+    # load the default checkpoint and render once at the form's shape (2 steps), so the first
+    # Generate runs warm
     labels = [c.label for c in studio.checkpoints()]
     if labels:
-        studio.generator(Studio.default_choice(labels))
+        ck = Studio.default_choice(labels)
+        ids, cams = Studio.identity_choices(studio.table(ck)), Studio.camera_choices(studio.table(ck))
+        if ids and cams:
+            studio.generate(ck, [ids[0][1]], [cams[0][1]], n=4, seed=0, steps=2, guidance=DEFAULT_GUIDANCE)
     demo = build_app(studio, queue_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, footer_links=["api"], **launch_options(studio))
 
