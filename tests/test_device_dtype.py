@@ -141,6 +141,13 @@ def test_studio_loads_its_generators_in_the_launch_dtype(studio_dirs, tmp_path, 
     assert gen.dtype is torch.bfloat16 and gen.pipe.unet.dtype == torch.bfloat16
     res = attention_maps(gen, None, None, seed=0, steps=2)  # attention recording works in bf16 too
     assert all(np.isfinite(np.asarray(m)).all() for m in res.maps.values())
+    # its images say which dtype drew them (the A1111 text names it when it is not fp32)
+    from dive.studio import pngmeta
+
+    choice = Studio.default_choice([c.label for c in studio.checkpoints()])
+    ids, cams = Studio.identity_choices(gen.table), Studio.camera_choices(gen.table)
+    img = studio.generate(choice, [ids[0][1]], [cams[0][1]], n=1, seed=0, steps=2, guidance=2.0)[0]
+    assert img.settings["dtype"] == "bf16" and "Dtype: bf16" in pngmeta.a1111_parameters(img.settings)
     for device, dtype in (("cuda", "fp32"), ("cpu", "fp16")):
         with pytest.raises(ValueError, match=f"--{'device' if device == 'cuda' else 'dtype'}"):
             Studio(tmp_path / "s", shipped_dir=shipped, device=device, dtype=dtype)

@@ -37,6 +37,8 @@ def a1111_parameters(s: dict) -> str:
               ("Request seed", s.get("request_seed", "")), ("Batch size", s.get("n", "")),
               ("Batch pos", s.get("index", "")), ("Identity token", s.get("identity", "")),
               ("Camera token", s.get("camera", ""))]
+    if s.get("dtype", "fp32") != "fp32":  # weights in bf16 / fp16 draw slightly different pixels
+        fields.append(("Dtype", s["dtype"]))
     if s.get("strength") is not None:
         fields.append(("Denoising strength", s["strength"]))
     fields.append(("Version", f"dive {s['version']}"))

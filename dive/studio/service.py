@@ -23,7 +23,7 @@ from dive.studio.datasets import ExportBrowser
 from dive.studio.real import RealImages, RealIndex, real_images
 from dive.studio.runs import RunManager
 from dive.studio.sandbox import Sandbox, StudioError
-from dive.utils.device import resolve
+from dive.utils.device import dtype_name, resolve
 from dive.utils.io import as_rgb
 
 REPO_ROOT = defaults.REPO_ROOT
@@ -285,7 +285,7 @@ class Studio:
         note = f" · from your image, strength {strength:g}" if source is not None else ""
         common = {"steps": steps, "sampler": pngmeta.SAMPLER, "guidance": guidance, "size": f"{gen.width}x{gen.height}",
                   "checkpoint": c.label, "checkpoint_hash": gen.checkpoint_hash, "base": c.base.name,
-                  "base_hash": self.base_hash(c.base), "version": pngmeta.version(), "request_seed": str(seed),
+                  "base_hash": self.base_hash(c.base), "dtype": dtype_name(self.dtype), "version": pngmeta.version(), "request_seed": str(seed),
                   "n": n, "action": action, "identities": list(identities), "cameras": list(cameras),
                   "negative_prompt": negative_prompt, "strength": strength if source is not None else None}
         out = []
