@@ -1,8 +1,9 @@
 """SYSU-MM01 and LLCM at their real size (tests/realsize_trees.py: ~46k files each, no pixels):
 each tree is detected and read with the exact id, camera and image counts; the SYSU tree is
-exported with a handful of synthetic images and read back; every protocol's single-shot gallery
-is drawn for 10 trials with fixed seeds, one image per (id, camera) pair of its cameras, and
-scored once on random features.
+exported with a handful of synthetic images and read back; the LLCM tree is exported in its own
+layout with 4 external ids (real visible and synthetic infrared images) and read back; every
+protocol's single-shot gallery is drawn for 10 trials with fixed seeds, one image per (id,
+camera) pair of its cameras, and scored once on random features.
 
 Each stage must finish within a bound, about 3x the slowest time measured on 2 CPU cores shared
 with other jobs (load average 4 to 6), so a bound fails only on a real slowdown (a quadratic
@@ -12,8 +13,11 @@ step, a per-image rescan), not on a busy machine. Measured, the slowest seen -> 
     write LLCM tree (46,767 empty files)                  3.5 ->  10
     detect + read SYSU-MM01                               2.6 ->  15
     detect + read LLCM                                    4.8 ->  15
-    export SYSU + 8 synthetic images, LLCM lists          115 -> 360
+    export SYSU + 8 synthetic images, LLCM lists          133 -> 360
     read the export back                                  2.8 ->  15
+    write LLCM tree (46,767 hard links to a 1x1 JPEG)     4.2 ->  10
+    export LLCM + 4 external ids (12 real, 8 synthetic)   109 -> 360
+    detect + read the LLCM export back                    5.6 ->  15
     10 gallery draws per protocol, both datasets          0.2 ->   5
     evaluate sysu-all + sysu-indoor, 10 trials each       6.7 ->  20
     evaluate llcm-v2i + llcm-i2v, 2 trials each          20.3 ->  60
@@ -36,13 +40,15 @@ from PIL import Image
 from dive.data.registry import detect_format, load_dataset
 from dive.export import ExportConfig, export_dataset
 from dive.reid.protocols import evaluate, get_protocol, sample_single_shot_gallery, trial_rng
+from fake_layouts import make_market_tree
 from realsize_trees import (LLCM_IMAGES, LLCM_SPLIT_SIZES, SYSU_GALLERY_SIZE, SYSU_SPLIT_SIZES, SYSU_TEST_IMAGES,
                             SYSU_TRAIN_IMAGES, make_llcm_realsize, make_sysu_realsize)
 
 pytestmark = pytest.mark.slow
 
 BOUND_S = {"write sysu": 10, "write llcm": 10, "read sysu": 15, "read llcm": 15, "export sysu": 360,
-           "read export": 15, "sample galleries": 5, "evaluate sysu": 20, "evaluate llcm": 60}
+           "read export": 15, "sample galleries": 5, "evaluate sysu": 20, "evaluate llcm": 60,
+           "write llcm stub": 10, "export llcm": 360, "read llcm export": 15}
 TRIALS = 10
 SYNTHETIC_IDS = 4
 
@@ -122,15 +128,16 @@ def test_llcm_tree_is_read_with_the_real_counts(llcm, llcm_ds):
     assert all(llcm_ds.labels[r.path] == label_of[r.pid] for r in llcm_ds.records if r.split == "train")
 
 
-def write_synthetic(folder: Path, ids: list[int]) -> int:
-    """Two 2x2 infrared PNGs (cameras 3 and 6) per id, in `dive generate`'s manifest format."""
+def write_synthetic(folder: Path, ids: list[int], dataset: str = "sysu_mm01") -> int:
+    """Two 2x2 infrared PNGs (cameras 3 and 6) per id of `dataset`, in `dive generate`'s manifest format."""
     rows = []
     for pid in ids:
         for cam in (3, 6):
             rel = f"images/{pid:04d}_c{cam}.png"
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (2, 2), (pid % 256, cam, 7)).save(folder / rel)
-            rows.append({"path": rel, "dataset": "sysu_mm01", "pid": pid, "camid": cam, "modality": "infrared"})
+            rows.append({"path": rel, "dataset": dataset, "pid": pid, "camid": cam, "modality": "infrared",
+                         "prompt": f"photo of person {pid}", "seed": pid * 10 + cam, "checkpoint_hash": "0123abcd"})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 
@@ -163,6 +170,41 @@ def test_sysu_tree_exports_and_reads_back(sysu, sysu_ds, tmp_path):
         for pair, n in folders.items():
             extra = 1 if key == ("train", "infrared") and pair[0] in syn_ids and pair[1] in (3, 6) else 0
             assert exported[key][pair] == n + extra
+
+
+MARKET_IDS = (2, 7, 11, 15)  # the external ids the LLCM export adds: one image in each of Market cameras 1..3
+
+
+def test_llcm_tree_exports_in_its_own_layout_and_reads_back(tmp_path):
+    tree = timed("write llcm stub", make_llcm_realsize, tmp_path / "LLCM", content="stub")  # the export decodes
+    make_market_tree(tmp_path / "Market", train_ids=MARKET_IDS, cams=(1, 2, 3))
+    n_syn = write_synthetic(tmp_path / "synthetic", list(MARKET_IDS), dataset="market1501")
+    n_ext = 3 * len(MARKET_IDS)
+    cfg = ExportConfig(data=tree.root, external=tmp_path / "Market", out=tmp_path / "export",
+                       synthetic=(tmp_path / "synthetic",))
+    summary = timed("export llcm", export_dataset, cfg, progress=False)
+    assert summary["complete"] and summary["layout"] == "llcm"
+    assert summary["written"] == summary["counts"]["images"] == tree.files + n_ext + n_syn
+    assert summary["counts"]["ids_per_split"] == {"train": 713 + 4, "test": 351}
+    new = [d["id"] for d in summary["new_ids"]]
+    assert new == [1065, 1066, 1067, 1068]  # after LLCM's largest id, labelled after its largest label
+    assert [d["labels"]["label"] for d in summary["new_ids"]] == [713, 714, 715, 716]
+    lists = summary["lists"]
+    assert lists["idx/train_vis.txt"] == {"lines": LLCM_IMAGES[("train", "visible")] + n_ext, "added": n_ext}
+    assert lists["idx/train_nir.txt"] == {"lines": LLCM_IMAGES[("train", "infrared")] + n_syn, "added": n_syn}
+
+    back = timed("read llcm export", lambda: load_dataset(detect_format(cfg.out), cfg.out))
+    assert back.name == "llcm" and len(back) == tree.files + n_ext + n_syn
+    exported = folder_counts(back.records)
+    for key in (("test", "visible"), ("test", "infrared")):  # the test split as it was
+        assert exported[key] == tree.folders[key]
+    for key in (("train", "visible"), ("train", "infrared")):
+        real = {k: n for k, n in exported[key].items() if k[0] not in new}
+        assert real == tree.folders[key]  # every real training folder as it was
+    added = Counter((r.pid, r.camid, r.modality.value) for r in back.records if r.pid in new)
+    assert added == {(nid, cam, mod): n for nid in new for cam, mod, n in
+                     [(1, "visible", 1), (2, "visible", 1), (3, "visible", 1), (3, "infrared", 1), (6, "infrared", 1)]}
+    assert {back.labels[r.path] for r in back.records if r.pid in new} == {713, 714, 715, 716}
 
 
 def gallery_arrays(records, split: str, modality: str):

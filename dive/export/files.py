@@ -20,6 +20,7 @@ images, order and labels as the arrays; paths relative to the export root).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -195,3 +196,17 @@ def manifest_texts(rows: list[dict]) -> tuple[str, str]:
     for r in rows:
         w.writerow({k: "" if r[k] is None else r[k] for k in MANIFEST_FIELDS})
     return jsonl, buf.getvalue()
+
+
+def write_manifests(out: Path, rows: list[dict], which: str) -> tuple[set[str], str]:
+    """Write manifest.jsonl and/or manifest.csv (`which`: jsonl, csv or both); returns the names
+    written and the sha256 of the JSONL text (which a rerun compares)."""
+    jsonl, csv_text = manifest_texts(rows)
+    written = set()
+    if which in ("jsonl", "both"):
+        write_text(out / "manifest.jsonl", jsonl)
+        written.add("manifest.jsonl")
+    if which in ("csv", "both"):
+        write_text(out / "manifest.csv", csv_text)
+        written.add("manifest.csv")
+    return written, hashlib.sha256(jsonl.encode()).hexdigest()

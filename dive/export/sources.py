@@ -69,7 +69,8 @@ def load_inputs(data: Path, fmt: str = "auto", external: Path | None = None,
     data = Path(data)
     fmt = detect_format(data) if fmt == "auto" else fmt
     if fmt not in VI_FORMATS:
-        raise ValueError(f"{data}: format {fmt!r} cannot be exported; expected a SynthVI world or a SYSU-MM01 folder")
+        raise ValueError(f"{data}: format {fmt!r} cannot be exported; expected a SynthVI world, a SYSU-MM01, "
+                         "LLCM or RegDB folder")
     protected = [data]
     if fmt == "synthvi":
         if external is not None:

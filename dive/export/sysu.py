@@ -41,7 +41,6 @@ is any input folder, a folder inside one, or a folder containing one.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections import Counter, defaultdict
@@ -49,16 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from dive.data.readers.sysu_mm01 import SYSU_SPLIT_FILES, format_id_file
+from dive.export.common import (Progress, carry_meta, check_synthetic_rows, export_settings, export_suffix,
+                                external_by_key, image_counts, manifest_row, refuse_single_modality,
+                                select_external_keys, synthetic_inputs, write_images)
 from dive.export.files import (AGW_FILES, DONE_FILE, EXPORT_VERSION, LLCM_FILES, MANIFEST_FIELDS, PARTIAL_FILE,
-                               Stopped, agw_shapes_match, check_output, encode_image, manifest_texts, prepare_out,
-                               prune, training_lists, write_agw_arrays, write_llcm_idx)
-from dive.export.sources import (ExportInputs, SyntheticSource, id_list, load_inputs, read_synthetic_source,
-                                 relpath_in)
-from dive.utils.config import config_to_dict
-from dive.utils.io import load_rgb, write_bytes, write_json, write_text
+                               Stopped, agw_shapes_match, check_output, prepare_out, prune, training_lists,
+                               write_agw_arrays, write_llcm_idx, write_manifests)
+from dive.export.sources import ExportInputs, SyntheticSource, load_inputs, read_synthetic_source, relpath_in
+from dive.utils.io import write_json, write_text
 from dive.utils.lock import output_lock
 
 SYSU_VISIBLE = (1, 2, 4, 5)
@@ -68,14 +66,16 @@ _FOUR_DIGITS = re.compile(r"\d{4}")
 
 @dataclass
 class ExportConfig:
-    """Export of an expanded VI dataset in SYSU-MM01 layout."""
+    """Export of an expanded VI dataset (SYSU-MM01 layout; LLCM and RegDB in their own)."""
 
-    data: Path = field(metadata={"help": "the VI dataset: a SynthVI world (its vi/ and external/) or a SYSU-MM01 folder"})
+    data: Path = field(metadata={"help": "the VI dataset: a SynthVI world (its vi/ and external/), a SYSU-MM01, LLCM "
+                                         "or RegDB folder (LLCM and RegDB are written in their own layout)"})
     out: Path = field(metadata={"help": "new output folder (an unfinished export of the same command is completed)"})
     synthetic: tuple[Path, ...] = field(default=(), metadata={
         "help": "synthetic-image folders, each with a manifest.jsonl (a `dive generate` output or a baseline's "
                 "folder); repeat the option or list several"})
-    format: str = field(default="auto", metadata={"help": "layout of --data", "choices": ["auto", "synthvi", "sysu_mm01"]})
+    format: str = field(default="auto", metadata={
+        "help": "layout of --data", "choices": ["auto", "synthvi", "sysu_mm01", "llcm", "regdb"]})
     external: Path | None = field(default=None, metadata={
         "help": "external visible dataset (Market-1501 or CUHK03-NP layout); a SynthVI world uses its external/"})
     external_format: str = field(default="auto", metadata={
@@ -145,13 +145,6 @@ def map_camera(modality: str, camid: int, *, keep_sysu: bool) -> int:
     return cams[(camid - 1) % len(cams)]
 
 
-def _suffix(src: Path, image_format: str) -> str:
-    if image_format != "keep":
-        return "." + image_format
-    s = src.suffix.lower()
-    return ".jpg" if s == ".jpeg" else s
-
-
 # ----------------------------------------------------------------------------------------------
 # the plan: every file of the export, decided before anything is written
 # ----------------------------------------------------------------------------------------------
@@ -172,45 +165,12 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     vi_ids = {r.pid for r in inp.vi_records} | set(vi_split)
     max_id = max(vi_ids, default=0)
 
-    ext_by_key: dict[tuple[str, int], list] = defaultdict(list)
-    for r in sorted(inp.external_records, key=lambda r: r.path):
-        if r.split in cfg.external_splits and r.pid > 0:
-            ext_by_key[(r.dataset, r.pid)].append(r)
-
-    syn_keys: set[tuple[str, int]] = set()
-    tokens: dict[tuple[str, int], str] = {}
-    ext_known = {(r.dataset, r.pid) for r in inp.external_records}
-    unknown: dict[Path, set[int]] = defaultdict(set)  # manifest -> external ids the external dataset lacks
-    for src in sources:
-        for row in src.rows:
-            key = (row.dataset, row.pid)
-            where = f"{src.root / 'manifest.jsonl'}: {row.rel}"
-            if row.dataset == inp.vi_dataset:
-                if row.pid not in vi_ids:
-                    raise ValueError(f"{where}: {row.dataset} has no id {row.pid}")
-                if vi_split.get(row.pid) == "test":
-                    raise ValueError(f"{where}: id {row.pid} is a VI test id; synthetic images would enter the test set")
-            elif row.dataset != inp.external_dataset:
-                known = [d for d in (inp.vi_dataset, inp.external_dataset) if d]
-                raise ValueError(f"{where}: identity dataset {row.dataset!r} is not an input of this export "
-                                 f"({', '.join(known)}); pass its external dataset with --external"
-                                 + (" (or the SynthVI world root as --data)" if inp.vi_format != "synthvi" else ""))
-            elif key not in ext_known:
-                unknown[src.root / "manifest.jsonl"].add(row.pid)
-            else:
-                syn_keys.add(key)
-            if row.meta.get("identity_token") and key not in tokens:
-                tokens[key] = str(row.meta["identity_token"])
-
-    if unknown:
-        where, pids = next(iter(unknown.items()))
-        raise ValueError(f"{where}: synthetic images of {inp.external_dataset} ids that its dataset does not have "
-                         f"({id_list(pids)}); they would become labels without a real image"
-                         + (f" (and {len(unknown) - 1} more manifest(s))" if len(unknown) > 1 else ""))
-    selected = set(syn_keys)
-    if cfg.external_ids == "all" and cfg.external_images:  # without their images they would be empty ids
-        selected |= {k for k, recs in ext_by_key.items() if len(recs) >= cfg.min_external_images}
-    new_ids = {key: max_id + 1 + i for i, key in enumerate(sorted(selected))}
+    ext_by_key = external_by_key(inp.external_records, cfg.external_splits)
+    syn_keys, tokens = check_synthetic_rows(
+        sources, vi_dataset=inp.vi_dataset, vi_ids=vi_ids, vi_test_ids={p for p, s in vi_split.items() if s == "test"},
+        external_dataset=inp.external_dataset, external_known={(r.dataset, r.pid) for r in inp.external_records},
+        hint=" (or the SynthVI world root as --data)" if inp.vi_format != "synthvi" else "")
+    new_ids = {key: max_id + 1 + i for i, key in enumerate(select_external_keys(cfg, syn_keys, ext_by_key))}
     if new_ids and max(new_ids.values()) > 9999:
         raise ValueError(f"{len(new_ids)} new ids after id {max_id} exceed SYSU's 4-digit id folders (9999)")
     split_of = dict(vi_split) | {nid: "train" for nid in new_ids.values()}
@@ -220,17 +180,15 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
 
     def base_row(pid: int, cam: int, modality: str, origin: str, source: str, dataset: str, spid: int,
                  scam: int, spath: str, token: str | None) -> dict:
-        row = dict.fromkeys(MANIFEST_FIELDS)
-        row.update(pid=pid, split=split_of.get(pid, "unlisted"), camera=cam, modality=modality, origin=origin,
-                   source=source, source_dataset=dataset, source_pid=spid, source_camid=scam, source_path=spath,
-                   identity_token=token)
-        return row
+        return manifest_row(pid=pid, split=split_of.get(pid, "unlisted"), camera=cam, modality=modality,
+                            origin=origin, source=source, source_dataset=dataset, source_pid=spid, source_camid=scam,
+                            source_path=spath, identity_token=token)
 
     for r in sorted(inp.vi_records, key=lambda r: r.path):
         rel = relpath_in(r.path, inp.vi_root)
         stem = Path(r.path).stem
         items.append(_Item((r.camid, r.pid), Path(r.path), stem if _FOUR_DIGITS.fullmatch(stem) else None,
-                           _suffix(Path(r.path), cfg.image_format),
+                           export_suffix(Path(r.path), cfg.image_format),
                            base_row(r.pid, r.camid, r.modality.value, "real", "vi", r.dataset, r.pid, r.camid, rel,
                                     tokens.get((r.dataset, r.pid)))))
     if cfg.external_images:
@@ -238,7 +196,8 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
             for r in ext_by_key.get(key, []):
                 cam = map_camera("visible", r.camid, keep_sysu=False)
                 cam_map["external"][f"{r.dataset} cam{r.camid} (visible)"] = f"cam{cam}"
-                items.append(_Item((cam, new_ids[key]), Path(r.path), None, _suffix(Path(r.path), cfg.image_format),
+                items.append(_Item((cam, new_ids[key]), Path(r.path), None,
+                                   export_suffix(Path(r.path), cfg.image_format),
                                    base_row(new_ids[key], cam, "visible", "real", "external", r.dataset, r.pid,
                                             r.camid, relpath_in(r.path, inp.external_root), tokens.get(key))))
     for src in sources:
@@ -247,14 +206,9 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
             pid = row.pid if row.dataset == inp.vi_dataset else new_ids[key]
             cam = map_camera(row.modality, row.camid, keep_sysu=True)
             cam_map["synthetic"][f"cam{row.camid} ({row.modality})"] = f"cam{cam}"
-            item = _Item((cam, pid), row.path, None, _suffix(row.path, cfg.image_format),
-                         base_row(pid, cam, row.modality, "synthetic", f"synthetic:{row.source}", row.dataset, row.pid,
-                                  row.camid, row.rel, tokens.get(key)))
-            for k in ("camera_token", "prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
-                      "checkpoint_hash"):
-                if k in row.meta:
-                    item.row[k] = row.meta[k]
-            items.append(item)
+            items.append(_Item((cam, pid), row.path, None, export_suffix(row.path, cfg.image_format), carry_meta(
+                base_row(pid, cam, row.modality, "synthetic", f"synthetic:{row.source}", row.dataset, row.pid,
+                         row.camid, row.rel, tokens.get(key)), row.meta)))
 
     # names: in each folder, VI files keep their 4-digit name; the others follow the largest index
     by_folder: dict[tuple[int, int], list[_Item]] = defaultdict(list)
@@ -281,7 +235,7 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
         raise ValueError("a camera folder would hold more than 9999 images (SYSU names files with 4 digits)")
 
     if not cfg.allow_single_modality:
-        _refuse_single_modality(items, new_ids)
+        refuse_single_modality([it.row for it in items], new_ids)
     labelled = sorted({it.row["pid"] for it in items if it.row["split"] in cfg.label_splits})
     labels = {pid: i for i, pid in enumerate(labelled)}
     for it in items:
@@ -290,30 +244,6 @@ def plan_export(cfg: ExportConfig, inp: ExportInputs, sources: list[SyntheticSou
     split_ids["train"] = list(inp.split_ids["train"]) + sorted(new_ids.values())
     items.sort(key=lambda it: it.rel)
     return ExportPlan(items, split_ids, new_ids, tokens, cam_map, labels)
-
-
-def _refuse_single_modality(items: list[_Item], new_ids: dict[tuple[str, int], int]) -> None:
-    """Refuse added ids whose exported images would all be of one modality (a VI-ReID sampler
-    needs both for every training id), naming them by their source ids."""
-    modalities: dict[int, set[str]] = defaultdict(set)
-    for it in items:
-        modalities[it.row["pid"]].add(it.row["modality"])
-    one = {m: [key for key, nid in new_ids.items() if modalities[nid] == {m}] for m in ("visible", "infrared")}
-    parts = [f"{m} only: {key_list}" for m, keys in one.items() if keys
-             for key_list in [f"{keys[0][0]} " + id_list(k[1] for k in keys)]]
-    if parts:
-        raise ValueError(f"export would add ids with images of one modality only ({'; '.join(parts)}); give them "
-                         "synthetic images of the other modality, leave them out (--external-ids synthetic), or pass "
-                         "--allow-single-modality")
-
-
-def _settings(cfg: ExportConfig) -> dict:
-    # allow_single_modality only lets a plan through: the files of an export do not depend on it
-    s = {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "force", "allow_single_modality")}
-    s["data"] = str(cfg.data.resolve())
-    s["external"] = str(cfg.external.resolve()) if cfg.external is not None else None
-    s["synthetic"] = [str(p.resolve()) for p in cfg.synthetic]
-    return s
 
 
 def export_dataset(cfg: ExportConfig, *, progress: bool = True, should_stop: Callable[[], bool] | None = None,
@@ -333,54 +263,22 @@ def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] |
     check_output(out, inp.protected + list(cfg.synthetic))
     sources = [read_synthetic_source(p, i) for i, p in enumerate(cfg.synthetic)]
     plan = plan_export(cfg, inp, sources)
-    settings = _settings(cfg)
+    settings = export_settings(cfg)
     previous = prepare_out(out, settings, cfg.force)
 
     rows = [it.row for it in plan.items]
     lists = training_lists(rows) if (cfg.agw_arrays or cfg.llcm_idx) else None
     n_agw = sum(len(v) for v in lists.values()) if (lists and cfg.agw_arrays) else 0
-    total = len(plan.items) + n_agw
-    bar = tqdm(total=total, desc="export", unit="img", disable=not progress)
-    done, written, skipped = 0, 0, 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        bar.update(1)
-        if on_progress is not None:
-            on_progress(done, total)
-
-    def stopped() -> dict:
-        bar.close()
-        return {"out": str(out), "complete": False, "done": done, "total": total, "written": written,
-                "skipped": skipped, "seconds": round(time.time() - t0, 2)}
-
-    for it in plan.items:
-        if should_stop is not None and should_stop():
-            return stopped()
-        data = encode_image(it.src.read_bytes(), cfg.image_format, cfg.jpeg_quality, name=it.src)
-        it.row["width"], it.row["height"] = load_rgb(it.src, data=data).size  # decoded: no damaged file is exported
-        it.row["sha256"] = hashlib.sha256(data).hexdigest()
-        dest = out / it.rel
-        if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
-            skipped += 1
-        else:
-            write_bytes(dest, data)
-            written += 1
-        tick()
+    prog = Progress(out, len(plan.items) + n_agw, progress, should_stop, on_progress, t0=t0)
+    if not write_images(out, plan.items, cfg.image_format, cfg.jpeg_quality, prog):
+        return prog.stopped()
 
     keep = {it.rel for it in plan.items} | {PARTIAL_FILE, DONE_FILE}
     for split in SYSU_SPLIT_FILES:
         write_text(out / "exp" / f"{split}_id.txt", format_id_file(plan.split_ids[split]))
         keep.add(f"exp/{split}_id.txt")
-    jsonl, csv_text = manifest_texts(rows)
-    manifest_sha = hashlib.sha256(jsonl.encode()).hexdigest()
-    if cfg.manifest in ("jsonl", "both"):
-        write_text(out / "manifest.jsonl", jsonl)
-        keep.add("manifest.jsonl")
-    if cfg.manifest in ("csv", "both"):
-        write_text(out / "manifest.csv", csv_text)
-        keep.add("manifest.csv")
+    manifests, manifest_sha = write_manifests(out, rows, cfg.manifest)
+    keep |= manifests
     files: dict = {}
     if cfg.llcm_idx:
         write_llcm_idx(out, lists)
@@ -393,14 +291,14 @@ def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] |
         if reuse:
             files["agw"] = previous["files"]["agw"]
             for _ in range(n_agw):
-                tick()
+                prog.tick()
         else:
             try:
-                files["agw"] = write_agw_arrays(out, lists, cfg.agw_height, cfg.agw_width, tick=tick,
+                files["agw"] = write_agw_arrays(out, lists, cfg.agw_height, cfg.agw_width, tick=prog.tick,
                                                 should_stop=should_stop)
             except Stopped:
-                return stopped()
-    bar.close()
+                return prog.stopped()
+    prog.close()
     removed = prune(out, keep)
 
     per_cam = Counter(f"cam{r['camera']}" for r in rows)
@@ -414,8 +312,7 @@ def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] |
             "vi": {"root": str(inp.vi_root.resolve()), "read_as": inp.vi_format, "dataset": inp.vi_dataset},
             "external": None if inp.external_root is None else {
                 "root": str(inp.external_root.resolve()), "format": inp.external_format, "dataset": inp.external_dataset},
-            "synthetic": [{"root": str(s.root.resolve()), "source": f"synthetic:{i}", "rows": len(s.rows),
-                           "generate": s.settings} for i, s in enumerate(sources)],
+            "synthetic": synthetic_inputs(sources),
         },
         "camera_mapping": {
             "rule": "external visible camera c -> [1,2,4,5][(c-1)%4]; synthetic: a SYSU camera of the image's "
@@ -426,11 +323,8 @@ def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] |
                      "real_images": origin_count[(nid, "real")], "synthetic_images": origin_count[(nid, "synthetic")]}
                     for (d, p), nid in sorted(plan.new_ids.items(), key=lambda kv: kv[1])],
         "counts": {
-            "images": len(rows),
+            **image_counts(rows),
             "per_camera": dict(sorted(per_cam.items())),
-            "per_modality": dict(sorted(Counter(r["modality"] for r in rows).items())),
-            "per_origin": dict(sorted(Counter(r["origin"] for r in rows).items())),
-            "per_source": dict(sorted(Counter(r["source"] for r in rows).items())),
             "ids_per_split": ids_per_split,
             "new_ids": len(plan.new_ids),
             "labels": len(plan.labels),
@@ -442,5 +336,5 @@ def _export(cfg: ExportConfig, progress: bool, should_stop: Callable[[], bool] |
     }
     write_json(out / DONE_FILE, summary)  # last: marks the export complete
     (out / PARTIAL_FILE).unlink(missing_ok=True)
-    return summary | {"out": str(out), "complete": True, "written": written, "skipped": skipped, "removed": removed,
-                      "seconds": round(time.time() - t0, 2)}
+    return summary | {"out": str(out), "complete": True, "written": prog.written, "skipped": prog.skipped,
+                      "removed": removed, "seconds": prog.seconds()}
