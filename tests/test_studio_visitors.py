@@ -90,8 +90,12 @@ def test_files_are_served_to_their_own_visitor_only(public):
     sneaky = public.sandbox.root / "visitors" / visitor_id(a) / ".." / visitor_id(b) / "x.png"
     assert web.get(f"/gradio_api/file={sneaky}").status_code == 403
     assert web.get(f"/gradio_api/file={public.sandbox.root / 'visitors'}").status_code == 403
-    # other paths are left to the server's own rules
-    assert web.get("/gradio_api/file=/tmp/gradio/abc/0.png").status_code == 200
+    # Gradio's upload cache: a file nobody uploaded is refused (a public studio serves no output from
+    # there); other paths are left to the server's own rules
+    from dive.studio.visitors import upload_cache
+
+    assert web.get(f"/gradio_api/file={upload_cache() / 'abc' / '0.png'}").status_code == 403
+    assert web.get("/gradio_api/file=/srv/elsewhere/0.png").status_code == 200
     # the rule itself, as the service sees it
     assert owns(public, mine, visitor_id(a)) and not owns(public, mine, visitor_id(b)) and not owns(public, mine, None)
     assert not owns(public, theirs, visitor_id(a)) and owns(public, theirs, visitor_id(b))

@@ -79,7 +79,8 @@ class LayoutPlan:
 def export_dataset(cfg: sysu.ExportConfig, *, progress: bool = True, should_stop: Callable[[], bool] | None = None,
                    on_progress: Callable[[int, int], None] | None = None) -> dict:
     """`dive export`: an LLCM or RegDB tree in its own layout, anything else as a SYSU-MM01 tree."""
-    fmt = detect_format(cfg.data) if cfg.format == "auto" else cfg.format
+    # a --data that is no folder goes to the SYSU export, which names it once it holds the output's lock
+    fmt = cfg.format if cfg.format != "auto" else detect_format(cfg.data) if Path(cfg.data).is_dir() else "auto"
     if fmt not in LAYOUT_FORMATS:
         return sysu.export_dataset(cfg, progress=progress, should_stop=should_stop, on_progress=on_progress)
     for flag, on in (("--agw-arrays", cfg.agw_arrays), ("--llcm-idx", cfg.llcm_idx)):
