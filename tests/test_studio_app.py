@@ -7,6 +7,8 @@ import concurrent.futures as cf
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -415,3 +417,22 @@ def test_browser_walkthrough(app_url, tmp_path):
         page.screenshot(path=str(shots / "05-datasets.png"))
         browser.close()
     assert len(list(shots.glob("*.png"))) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (.ci/run installs it)")
+def test_readme_screenshots_come_from_a_browser_walkthrough_of_the_shipped_demo(tmp_path):
+    """The README's screenshots are made by scripts/studio_screenshots.py: the real app on the shipped
+    demo, driven through its tabs in Chromium; run here as CI runs it, the same shots at the same size."""
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    shots = tmp_path / "shots"
+    r = subprocess.run([sys.executable, "scripts/studio_screenshots.py", "--out", str(shots), "--data",
+                        str(tmp_path / "data"), "--only", "generate,attention,export"],
+                       cwd=repo, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("studio-generate.png", "studio-attention.png", "studio-export.png"):
+        made, shown = shots / name, repo / "assets" / name
+        assert made.is_file() and 20_000 < made.stat().st_size <= 400_000, name
+        assert Image.open(made).size == Image.open(shown).size, name
