@@ -85,6 +85,10 @@ class BenchConfig:
     reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
     threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
+    projection: bool = field(default=True, metadata={
+        "help": "before any stage runs, print the work left per stage and its projected time from unit costs "
+                "measured by short probes (or read from this folder's runs), and write it to OUT/plan.json; "
+                "the final tables.md compares it with the actual time"})
 
     def __post_init__(self) -> None:
         for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan"):

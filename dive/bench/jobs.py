@@ -91,21 +91,25 @@ def converged_recipe(cfg: BenchConfig, batches_per_epoch: int) -> dict:
     return recipe | {"batches_per_epoch": batches_per_epoch, "select": "best-val", "val_every": 1}
 
 
-def equal_budget(sets: dict[str, tuple]) -> int:
-    """Batches per epoch that give every set the training of the largest: the largest AGW epoch."""
-    return max(epoch_batches_of(*v) for v in sets.values())
+def equal_budget(sets: dict[str, tuple], batches_of=None) -> int:
+    """Batches per epoch that give every set the training of the largest: the largest AGW epoch
+    (`batches_of(data, fmt)`: a set's AGW epoch; default `epoch_batches_of`, which reads the set)."""
+    batches_of = batches_of or epoch_batches_of
+    return max(batches_of(*v) for v in sets.values())
 
 
-def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
+def reid_jobs(cfg: BenchConfig, exports: dict[str, Path], batches_of=None) -> list[tuple]:
     """Every ReID run of the bench. With `reid_budget="equal"` (default) every run trains the same
     number of batches: the largest training set's AGW epochs, so the baseline row stands at the
-    budget of + DiVE and of every other expansion row."""
+    budget of + DiVE and of every other expansion row. `batches_of(data, fmt)` gives a set's AGW
+    epoch (default `epoch_batches_of`; the projection counts the sets before they are exported)."""
+    batches_of = batches_of or epoch_batches_of
     overrides = reid_recipe(cfg)
     sets = {"baseline": (cfg.data, "synthvi")} | {name: (path, "sysu_mm01") for name, path in exports.items()}
     per_set: dict[str, dict] = {}
     equal = 0
     if cfg.reid_budget == "equal" and not cfg.reid_batches_per_epoch:
-        equal = equal_budget(sets)
+        equal = equal_budget(sets, batches_of)
         overrides = overrides | {"batches_per_epoch": equal}
     main = ("baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera") + (
         ("dive-translate",) if "dive-translate" in sets else ())
@@ -119,7 +123,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
         for seed in cfg.ablation_seeds:
             jobs.append((train_set, "agw", seed))
     if cfg.reid_converge_epochs:
-        per_epoch = equal or cfg.reid_batches_per_epoch or equal_budget(sets)
+        per_epoch = equal or cfg.reid_batches_per_epoch or equal_budget(sets, batches_of)
         for train_set, method, seed in list(jobs):
             if train_set in main:
                 sets[train_set + CONVERGED] = sets[train_set]
@@ -132,7 +136,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path]) -> list[tuple]:
         diagnostic = ["oracle", "oracle-vae"]
         if not equal:
             per_set["baseline-long"] = {"batches_per_epoch": cfg.reid_batches_per_epoch
-                                        or epoch_batches_of(*sets["dive-camera"])}
+                                        or batches_of(*sets["dive-camera"])}
             sets["baseline-long"] = sets["baseline"]
             diagnostic.insert(0, "baseline-long")
         for train_set in diagnostic:
@@ -165,7 +169,7 @@ def epoch_batches_of(data: Path | str, fmt: str) -> int:
 
 
 #: relative cost of a batch: CAJ holds 1.5x the images (the channel-augmented visible copies)
-_METHOD_COST = {"agw": 1.0, "caj": 1.5, "deen": 1.7}  # DEEN: 3x the batch after layer3
+METHOD_COST = {"agw": 1.0, "caj": 1.5, "deen": 1.7}  # DEEN: 3x the batch after layer3
 
 
 def longest_first(jobs: list[tuple]) -> list[tuple]:
@@ -179,7 +183,7 @@ def longest_first(jobs: list[tuple]) -> list[tuple]:
     def cost(job: tuple) -> float:
         data, fmt, method, overrides = job[1], job[2], job[4], job[6]
         per_epoch = overrides.get("batches_per_epoch") or batches_of(data, fmt)
-        return per_epoch * overrides.get("epochs", 1) * _METHOD_COST.get(method, 1.0)
+        return per_epoch * overrides.get("epochs", 1) * METHOD_COST.get(method, 1.0)
 
     return sorted(jobs, key=cost, reverse=True)
 

@@ -7,28 +7,32 @@ per training set -> ReID runs (in parallel, one thread each; with diagnostics al
 true infrared renders and a longer baseline) -> quality metrics (plus the oracle's true infrared
 renders, as the ceiling) -> tables (Markdown + JSON) and plots under `out/`.
 
+Before the first stage the bench prints its projection (dive.bench.plan): the work left per stage
+and its projected time from measured unit costs, written to plan.json and compared with the actual
+time in tables.md; `plan_bench` (`dive bench --plan`) prints it and runs nothing.
+
 Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
-reid/<train set>-<method>-seed<s>, metrics, tables.md, tables.json, *.png, bench.json}.
+reid/<train set>-<method>-seed<s>, metrics, plan.json, tables.md, tables.json, *.png, bench.json}.
 
 This module is the driver; the stages live in `stages.py`, the ReID jobs in `jobs.py`, the tables
-in `tables.py`.
+in `tables.py`, the projection in `plan.py` (its unit costs in `probe.py`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from dive.bench.config import BenchConfig, quick_config
 from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
+from dive.bench.plan import job_lines, project, projection_lines, write_plan
 from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, ensure_checkpoints, ensure_world,
-                               export_all, generate_variants, log, oracle_source, oracle_vae_source, subset_source,
-                               translate_source)
+                               export_all, generate_variants, log, metrics_done, oracle_source, oracle_vae_source,
+                               subset_source, translate_source)
 from dive.bench.tables import write_tables
 from dive.utils.config import config_to_dict
 from dive.utils.io import write_json
-from dive.utils.lock import output_lock
+from dive.utils.lock import FolderLocked, output_lock
 
 
 def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]) -> dict:
@@ -37,10 +41,9 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
     from dive.metrics.quality import quality_report
 
     out = cfg.out / "metrics"
-    if (out / "metrics.json").exists():
-        done = json.loads((out / "metrics.json").read_text())
-        if set(done.get("sources", {})) >= set(sources):
-            return done
+    done = metrics_done(cfg.out, sources)
+    if done is not None:
+        return done
     if f"baseline|agw|{cfg.seeds[0]}" not in reports:
         raise ValueError(f"Table 6 needs the baseline AGW run at seed {cfg.seeds[0]} as its feature extractor")
     # the run's folder in this bench, not the path its report was written at: a bench folder that
@@ -58,10 +61,32 @@ def run_bench(cfg: BenchConfig) -> dict:
         return _run_bench(cfg)
 
 
+def plan_bench(cfg: BenchConfig) -> dict:
+    """`dive bench --plan`: print the projection and the ReID job list, run nothing. The projection
+    goes to OUT/plan.json too, unless a bench is running in that folder (its own plan stays)."""
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    projection = project(cfg, probing=cfg.projection)
+    print("\n".join(projection_lines(projection) + [""] + job_lines(projection)))
+    try:
+        with output_lock(cfg.out, "dive bench --plan"):
+            path = write_plan(cfg, projection)
+        print(f"written: {path}")
+    except FolderLocked:
+        print(f"{cfg.out}: a bench is running there; its {cfg.out / 'plan.json'} is left as it is")
+    return projection
+
+
 def _run_bench(cfg: BenchConfig) -> dict:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    projection = None
+    if cfg.projection:  # what is left and how long it will take, before any stage runs
+        projection = project(cfg)
+        write_plan(cfg, projection)
+        print("\n".join(projection_lines(projection)), flush=True)
+        t0 = time.time()  # the bench's own time starts after the projection
 
     def timed(name, fn, *a):
         s = time.time()
@@ -88,9 +113,10 @@ def _run_bench(cfg: BenchConfig) -> dict:
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": count_ids(sources["dive-camera"])}
     id_counts |= {name: count_ids(folder) for name, folder in table5.items()}
-    result = write_tables(cfg, reports, metrics, id_counts, timings)
+    result = write_tables(cfg, reports, metrics, id_counts, timings, projection)
     write_json(cfg.out / "bench.json", {"config": config_to_dict(cfg), "checkpoints": {k: str(v) for k, v in checkpoints.items()},
-                                        "timings_s": timings})
+                                        "timings_s": timings,
+                                        "projected_s": projection["total_seconds"] if projection else None})
     log(f"done in {timings['total']:.0f} s: {cfg.out / 'tables.md'}")
     return result
 

@@ -33,11 +33,23 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def world_ready(data: Path) -> bool:
+    """A finished SynthVI world is there (its synthvi.json is written last)."""
+    return data.exists() and (data / "synthvi.json").exists()
+
+
+def world_config(cfg: BenchConfig):
+    """The SynthConfig of the world the bench builds when `data` holds none."""
+    from dive.data.synthvi.build import SynthConfig
+
+    return SynthConfig(out=cfg.data, seed=cfg.world_seed, force=True, **(QUICK_WORLD if cfg.quick else {}))
+
+
 def ensure_world(cfg: BenchConfig) -> Path:
     from dive.data.registry import detect_format
-    from dive.data.synthvi.build import SynthConfig, build_world
+    from dive.data.synthvi.build import build_world
 
-    if cfg.data.exists() and (cfg.data / "synthvi.json").exists():
+    if world_ready(cfg.data):
         fmt = detect_format(cfg.data)
         if fmt != "synthvi":
             raise ValueError(f"{cfg.data}: the bench needs a SynthVI world; found a {fmt} folder")
@@ -45,9 +57,8 @@ def ensure_world(cfg: BenchConfig) -> Path:
     if cfg.data.exists() and any(cfg.data.iterdir()):
         raise FileExistsError(f"{cfg.data}: not a SynthVI world (no synthvi.json) and not empty; "
                               "give --data a world or a new folder")
-    sizes = QUICK_WORLD if cfg.quick else {}
     log(f"building the SynthVI world (seed {cfg.world_seed}) in {cfg.data}")
-    build_world(SynthConfig(out=cfg.data, seed=cfg.world_seed, force=True, **sizes), progress=not cfg.quick)
+    build_world(world_config(cfg), progress=not cfg.quick)
     return cfg.data
 
 
@@ -90,6 +101,16 @@ def recipe_differences(camera_recipe: dict, ablation_recipe: dict, overrides: di
     return sorted(k for k in keys if value(camera_recipe, k) != value(ablation_recipe, k))
 
 
+def finished_checkpoint(cfg: BenchConfig, name: str, attr: str) -> Path | None:
+    """A DiVE variant's checkpoint folder when there is one: the given folder, or one the bench
+    trained earlier in `out/dive/<name>/final`; None when the bench has to train it."""
+    given = getattr(cfg, attr)
+    if given is not None and given.exists():
+        return given
+    final = cfg.out / "dive" / name / "final"
+    return final if (final / "dive.json").exists() else None
+
+
 def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
     """Each DiVE variant's checkpoint: the given folder, or one trained (and packaged) here. A
     missing ablation is trained with the per-camera checkpoint's own recipe and base; a given one
@@ -102,20 +123,19 @@ def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
     base = cfg.base
     for name, overrides, attr in DIVE_VARIANTS:
         given = getattr(cfg, attr)
-        if given is not None and given.exists():
-            found[name] = check_checkpoint_dir(given)
-        else:
+        done = finished_checkpoint(cfg, name, attr)
+        if done is None:
             run = cfg.out / "dive" / name
-            if not (run / "final" / "dive.json").exists():
-                steps = recipe.get("steps", cfg.dive_steps)
-                log(f"training the DiVE '{name}' checkpoint ({steps} steps on {base}) in {run}"
-                     + (f" ({given} does not exist)" if given is not None else ""))
-                settings = dict(steps=steps, warmup=min(100, steps // 4)) | recipe | overrides
-                tcfg = DiVETrainConfig(**settings, base=base, data=cfg.data, out=run, min_images=cfg.min_images,
-                                       seed=0, threads=cfg.threads, save_every=max(1, min(500, steps)),
-                                       preview_every=0)
-                train_dive(tcfg, progress=not cfg.quick)
-            found[name] = check_checkpoint_dir(run / "final")
+            steps = recipe.get("steps", cfg.dive_steps)
+            log(f"training the DiVE '{name}' checkpoint ({steps} steps on {base}) in {run}"
+                 + (f" ({given} does not exist)" if given is not None else ""))
+            settings = dict(steps=steps, warmup=min(100, steps // 4)) | recipe | overrides
+            tcfg = DiVETrainConfig(**settings, base=base, data=cfg.data, out=run, min_images=cfg.min_images,
+                                   seed=0, threads=cfg.threads, save_every=max(1, min(500, steps)),
+                                   preview_every=0)
+            train_dive(tcfg, progress=not cfg.quick)
+            done = run / "final"
+        found[name] = check_checkpoint_dir(done)
         if name == "camera":
             recipe = variant_recipe(found[name])
             base = trained_base(found[name]) or cfg.base
@@ -135,8 +155,14 @@ def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
     return found
 
 
-def _generation_done(out: Path) -> bool:
+def generation_done(out: Path) -> bool:
+    """A finished `dive generate` / `dive translate` folder."""
     return (out / "manifest.jsonl").exists() and (out / "generate.json").exists()
+
+
+def source_done(folder: Path) -> bool:
+    """A finished synthetic folder of a baseline (its manifest.jsonl is written last)."""
+    return (folder / "manifest.jsonl").exists()
 
 
 def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: bool = False) -> Path:
@@ -146,7 +172,7 @@ def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: b
     dive.json): shipped ones may predate the current base."""
     from dive.generate.run import GenerateConfig, generate
 
-    if check_done or not _generation_done(out):
+    if check_done or not generation_done(out):
         log(f"generating with {checkpoint} -> {out}")
         with torch_threads(cfg.threads):
             generate(GenerateConfig(checkpoint=checkpoint, out=out, min_images=cfg.min_images, n=cfg.n_per_camera,
@@ -168,7 +194,7 @@ def translate_source(cfg: BenchConfig, checkpoint: Path) -> dict[str, Path]:
     if not cfg.translate_strength:
         return {}
     out = cfg.out / "synthetic" / "dive-translate"
-    if not _generation_done(out):
+    if not generation_done(out):
         log(f"DiVE img2img at strength {cfg.translate_strength} -> {out}")
         with torch_threads(cfg.threads):
             translate(TranslateConfig(data=cfg.data, out=out, checkpoint=checkpoint, min_images=cfg.min_images,
@@ -184,7 +210,7 @@ def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
 
     folders = {}
     gray = cfg.out / "synthetic" / "grayscale"
-    if not (gray / "manifest.jsonl").exists():
+    if not source_done(gray):
         log(f"grayscale baseline -> {gray}")
         run_grayscale(GrayscaleConfig(data=cfg.data, out=gray, min_images=cfg.min_images, n=cfg.n_per_camera,
                                       seed=cfg.gen_seed), progress=not cfg.quick)
@@ -198,7 +224,7 @@ def comparison_baselines(cfg: BenchConfig) -> dict[str, Path]:
         train_cyclegan(CycleGANTrainConfig(data=cfg.data, out=run, steps=cfg.cyclegan_steps, seed=cfg.gen_seed,
                                            save_every=max(1, min(250, cfg.cyclegan_steps))), progress=not cfg.quick)
     cg = cfg.out / "synthetic" / "cyclegan"
-    if not (cg / "manifest.jsonl").exists():
+    if not source_done(cg):
         log(f"CycleGAN baseline -> {cg}")
         apply_cyclegan(CycleGANApplyConfig(generator=run, data=cfg.data, out=cg, min_images=cfg.min_images,
                                            n=cfg.n_per_camera, seed=cfg.gen_seed), progress=not cfg.quick)
@@ -212,7 +238,7 @@ def oracle_source(cfg: BenchConfig) -> Path:
     from dive.baselines.oracle import OracleConfig, run_oracle
 
     out = cfg.out / "synthetic" / "oracle"
-    if not (out / "manifest.jsonl").exists():
+    if not source_done(out):
         log(f"oracle (true infrared renders, the metrics' ceiling) -> {out}")
         run_oracle(OracleConfig(data=cfg.data, out=out, min_images=cfg.min_images, n=cfg.n_per_camera,
                                 seed=cfg.gen_seed), progress=not cfg.quick)
@@ -227,7 +253,7 @@ def oracle_vae_source(cfg: BenchConfig, oracle: Path, checkpoint: Path) -> Path:
     from dive.checkpoint import resolve_base
 
     out = cfg.out / "synthetic" / "oracle-vae"
-    if not (out / "manifest.jsonl").exists():
+    if not source_done(out):
         base = resolve_base(checkpoint)
         log(f"oracle through {base}/vae (a perfect UNet on this base) -> {out}")
         with torch_threads(cfg.threads):
@@ -235,15 +261,21 @@ def oracle_vae_source(cfg: BenchConfig, oracle: Path, checkpoint: Path) -> Path:
     return out
 
 
+def subset_keys(keys, count: int, seed: int) -> set:
+    """Table 5's nested choice of `count` identities: the first `count` of one seeded permutation
+    of the sorted (dataset, pid) keys."""
+    keys = sorted(keys)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return {keys[i] for i in order[:count]}
+
+
 def subset_source(src: Path, dst: Path, count: int, seed: int) -> Path:
     """A synthetic folder holding the images of `count` of `src`'s identities (a seeded, nested
     choice: the first `count` of one fixed permutation), hard-linked, for Table 5."""
-    if (dst / "manifest.jsonl").exists():
+    if source_done(dst):
         return dst
     rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    keys = sorted({(r["dataset"], int(r["pid"])) for r in rows})
-    order = np.random.default_rng(seed).permutation(len(keys))
-    keep = {keys[i] for i in order[:count]}
+    keep = subset_keys({(r["dataset"], int(r["pid"])) for r in rows}, count, seed)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -262,6 +294,17 @@ def subset_source(src: Path, dst: Path, count: int, seed: int) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
     return dst
+
+
+def metrics_done(out: Path, names) -> dict | None:
+    """The bench's finished quality metrics (out/metrics/metrics.json) when they cover every source
+    in `names`, else None."""
+    path = out / "metrics" / "metrics.json"
+    if path.exists():
+        done = json.loads(path.read_text())
+        if set(done.get("sources", {})) >= set(names):
+            return done
+    return None
 
 
 def count_ids(folder: Path) -> int:

@@ -204,7 +204,8 @@ def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
     _save(fig, path)
 
 
-def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[str, int], timings: dict) -> dict:
+def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[str, int], timings: dict,
+                 projection: dict | None = None) -> dict:
     out = Path(cfg.out)
     lines = [f"# DiVE bench on SynthVI{' (--quick: toy size)' if cfg.quick else ''}", ""]
     lines.append(f"Settings: {cfg.n_per_camera} generated images per external id and infrared camera "
@@ -345,6 +346,11 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
         lines += ["", "![identity kept vs ReID gain](identity-vs-reid.png)"]
     result["tables"]["identity_payoff"] = payoff
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
+    if projection is not None:
+        from dive.bench.plan import timing_lines
+
+        lines += ["", *timing_lines(projection, timings)]
+        result["projected_s"] = projection["total_seconds"]
     text = "\n".join(lines) + "\n"
     write_text(out / "tables.md", text)
     write_json(out / "tables.json", result)

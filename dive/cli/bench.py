@@ -10,9 +10,13 @@ from dive.utils.config import dataclass_from_args
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from dive.bench.config import BenchConfig
-    from dive.bench.run import run_bench
+    from dive.bench.run import plan_bench, run_bench
 
-    result = run_bench(dataclass_from_args(BenchConfig, args))
+    cfg = dataclass_from_args(BenchConfig, args)
+    if args.plan:
+        plan_bench(cfg)
+        return 0
+    result = run_bench(cfg)
     claims = [t["claim"]["holds"] for k, t in result["tables"].items() if k.startswith("main-")]
     print(f"tables: {args.out / 'tables.md'} (+ tables.json, plots); paper's claim holds: {all(claims)}")
     return 0
@@ -37,8 +41,10 @@ def _cmd_bench_progress(args: argparse.Namespace) -> int:
 def _register_bench(sub) -> None:
     from dive.bench.config import BenchConfig
 
-    add_stage(sub, "bench", "the paper's tables in miniature: generate, baselines, export, ReID, metrics",
-              BenchConfig, _cmd_bench)
+    p = add_stage(sub, "bench", "the paper's tables in miniature: generate, baselines, export, ReID, metrics",
+                  BenchConfig, _cmd_bench)
+    p.add_argument("--plan", action="store_true", help="print the projection (work left and projected time per "
+                   "stage) and the ReID job list, write OUT/plan.json, and stop: nothing runs")
 
 
 def _register_bench_row(sub) -> None:

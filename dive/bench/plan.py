@@ -1,0 +1,431 @@
+"""`dive bench`'s projection: the work the bench has left and the time it will take, made before
+any stage runs (`dive bench` prints it first and writes it to OUT/plan.json; `dive bench --plan`
+prints it with the ReID job list and stops).
+
+Work: each stage in the bench's order, split into its parts (each DiVE variant's training and
+generation, each baseline, each export, the ReID runs of each table, the metrics), in its own
+unit: images, training steps, ReID batches. It is counted from the world (before the world is
+built, from its plan: the same identities and images, not rendered) with the stages' own
+selections: the external ids with at least `min_images` images, a checkpoint's own identity and
+infrared camera tokens, Table 5's seeded subsets. The ReID jobs are `reid_jobs` itself, given each
+training set's AGW epoch as counted here (its export may not exist yet), so the job list, the
+equal budget and each run's batches are the bench's. What the folder already holds is done, by the
+stages' own tests (a ReID run: `finished_report`, the same recipe finished); exports are re-checked
+on every run, so they always count.
+
+Cost: seconds per unit (dive.bench.probe), recorded by this folder's runs where there are, else
+probed. Wall time: units x cost / the processes working in parallel; the ReID runs are scheduled
+longest first on `reid_workers` processes (at most one per CPU core), as the bench runs them, and
+each table's share of that schedule is its part. A part whose cost is not measured (DiVE or
+CycleGAN training before this folder has a log of it) is shown as such and left out of the total.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dive.bench import probe
+from dive.bench.config import BenchConfig
+from dive.bench.jobs import CONVERGED, METHOD_COST, finished_report, reid_jobs
+from dive.bench.stages import (DIVE_VARIANTS, finished_checkpoint, generation_done, metrics_done, source_done,
+                               subset_keys, world_config, world_ready)
+
+PLAN_FILE = "plan.json"
+#: each stage of the bench's own timings (bench.json `timings_s`), in order
+STAGES = ("world", "dive checkpoints", "generation", "translation", "comparison baselines", "oracle", "oracle vae",
+          "exports", "reid", "metrics")
+
+
+@dataclass
+class Census:
+    """What the bench's work is counted from: the world's VI images and the external ids it expands."""
+
+    vi_images: int  # every VI image: each export copies them all
+    vi_train: int
+    vi_train_visible: int
+    vi_train_infrared: int
+    vi_val: int
+    vi_test: int
+    ext: dict  # (dataset, pid) of each external id with >= min_images training images -> their number
+    infrared_cameras: int
+    world_images: int = 0  # images the world build renders (0: built)
+
+
+def _census(vi: list[tuple[str, bool]], ext: dict, infrared_cameras: int, world_images: int = 0) -> Census:
+    train = [ir for split, ir in vi if split == "train"]
+    return Census(len(vi), len(train), train.count(False), train.count(True), sum(s == "val" for s, _ in vi),
+                  sum(s == "test" for s, _ in vi), ext, infrared_cameras, world_images)
+
+
+def count_world(cfg: BenchConfig):
+    """(census, the world's SynthConfig, its plan): the last two only when the world is not built."""
+    if world_ready(cfg.data):
+        from dive.data.records import Modality
+        from dive.generate.sources import load_baseline_inputs, select_external_ids
+
+        inp = load_baseline_inputs(cfg.data)
+        counts = Counter((r.dataset, r.pid) for r in inp.external_records)
+        ext = {k: counts[k] for k in select_external_ids(inp.external_records, min_images=cfg.min_images)}
+        vi = [(r.split, r.modality is Modality.INFRARED) for r in inp.vi_records]
+        return _census(vi, ext, len(inp.infrared_cameras)), None, None
+    from dive.data.synthvi.build import plan_world
+    from dive.data.synthvi.world import VI_CAMERAS
+
+    synth = world_config(cfg)
+    world = plan_world(synth)
+    split_of = {pid: split for split, ids in world.vi_splits.items() for pid in ids}
+    vi = [(split_of.get(j.pid, ""), VI_CAMERAS[j.cam].infrared) for j in world.jobs if j.dataset == "vi"]
+    counts = Counter(("synthvi_ext", j.pid) for j in world.jobs
+                     if j.dataset == "external" and j.rel_path.startswith("external/bounding_box_train/"))
+    ext = {k: n for k, n in sorted(counts.items()) if n >= cfg.min_images}
+    ir = sum(1 for cam in VI_CAMERAS.values() if cam.infrared)
+    return _census(vi, ext, ir, len(world.jobs)), synth, world
+
+
+def generated_images(cfg: BenchConfig, c: Census, checkpoint: Path | None, overrides: dict) -> int:
+    """Images `dive generate` makes for one DiVE variant: its checkpoint's external identity tokens
+    with enough images x its infrared camera tokens x n; before it is trained, the world's ids x
+    its infrared cameras (one infrared token for a per-modality checkpoint)."""
+    if checkpoint is not None:
+        from dive.checkpoint.tokens import TokenTable
+        from dive.generate.run import select_cameras, select_identities
+
+        table = TokenTable.load(Path(checkpoint) / "tokens.json")
+        ids = select_identities(table, min_images=cfg.min_images)
+        return len(ids) * len(select_cameras(table, "infrared")) * cfg.n_per_camera
+    cams = 1 if overrides.get("granularity") == "modality" else c.infrared_cameras
+    return len(c.ext) * cams * cfg.n_per_camera
+
+
+def training_sets(cfg: BenchConfig, c: Census, generated: dict[str, int]) -> dict[str, dict]:
+    """Per ReID training set (the VI baseline and each export, by its name): visible training images
+    (its AGW epoch), training images, synthetic images and the images its export writes."""
+    keys = sorted(c.ext)
+    copies = len(keys) * c.infrared_cameras * cfg.n_per_camera  # a baseline: one image per source image
+    synthetic = dict(generated)
+    if cfg.translate_strength:
+        synthetic["dive-translate"] = copies
+    synthetic |= {"grayscale": copies, "cyclegan": copies}
+    ids = {name: keys for name in synthetic}
+    for k in cfg.id_counts:
+        chosen = subset_keys(keys, k, cfg.gen_seed)
+        synthetic[f"dive-camera-k{k}"] = round(generated["dive-camera"] * len(chosen) / max(1, len(keys)))
+        ids[f"dive-camera-k{k}"] = chosen
+    if cfg.diagnostics:
+        synthetic |= {"oracle": copies, "oracle-vae": copies}
+        ids |= {"oracle": keys, "oracle-vae": keys}
+    synthetic["external-rgb"], ids["external-rgb"] = 0, keys
+    sets = {"baseline": {"visible": c.vi_train_visible, "train": c.vi_train, "synthetic": 0, "export": 0}}
+    for name, n in synthetic.items():
+        ext = sum(c.ext[k] for k in ids[name])
+        sets[name] = {"visible": c.vi_train_visible + ext, "train": c.vi_train + ext + n, "synthetic": n,
+                      "export": c.vi_images + ext + n}
+    return sets
+
+
+def planned_jobs(cfg: BenchConfig, sets: dict[str, dict]):
+    """The bench's ReID jobs (`reid_jobs`) on these sets, and the AGW-epoch function they were made with."""
+    from dive.reid.sampler import agw_epoch_batches
+    from dive.reid.train import ReIDTrainConfig
+
+    d = ReIDTrainConfig(out=Path("unused"))
+    exports = {name: cfg.out / "exports" / name for name in sets if name != "baseline"}
+    name_of = {str(cfg.data): "baseline"} | {str(path): name for name, path in exports.items()}
+
+    def batches_of(data, fmt) -> int:
+        return agw_epoch_batches(sets[name_of[str(data)]]["visible"], d.num_ids, d.num_per_modality)
+
+    return reid_jobs(cfg, exports, batches_of), batches_of, name_of
+
+
+def reid_group(cfg: BenchConfig, train_set: str, method: str, seed: int) -> str:
+    """The table a ReID run belongs to."""
+    if train_set.endswith(CONVERGED):
+        return f"Tables 1/2 {method}, to convergence"
+    if train_set in ("dive-modality", "dive-ir-only"):
+        return "Table 3 ablations (agw)"
+    if train_set.startswith("dive-camera-k"):
+        return "Table 5 id counts (agw)"
+    if train_set in ("oracle", "oracle-vae", "baseline-long"):
+        return "diagnostics (agw)"
+    if seed not in cfg.seeds:
+        return "Tables 3/5 references (agw)"
+    return f"Table {'1' if method == 'agw' else '2'} ({method})"
+
+
+def _row(stage: str, part: str, units: float, unit: str, cost: str, done: bool, parallel: int = 1, **extra) -> dict:
+    return {"stage": stage, "part": part, "units": int(units), "unit": unit, "cost": cost, "done": bool(done),
+            "parallel": parallel, **extra}
+
+
+def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict, sets: dict) -> list[dict]:
+    """The rows of every stage but ReID, unpriced."""
+    from dive.baselines.cyclegan.networks import GENERATOR_WEIGHTS
+    from dive.bench.stages import variant_recipe
+
+    cpus = os.cpu_count() or 1
+    syn = cfg.out / "synthetic"
+    copies = len(c.ext) * c.infrared_cameras * cfg.n_per_camera
+    rows = [_row("world", "SynthVI world", c.world_images, "image", "world", world_ready(cfg.data),
+                 min(synth.workers, cpus) if synth is not None else 1)]
+    steps = cfg.dive_steps  # an ablation the bench trains copies the per-camera checkpoint's steps
+    if checkpoints["camera"] is not None:
+        steps = variant_recipe(checkpoints["camera"]).get("steps", steps)
+    for name, _, _ in DIVE_VARIANTS:
+        rows.append(_row("dive checkpoints", f"DiVE {name} training", steps, "step", "dive", checkpoints[name]))
+    for name, _, _ in DIVE_VARIANTS:
+        rows.append(_row("generation", f"dive-{name}", generated[f"dive-{name}"], "image", "generate",
+                         generation_done(syn / f"dive-{name}")))
+    if cfg.translate_strength:
+        rows.append(_row("translation", "dive-translate", copies, "image", "translate",
+                         generation_done(syn / "dive-translate")))
+    cyclegan_done = ((cfg.cyclegan is not None and cfg.cyclegan.exists())
+                     or (cfg.out / "cyclegan" / GENERATOR_WEIGHTS).exists())
+    rows += [_row("comparison baselines", "grayscale", copies, "image", "image", source_done(syn / "grayscale")),
+             _row("comparison baselines", "CycleGAN training", cfg.cyclegan_steps, "step", "cyclegan", cyclegan_done),
+             _row("comparison baselines", "CycleGAN images", copies, "image", "image", source_done(syn / "cyclegan")),
+             _row("oracle", "true infrared renders", copies, "image", "image", source_done(syn / "oracle"))]
+    if cfg.diagnostics:
+        rows.append(_row("oracle vae", "through the base's VAE", copies, "image", "vae",
+                         source_done(syn / "oracle-vae")))
+    for name, s in sets.items():
+        if name != "baseline":
+            again = (cfg.out / "exports" / name / "export.json").exists()
+            rows.append(_row("exports", name, s["export"], "image", "image", False,
+                             note="re-checked (export.json present)" if again else ""))
+    sources = [f"dive-{n}" for n, _, _ in DIVE_VARIANTS] + ["dive-translate"] * bool(cfg.translate_strength) + [
+        "grayscale", "cyclegan", "oracle"] + ["oracle-vae"] * cfg.diagnostics
+    images = (sum(generated.get(n, copies) for n in sources)  # scored, + the real IR and the ids' visible images
+              + c.vi_train_infrared + sum(c.ext.values()))
+    rows.append(_row("metrics", "FD and identity Rank-1", images, "image", "metric",
+                     metrics_done(cfg.out, sources) is not None))
+    return rows
+
+
+def _resolve(key: str, costs: dict, cfg: BenchConfig) -> dict | None:
+    """The cost `key`, measured or composed of measured ones; None when not measured."""
+    if key in costs and costs[key].get("seconds"):
+        return costs[key]
+    gen, io, fwd = costs.get("generate"), costs.get("image"), costs.get("forward")
+    if key == "translate" and gen and "per_step_seconds" in gen:  # + a VAE encode, about a decode
+        steps = max(1, round(cfg.gen_steps * cfg.translate_strength))
+        return probe.cost(2 * gen["per_image_seconds"] + steps * gen["per_step_seconds"], "image", gen["source"])
+    if key == "vae" and gen and io and "per_image_seconds" in gen:
+        return probe.cost(2 * gen["per_image_seconds"] + io["seconds"], "image", gen["source"])
+    if key == "metric" and fwd and io:
+        return probe.cost(fwd["seconds"] + io["seconds"], "image", fwd["source"])
+    if key.startswith("reid:") and costs.get("reid:agw"):  # another method, by its relative batch cost
+        method = key.split(":", 1)[1]
+        agw = costs["reid:agw"]
+        return probe.cost(agw["seconds"] * METHOD_COST.get(method, 1.0), "batch", f"{agw['source']} x method cost")
+    return None
+
+
+def _price(row: dict, cost: dict | None) -> dict:
+    if row["done"]:
+        return row | {"unit_seconds": None, "source": "", "seconds": 0.0}
+    if cost is None:
+        return row | {"unit_seconds": None, "source": "not measured", "seconds": 0.0}
+    return row | {"unit_seconds": cost["seconds"], "source": cost["source"],
+                  "seconds": round(row["units"] * cost["seconds"] / max(1, row["parallel"]), 1)}
+
+
+def _needs(keys: set[str]) -> set[str]:
+    out = set()
+    for key in keys:
+        out |= {"translate": {"generate"}, "vae": {"generate", "image"}, "metric": {"forward", "image"},
+                "dive": set(), "cyclegan": set()}.get(key, {key})
+        if key.startswith("reid:"):
+            out |= {"forward", "image"}  # a run's image loading and evaluation
+    return out
+
+
+def _schedule(durations: list[float], workers: int) -> float:
+    """The wall time of jobs of these durations run longest first on `workers` processes."""
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        heapq.heapreplace(loads, loads[0] + d)
+    return max(loads)
+
+
+def project(cfg: BenchConfig, probing: bool = True) -> dict:
+    """The projection of `cfg`'s bench (already `quick_config`-ed when quick); see the module doc."""
+    t0 = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before the probes: a busy machine is slower
+    from dive.reid.train import ReIDTrainConfig
+
+    c, synth, world = count_world(cfg)
+    checkpoints = {name: finished_checkpoint(cfg, name, attr) for name, _, attr in DIVE_VARIANTS}
+    generated = {f"dive-{name}": generated_images(cfg, c, checkpoints[name], over) for name, over, _ in DIVE_VARIANTS}
+    sets = training_sets(cfg, c, generated)
+    jobs, batches_of, name_of = planned_jobs(cfg, sets)
+    rows = _work(cfg, c, synth, checkpoints, generated, sets)
+    default_epochs = ReIDTrainConfig(out=Path("unused")).epochs
+    runs = []
+    for job in jobs:
+        train_set, method, seed = job[0].split("|")
+        over = job[6]
+        epochs = over.get("epochs", default_epochs)
+        per_epoch = over.get("batches_per_epoch") or batches_of(job[1], job[2])
+        vals = epochs if over.get("select") == "best-val" else 0
+        runs.append({"key": job[0], "group": reid_group(cfg, train_set, method, int(seed)), "method": method,
+                     "set": name_of[job[1]], "batches": per_epoch * epochs, "val_epochs": vals,
+                     "done": finished_report(job) is not None})
+    costs = probe.recorded_costs(cfg)
+    todo_keys = {r["cost"] for r in rows if not r["done"]} | {f"reid:{r['method']}" for r in runs if not r["done"]}
+    needs = {k for k in _needs(todo_keys) if k not in costs}
+    probe_seconds = 0.0
+    if probing and needs:
+        files = sorted((cfg.data / "vi").glob("cam1/*/*.jpg"))[:probe.IO_IMAGES] if world_ready(cfg.data) else []
+        t = time.perf_counter()
+        costs |= probe.probe_costs(cfg, needs, world_plan=world, world_files=files, synth_cfg=synth,
+                                   checkpoint=checkpoints["camera"])
+        probe_seconds = round(time.perf_counter() - t, 1)
+    rows = [_price(r, _resolve(r["cost"], costs, cfg)) for r in rows]
+    rows += _reid_rows(cfg, c, sets, runs, costs)
+    rows.sort(key=lambda r: STAGES.index(r["stage"]))  # stable: each stage's parts keep their order
+    total = round(sum(r["seconds"] for r in rows), 1)
+    equal = [over["batches_per_epoch"] for *_, over in jobs[:1] if cfg.reid_budget == "equal"]
+    return {"out": str(cfg.out), "made": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": cfg.quick,
+            "load": load, "cpus": os.cpu_count(),
+            "census": asdict(c) | {"ext": len(c.ext)}, "costs": costs, "probe_seconds": probe_seconds,
+            "seconds_to_plan": round(time.perf_counter() - t0, 1), "rows": rows, "total_seconds": total,
+            "unmeasured": [f"{r['stage']}: {r['part']}" for r in rows if r["source"] == "not measured"],
+            "reid": {"jobs": len(runs), "done": sum(r["done"] for r in runs), "workers": _workers(cfg),
+                     "budget": cfg.reid_budget, "epochs": cfg.reid_epochs or default_epochs,
+                     "equal_batches_per_epoch": equal[0] if equal else None, "runs": runs}}
+
+
+def _workers(cfg: BenchConfig) -> int:
+    return max(1, min(cfg.reid_workers, os.cpu_count() or 1))
+
+
+def _reid_rows(cfg: BenchConfig, c: Census, sets: dict, runs: list[dict], costs: dict) -> list[dict]:
+    """One row per table: its runs' batches, their cost, and its share of the schedule's wall time."""
+    io, fwd = _resolve("image", costs, cfg), _resolve("forward", costs, cfg)
+    todo = [r for r in runs if not r["done"]]
+    measured = True
+    for r in todo:
+        batch = _resolve(f"reid:{r['method']}", costs, cfg)
+        measured &= batch is not None
+        overhead = 0.0
+        if io and fwd:  # load the training images; score the test ids (and the val ids every epoch)
+            scored = c.vi_test + c.vi_val * r["val_epochs"]
+            overhead = io["seconds"] * sets[r["set"]]["train"] + fwd["seconds"] * scored
+        r["seconds"] = r["batches"] * (batch["seconds"] if batch else 0.0) + overhead
+        r["source"] = batch["source"] if batch else "not measured"
+    workers = _workers(cfg)
+    work = sum(r["seconds"] for r in todo)
+    wall = _schedule([r["seconds"] for r in todo], workers) if measured else 0.0
+    rows = []
+    for group in dict.fromkeys(r["group"] for r in runs):
+        mine = [r for r in runs if r["group"] == group]
+        left = [r for r in mine if not r["done"]]
+        method = mine[0]["method"]
+        batches = sorted({r["batches"] for r in mine})
+        row = _row("reid", group, sum(r["batches"] for r in left), "batch", f"reid:{method}", not left, workers,
+                   runs=len(mine), runs_done=len(mine) - len(left), batches_per_run=batches,
+                   method_cost=METHOD_COST.get(method, 1.0))
+        share = sum(r["seconds"] for r in left) / work if work else 0.0
+        batch = _resolve(f"reid:{method}", costs, cfg)
+        row |= {"unit_seconds": batch["seconds"] if batch and left else None,
+                "source": "" if not left else (batch["source"] if batch and measured else "not measured"),
+                "seconds": round(wall * share, 1)}
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _unit_cost(row: dict) -> str:
+    s = row["unit_seconds"]
+    if s is None:
+        return ""
+    return f"{s:.3g} s/{row['unit']}" if s >= 0.01 else f"{s * 1000:.3g} ms/{row['unit']}"
+
+
+def _work_text(row: dict) -> str:
+    if row["stage"] == "reid":
+        left = row["runs"] - row["runs_done"]
+        text = f"{left} of {row['runs']} runs x {' / '.join(f'{b:,}' for b in row['batches_per_run'])} batches"
+        if row["method_cost"] != 1.0:
+            text += f" (batch cost x{row['method_cost']:g} of AGW's)"
+        text += ", + loading and scoring"
+        return text if left else f"done ({row['runs']} runs)"
+    if row["done"]:
+        return "done"
+    return f"{row['units']:,} {row['unit']}s" + (f", {row['note']}" if row.get("note") else "")
+
+
+def projection_lines(p: dict) -> list[str]:
+    """The projection as a Markdown table with its total (and what is not measured)."""
+    load = f", load average {p['load']:.1f} on {p['cpus']} cores" if p.get("load") is not None else ""
+    lines = [f"Projected time of `dive bench` in {p['out']} (unit costs measured now: probes took "
+             f"{p['probe_seconds']:.0f} s{load}; parts already done in the folder are reused):", "",
+             "| stage | part | work left | unit cost | measured by | in parallel | projected |",
+             "|---|---|---|---|---|---|---|"]
+    for r in p["rows"]:
+        par = f"{r['parallel']}" if r["parallel"] > 1 and not r["done"] else ""
+        when = "" if r["done"] else ("?" if r["source"] == "not measured" else duration(r["seconds"]))
+        lines.append(f"| {r['stage']} | {r['part']} | {_work_text(r)} | {_unit_cost(r)} | {r['source']} | {par} | "
+                     f"{when} |")
+    lines.append(f"| **total** | | | | | | **{duration(p['total_seconds'])}** |")
+    if p["unmeasured"]:
+        lines += ["", "Not measured, so not in the total: " + "; ".join(p["unmeasured"])
+                  + " (no log of it in this folder yet)."]
+    return lines
+
+
+def job_lines(p: dict) -> list[str]:
+    """The ReID job list in short: per table, its training sets, seeds and batches."""
+    r = p["reid"]
+    budget = (f"equal budget: {r['equal_batches_per_epoch']:,} batches per epoch x {r['epochs']} epochs = "
+              f"{r['equal_batches_per_epoch'] * r['epochs']:,} batches per run" if r["equal_batches_per_epoch"]
+              else f"{r['budget']} budget, {r['epochs']} epochs")
+    lines = [f"ReID jobs: {r['jobs']} ({r['done']} done), {r['workers']} in parallel; {budget}"]
+    groups: dict[str, list[dict]] = {}
+    for run in r["runs"]:
+        groups.setdefault(run["group"], []).append(run)
+    for group, runs in groups.items():
+        sets = list(dict.fromkeys(x["key"].split("|")[0] for x in runs))
+        seeds = sorted({int(x["key"].split("|")[2]) for x in runs})
+        batches = " / ".join(f"{b:,}" for b in sorted({x["batches"] for x in runs}))
+        lines.append(f"- {group}: {', '.join(sets)}; seeds {', '.join(map(str, seeds))}; {batches} batches per run; "
+                     f"{sum(x['done'] for x in runs)} of {len(runs)} done")
+    return lines
+
+
+def write_plan(cfg: BenchConfig, p: dict) -> Path:
+    from dive.utils.io import write_json
+
+    path = cfg.out / PLAN_FILE
+    write_json(path, p)
+    return path
+
+
+def timing_lines(p: dict, timings: dict) -> list[str]:
+    """Projected (before the stages ran) against actual seconds, per stage and in total."""
+    projected = {stage: sum(r["seconds"] for r in p["rows"] if r["stage"] == stage) for stage in STAGES}
+    parts = [f"{k} {projected[k]:.0f} / {v:.0f}" for k, v in timings.items() if k in projected]
+    lines = [f"Projected vs actual time: **{duration(p['total_seconds'])}** projected ({PLAN_FILE}, made before the "
+             f"stages ran), **{duration(timings.get('total', 0.0))}** actual.",
+             "", "Per stage, projected / actual (s): " + ", ".join(parts) + "."]
+    if p["unmeasured"]:
+        lines[-1] += " Not in the projection (not measured): " + "; ".join(p["unmeasured"]) + "."
+    return lines
