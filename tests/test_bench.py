@@ -21,7 +21,7 @@ def quick_bench(tmp_path_factory, micro_base):
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
            "--reid-workers", "1", "--base", str(micro_base), "--translate-strength", "0.6",
-           "--reid-converge-epochs", "3"]
+           "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
@@ -39,6 +39,10 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
     main = tables["main-agw"]["rows"]
     assert set(main) == {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-translate"}
     assert 0 <= main["dive-camera"]["sysu-all/rank1"]["mean"] <= 100
+    # Table 2: AGW + CAJ and DEEN, each with and without DiVE (the paper's Table 1 has all three)
+    for method, name in (("caj", "AGW+CAJ"), ("deen", "DEEN")):
+        assert set(tables[f"main-{method}"]["rows"]) == {"baseline", "dive-camera"}, method
+        assert f"## Table 2: {name}" in (out / "tables.md").read_text()
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
     assert set(tables["quality"]) == {"dive-camera", "dive-translate", "dive-modality", "dive-ir-only", "grayscale",
