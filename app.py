@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     labels = [c.label for c in studio.checkpoints()]
     if labels:
         ck = Studio.default_choice(labels)
-        ids, cams = Studio.identity_choices(studio.table(ck)), Studio.camera_choices(studio.table(ck))
+        table = studio.table(ck)
+        ids, cams = Studio.identity_choices(table), Studio.camera_choices(table)
         if ids and cams:
             studio.generate(ck, [ids[0][1]], [cams[0][1]], n=4, seed=0, steps=2, guidance=DEFAULT_GUIDANCE)
     demo = build_app(studio, queue_size=args.queue_size)

@@ -25,8 +25,9 @@ from typing import Iterator, Sequence
 import torch
 
 from dive.reid.transforms import AugmentConfig, augment_batch
+from dive.utils.device import DEVICES
+from dive.utils.device import resolve_device as _resolve_device
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,16 +42,11 @@ def check_options(device: str, precision: str, workers: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a --device value; one clear line when the named one is not there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA GPU here; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps: torch sees no Apple GPU (MPS) here; use --device cpu or auto")
+    """The torch device for a ReID --device value (one of DEVICES; the shared resolver of every
+    command names a device that is not there in one line)."""
     if name not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
-    return torch.device(name)
+    return _resolve_device(name)
 
 
 class Runtime:

@@ -97,8 +97,9 @@ class Uploads:
             return
         for p in paths if isinstance(paths, list) else []:
             if isinstance(p, str) and self.inside(p):
-                self._owner[str(Path(p).resolve())] = owner
-                self._owner.move_to_end(str(Path(p).resolve()))
+                key = str(Path(p).resolve())
+                self._owner[key] = owner
+                self._owner.move_to_end(key)
         while len(self._owner) > self.limit:
             self._owner.popitem(last=False)
 
