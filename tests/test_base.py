@@ -167,7 +167,7 @@ def test_without_a_text_stage_the_text_encoder_trains_with_the_unet(tiny_world_d
 
 
 def test_a_base_continues_its_unet_keeping_vae_tokenizer_and_text_encoder(micro_base, tiny_world_dir, tmp_path):
-    """`--continue-from DIR`: only the UNet trains on (a session can extend a shipped base without
+    """`--continue-from DIR`: only the UNet trains on (a user can extend a shipped base without
     redoing its VAE and text stages); the result loads in plain diffusers and records where it came from."""
     import pytest
     from diffusers import StableDiffusionPipeline

@@ -178,7 +178,7 @@ def test_train_in_bf16_keeps_trainable_weights_float32(micro_base, tiny_world_di
 
     from dive.train.trainer import DiVETrainConfig, DiVETrainer
 
-    # accelerate fixes the mixed precision once per process; the session's other trainings ran in fp32
+    # accelerate fixes the mixed precision once per process; this test process's other trainings ran in fp32
     AcceleratorState._reset_state(reset_partial_state=True)
     request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
     cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / "run", steps=2, batch_size=4,

@@ -316,7 +316,7 @@ def test_exported_tree_is_a_reid_training_source(exported):
     assert len({r.pid for r in data.test}) == exported["summary"]["counts"]["ids_per_split"]["test"]
 
 
-@pytest.mark.slow  # only through the session's micro DiVE checkpoint (shared with test_generate)
+@pytest.mark.slow  # only through the test suite's shared micro DiVE checkpoint (shared with test_generate)
 def test_real_generate_output_exports(micro_base, micro_dive_run, tiny_world_dir, tmp_path):
     from dive.generate.run import GenerateConfig, generate
 

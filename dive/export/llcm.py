@@ -11,7 +11,7 @@ Output, beside the input's own files (same paths, same bytes)::
 New ids are numbered after the largest LLCM id (train or test) and labelled after the largest
 label of the lists, both in (dataset, external id) order. A synthetic image of an LLCM training
 id joins that id (its folder, its label); one of a test id is refused. In a folder, added files
-take the frame numbers 1, 2, ... that no input file there has (session s000000 marks them).
+take the frame numbers 1, 2, ... that no input file there has (the file name's `s000000` field marks them).
 Cameras: LLCM has cameras 1..9 on both sides, so a source camera c in 1..9 is kept and any other
 goes to (c-1) % 9 + 1 (Market-1501's 1..6 and CUHK03's 1..2 are kept).
 """
