@@ -205,7 +205,7 @@ def _plot_payoff(path: Path, payoff: dict, labels: dict[str, str]) -> None:
 
 
 def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[str, int], timings: dict,
-                 projection: dict | None = None) -> dict:
+                 projection: dict | None = None, protocols: dict | None = None) -> dict:
     out = Path(cfg.out)
     lines = [f"# DiVE bench on SynthVI{' (--quick: toy size)' if cfg.quick else ''}", ""]
     lines.append(f"Settings: {cfg.n_per_camera} generated images per external id and infrared camera "
@@ -262,6 +262,9 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
         for what, ok in check.get("checks", {}).items():
             lines.append(f"- {what}: {'yes' if ok else 'no'}")
         result["tables"][f"main-{method}"] = entry
+    if protocols:  # the Tables 1/2 models on the LLCM and RegDB protocols (dive.bench.protocols)
+        lines += ["", *protocols["lines"]]
+        result["tables"]["protocols"] = protocols["table"]
 
     if "baseline-long" in rowsd or "oracle" in rowsd:
         lines += ["", f"## Diagnostics (AGW, seed(s) {list(cfg.ablation_seeds)}): longer training, and a perfect "

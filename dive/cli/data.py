@@ -24,6 +24,30 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_layout(args: argparse.Namespace) -> int:
+    from dive.data.layouts import LAYOUT_NAMES, LayoutConfig, write_layout
+
+    cfg = dataclass_from_args(LayoutConfig, args)
+    s = write_layout(cfg)
+    info = s["info"]
+    how = f"{s['linked']} hard links" + (f", {s['copied']} copies" if s["copied"] else "")
+    print(f"SynthVI world {cfg.data} written in the {LAYOUT_NAMES[cfg.to]} layout to {cfg.out}: {s['images']} "
+          f"images ({how}), {len(s['lists'])} list files")
+    if cfg.to == "llcm":
+        print(f"  ids: {len(info['splits']['train'])} train (the world's train + val), "
+              f"{len(info['splits']['test'])} test; images: {info['images']}")
+        print(f"next: dive reid test RUN --data {cfg.out}   (protocols llcm-v2i, llcm-i2v)")
+    else:
+        pad = info["padding"]["repeated_images"]
+        trial = info["splits"]["trials"]["1"]
+        print(f"  {cfg.regdb_images} images per id and modality; repeats to reach them: "
+              f"{sum(pad['visible'].values())} visible, {sum(pad['thermal'].values())} thermal")
+        print(f"  10 trials ({cfg.regdb_split} rule): trial 1 has {len(trial['train'])} train and "
+              f"{len(trial['test'])} test ids")
+        print(f"next: dive reid test RUN --data {cfg.out} --regdb-trial 1   (protocols regdb-v2t, regdb-t2v)")
+    return 0
+
+
 def _cmd_data_hash(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -53,10 +77,13 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def _register_data(sub) -> None:
     from dive.data.inspect import InspectConfig
+    from dive.data.layouts import LayoutConfig
     from dive.data.synthvi.build import SynthConfig
 
     data = sub.add_parser("data", help="prepare and look at datasets").add_subparsers(dest="command", required=True)
     add_stage(data, "synth", "write a procedural SynthVI world (VI set, external set, web pool)", SynthConfig, _cmd_data_synth)
+    add_stage(data, "layout", "write a SynthVI world's VI set in the LLCM or RegDB layout (hard links; same ids and "
+              "images)", LayoutConfig, _cmd_data_layout)
     p = data.add_parser("hash", help="one digest over every file's path and sha256 (determinism checks)")
     p.add_argument("root", type=Path)
     p.set_defaults(func=_cmd_data_hash)
