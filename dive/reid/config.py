@@ -5,6 +5,7 @@ from these fields; options left at "auto" (or unset) follow ``method``. Training
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,10 @@ class ReIDTrainConfig:
     batches_per_epoch: int = field(default=100, metadata={
         "help": "batches per epoch; 0 = visible training images // (P*K) (AGW's epoch)"})
     epochs: int = field(default=18, metadata={"help": "training epochs (paper: 60)"})
+    synthetic_share: float | None = field(default=None, metadata={
+        "help": "share F in [0, 1] of each batch's P ids drawn from the expanded ids (those with synthetic "
+                "images of a `dive export` set): round(F*P) of them, the rest from the real ids; unset: every "
+                "id drawn alike"})
     # optimisation
     optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum, nesterov) or adam", "choices": ["sgd", "adam"]})
     lr: float = field(default=0.1, metadata={"help": "peak learning rate (paper SGD: 0.1; adam: use ~3.5e-4)"})
@@ -71,6 +76,9 @@ class ReIDTrainConfig:
     lr_gamma: float = field(default=0.1, metadata={"help": "step decay factor"})
     # losses
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy (0: off)"})
+    synthetic_weight: float = field(default=1.0, metadata={
+        "help": "weight >= 0 of the synthetic images' loss terms (of a `dive export` set): their identity "
+                "loss per image and the triplet terms they anchor (1: as real images; 0: no such terms)"})
     triplet: str = field(default="auto", metadata={
         "help": "triplet loss: wrt (AGW), adp (CAJ), batch-hard (DEEN), none; auto follows --method",
         "choices": ["auto", "wrt", "adp", "batch-hard", "none"]})
@@ -140,6 +148,11 @@ class ReIDTrainConfig:
                              "(--triplet batch-hard, or --method deen)")
         if self.deen_branches is not None and self.deen_branches < 1:
             raise ValueError(f"--deen-branches must be >= 1; got {self.deen_branches}")
+        if self.synthetic_share is not None and not 0.0 <= float(self.synthetic_share) <= 1.0:
+            raise ValueError(f"--synthetic-share must be in [0, 1] (a share of the batch's ids); "
+                             f"got {self.synthetic_share}")
+        if not 0.0 <= float(self.synthetic_weight) < math.inf:
+            raise ValueError(f"--synthetic-weight must be a finite number >= 0; got {self.synthetic_weight}")
 
     # resolved "auto" options -------------------------------------------------------------------
     @property
@@ -173,6 +186,12 @@ class ReIDTrainConfig:
         if self.method == "deen":
             out["deen"] = self.deen_recipe()
         return out
+
+    @property
+    def uses_synthetic(self) -> bool:
+        """True when --synthetic-share or --synthetic-weight leave their defaults (the run then needs to
+        know which training images are synthetic)."""
+        return self.synthetic_share is not None or float(self.synthetic_weight) != 1.0
 
     @property
     def use_channel_aug(self) -> bool:

@@ -20,6 +20,13 @@ gap wider. The published CAJ command is ``--method adp --alpha 1 --square 1 --ga
 Batch-hard triplet (Hermans et al. 2017; DEEN's triplet term): per anchor the furthest positive and
 the nearest negative, ``relu(d_pos - d_neg + margin)`` (margin 0.3 in DEEN).
 
+Per-image weights (``weights=``, e.g. ``--synthetic-weight`` on generated images): the
+cross-entropy becomes ``sum_i w_i * ce_i / n`` (divided by the batch size, not by the weights, so
+the other images' terms keep their scale), and every triplet loss weighs each *anchor's* term,
+``sum_a w_a * l_a / #anchors`` over the anchors counted today: a weighted image still serves as a
+positive or negative of the other anchors, only the term it anchors is scaled. ``weights=None``
+runs the unweighted code unchanged.
+
 DEEN (Zhang & Wang, CVPR 2023) adds two terms, both on pooled features (``dive.reid.deen``):
 
 * center-guided pair mining (CPM, ``center_pair_mining_loss``): over identity centers of the
@@ -90,7 +97,8 @@ class WeightedRegularizedTriplet(nn.Module):
         d_neg = (d_an * w_an).sum(1)
         return d_pos, d_neg, neg.any(dim=1)
 
-    def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def forward(self, feat: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         d_pos, d_neg, has_neg = self.weighted_distances(feat, labels)
         gap = d_pos - d_neg
         if self.square:
@@ -100,13 +108,21 @@ class WeightedRegularizedTriplet(nn.Module):
         per_anchor = F.softplus(z)
         if not bool(has_neg.any()):
             return feat.sum() * 0.0, 0
-        loss = per_anchor[has_neg].mean()
+        loss = _anchor_mean(per_anchor, has_neg, weights)
         correct = int((d_neg >= d_pos)[has_neg].sum().item())
         return loss, correct
 
 
+def _anchor_mean(per_anchor: torch.Tensor, counted: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the counted anchors' terms; with `weights`, each term scaled by its anchor's weight."""
+    if weights is None:
+        return per_anchor[counted].mean()
+    return (per_anchor * weights)[counted].mean()
+
+
 class CrossEntropyLabelSmooth(nn.Module):
-    """Cross-entropy with optional label smoothing eps: target = (1 - eps) one-hot + eps / classes."""
+    """Cross-entropy with optional label smoothing eps: target = (1 - eps) one-hot + eps / classes;
+    optional per-image `weights` (see the module docstring)."""
 
     def __init__(self, epsilon: float = 0.0):
         super().__init__()
@@ -114,13 +130,15 @@ class CrossEntropyLabelSmooth(nn.Module):
             raise ValueError(f"label smoothing must be in [0, 1); got {epsilon}")
         self.epsilon = float(epsilon)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         logp = F.log_softmax(logits, dim=1)
         nll = -logp.gather(1, labels.view(-1, 1)).squeeze(1)
         if self.epsilon == 0.0:
-            return nll.mean()
+            return nll.mean() if weights is None else (nll * weights).sum() / nll.shape[0]
         smooth = -logp.mean(dim=1)
-        return ((1.0 - self.epsilon) * nll + self.epsilon * smooth).mean()
+        per_image = (1.0 - self.epsilon) * nll + self.epsilon * smooth
+        return per_image.mean() if weights is None else (per_image * weights).sum() / per_image.shape[0]
 
 
 class BatchHardTriplet(nn.Module):
@@ -132,7 +150,8 @@ class BatchHardTriplet(nn.Module):
         super().__init__()
         self.margin = float(margin)
 
-    def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def forward(self, feat: torch.Tensor, labels: torch.Tensor,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         dist = euclidean_distance(feat)
         same = labels.view(-1, 1) == labels.view(1, -1)
         has_neg = (~same).any(dim=1)
@@ -140,7 +159,7 @@ class BatchHardTriplet(nn.Module):
             return feat.sum() * 0.0, 0
         d_pos = dist.masked_fill(~same, float("-inf")).max(dim=1).values
         d_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
-        loss = F.relu(d_pos - d_neg + self.margin)[has_neg].mean()
+        loss = _anchor_mean(F.relu(d_pos - d_neg + self.margin), has_neg, weights)
         correct = int((d_neg >= d_pos)[has_neg].sum().item())
         return loss, correct
 

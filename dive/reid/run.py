@@ -33,6 +33,7 @@ from dive.data.registry import detect_format, load_dataset
 from dive.reid.device import resolve_device
 from dive.reid.evaluate import evaluate_model
 from dive.reid.protocols import METRIC_KEYS, PROTOCOLS, get_protocol
+from dive.reid.synthetic import synthetic_flags
 from dive.reid.train import ReIDTrainConfig, load_checkpoint, train_reid
 from dive.utils.config import config_to_dict
 from dive.utils.io import atomic_path, write_json, write_text
@@ -157,7 +158,9 @@ def _data_meta(cfg: ReIDDataConfig, data: ReIDData) -> dict:
 def train_from_config(data_cfg: ReIDDataConfig, train_cfg: ReIDTrainConfig,
                       data: ReIDData | None = None) -> tuple[Path, ReIDData]:
     data = data or load_reid_data(data_cfg)
-    run = train_reid(train_cfg, data.train, data.val or None, meta=_data_meta(data_cfg, data))
+    # which images are synthetic: read from the export only when the options need it
+    flags = synthetic_flags(data_cfg.data, data.train) if train_cfg.uses_synthetic else None
+    run = train_reid(train_cfg, data.train, data.val or None, meta=_data_meta(data_cfg, data), synthetic=flags)
     return run, data
 
 
@@ -200,6 +203,12 @@ def format_report_md(report: dict) -> str:
         f"{tr['timing']['train_seconds']} s; evaluation {report['eval_seconds']} s.",
         "",
     ]
+    if "synthetic_images" in tr:
+        cfg = report.get("train_config", {})
+        share = cfg.get("synthetic_share")
+        lines.insert(-1, f"Synthetic data: {tr['synthetic_images']} synthetic images of {tr['expanded_ids']} expanded "
+                         f"ids; batch share {'not set' if share is None else share}, loss weight "
+                         f"{cfg.get('synthetic_weight', 1.0)}.")
     return "\n".join(lines)
 
 
@@ -252,7 +261,8 @@ def evaluate_run(run: Path, data_cfg: ReIDDataConfig, eval_cfg: ReIDEvalConfig,
     eval_seconds = round(time.perf_counter() - t0, 2)
     train_meta = {k: meta[k] for k in ("model_spec", "num_classes", "train_images", "train_images_infrared",
                                        "visible_only_ids", "parameters", "epoch", "selected_by", "timing",
-                                       "batches_per_epoch", "threads") if k in meta}
+                                       "batches_per_epoch", "threads", "synthetic_images", "expanded_ids")
+                  if k in meta}
     # what the network was trained on comes from its checkpoint; `data_cfg` only locates the test ids
     trained_on = meta.get("meta", {}).get("data") or config_to_dict(data_cfg)
     method = meta["config"]["method"].upper()

@@ -13,6 +13,14 @@ Determinism: epoch ``e`` uses ``numpy.random.default_rng([seed, e])`` only, so t
 epoch do not depend on earlier epochs or on how many were run. Several training processes
 (dive.reid.distributed) all draw this same sequence; process ``r`` of ``n`` keeps the identities
 ``ids[r::n]`` of each batch, so the global batch is the single-process one.
+
+Synthetic share (``synthetic_share=F``, off by default): with a per-image ``synthetic`` flag (which
+images an export generated), the identities split into *expanded* ids (at least one synthetic
+image) and *real* ids (none). Each batch then draws ``round(F * P)`` (Python's round: half to
+even) distinct expanded ids and ``P - round(F * P)`` distinct real ids, both uniformly, the
+expanded ones first in ``Batch.ids``. Left off, the draw is exactly the one above (same numbers
+from the same generator), whether or not flags are given. The epoch's generator and the
+distributed split are the same in both modes.
 """
 
 from __future__ import annotations
@@ -46,10 +54,13 @@ class IdentitySampler:
 
     ``labels``: training label per image; ``is_infrared``: bool per image. ``batches_per_epoch``:
     a fixed count, or 0 for "visible images // (P * K)" (AGW's epoch length on the visible side).
+    ``synthetic``: bool per image (True: generated), needed by ``synthetic_share`` (None: off), the
+    share of each batch's identities drawn from the expanded ids (see the module docstring).
     """
 
     def __init__(self, labels: Sequence[int], is_infrared: Sequence[bool], num_ids: int = 8,
-                 num_per_modality: int = 4, batches_per_epoch: int = 0, seed: int = 0):
+                 num_per_modality: int = 4, batches_per_epoch: int = 0, seed: int = 0, *,
+                 synthetic: Sequence[bool] | None = None, synthetic_share: float | None = None):
         labels = np.asarray(labels, dtype=np.int64)
         ir = np.asarray(is_infrared, dtype=bool)
         if labels.shape != ir.shape or labels.ndim != 1:
@@ -75,6 +86,39 @@ class IdentitySampler:
         self.infrared_only_ids = int(sum(1 for v in self._vis.values() if v.size == 0))
         auto = agw_epoch_batches(self.num_visible, self.P, self.K)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch > 0 else auto
+        self.expanded_ids = self.real_ids = None
+        if synthetic is not None:
+            syn = np.asarray(synthetic, dtype=bool)
+            if syn.shape != labels.shape:
+                raise ValueError(f"synthetic flags: {syn.size} for {labels.size} images; expected one per image")
+            self.expanded_ids = np.unique(labels[syn])
+            self.real_ids = np.setdiff1d(self.ids, self.expanded_ids)
+        self.synthetic_share = None if synthetic_share is None else float(synthetic_share)
+        self.num_expanded = 0 if self.synthetic_share is None else self._check_share()
+
+    def _check_share(self) -> int:
+        """Expanded ids per batch, round(F * P); refuses a share the identities cannot fill."""
+        f, opt = self.synthetic_share, f"--synthetic-share {self.synthetic_share:g}"
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"{opt}: expected a share in [0, 1]")
+        if self.expanded_ids is None:
+            raise ValueError(f"{opt}: needs a synthetic flag per training image (which images are generated)")
+        n_exp = int(round(f * self.P))
+        n_real = self.P - n_exp
+        if f > 0 and self.expanded_ids.size == 0:
+            raise ValueError(f"{opt}: the training set has no synthetic images, so no expanded ids to draw "
+                             f"{n_exp} of the P={self.P} ids of a batch from; train on an export with synthetic "
+                             "images, or leave the option off")
+        if f < 1 and self.real_ids.size == 0:
+            raise ValueError(f"{opt}: the training set has no real ids (identities without synthetic images) "
+                             f"to draw {n_real} of the P={self.P} ids of a batch from; use --synthetic-share 1 "
+                             "or train on a set with real VI ids")
+        for n, pool, what in ((n_exp, self.expanded_ids, "expanded ids (with synthetic images)"),
+                              (n_real, self.real_ids, "real ids (without synthetic images)")):
+            if n > pool.size:
+                raise ValueError(f"{opt}: a batch of P={self.P} ids needs {n} distinct {what} but the training "
+                                 f"set has {pool.size}; lower --num-ids or change the share")
+        return n_exp
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -87,7 +131,11 @@ class IdentitySampler:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, int(epoch)])
         for _ in range(self.batches_per_epoch):
-            chosen = rng.choice(self.ids, size=self.P, replace=False)
+            if self.synthetic_share is None:
+                chosen = rng.choice(self.ids, size=self.P, replace=False)
+            else:
+                chosen = np.concatenate([rng.choice(self.expanded_ids, size=self.num_expanded, replace=False),
+                                         rng.choice(self.real_ids, size=self.P - self.num_expanded, replace=False)])
             vis = [self._take(self._vis[int(c)], rng) for c in chosen]
             ir = [self._take(self._ir[int(c)], rng) for c in chosen]
             yield Batch(np.concatenate(vis).astype(np.int64), np.concatenate(ir).astype(np.int64),

@@ -27,6 +27,11 @@ sorted order; for one dataset this is exactly ``dive.data.records.relabel``. So 
 whose numbers collide with VI ids stay distinct people. An expanded set whose synthetic images
 must join a real identity gives them the same dataset name and pid (or use ``identity_key="pid"``).
 
+Synthetic data (an export's generated images, ``dive.reid.synthetic``): ``synthetic_share`` sets
+the share of each batch's ids drawn from the ids with synthetic images (``IdentitySampler``);
+``synthetic_weight`` scales their images' CE terms and the triplet terms they anchor (for DEEN on
+every embedding; CPM and ORT unweighted). At their defaults the run is exactly as without them.
+
 Reproducibility: the seed fixes the initial weights (``torch.manual_seed``), the batch order
 (``IdentitySampler``) and the augmentations (one ``torch.Generator``); deterministic algorithms
 are switched on for the run. Same seed, same thread count -> bitwise-identical weights.
@@ -42,6 +47,8 @@ precision and workers: dive.reid.device; several GPUs or CPU processes (``torchr
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import math
 import os
@@ -66,6 +73,7 @@ from dive.reid.losses import CrossEntropyLabelSmooth, build_triplet
 from dive.reid.model import build_model, count_parameters
 from dive.reid.pretrained import load_pretrained
 from dive.reid.sampler import IdentitySampler
+from dive.reid.synthetic import image_weights, row_weights, synthetic_summary
 from dive.reid.transforms import load_images
 from dive.utils.config import config_to_dict
 from dive.utils.io import write_json
@@ -161,22 +169,41 @@ def build_losses(cfg: ReIDTrainConfig) -> tuple[CrossEntropyLabelSmooth, torch.n
 
 
 def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[Record], val: Sequence[Record] | None = None,
-               *, meta: dict | None = None) -> Path:
+               *, meta: dict | None = None, synthetic: Sequence[bool] | None = None) -> Path:
     """Train on `train_records` (any mix of datasets / modalities); returns the run folder.
 
     `val`: records whose infrared images query their visible ones (val ids; never the test set),
     used by ``select="best-val"`` and ``val_every``. `meta`: extra JSON-able facts stored in
     config.json and the checkpoint metadata (e.g. where the data came from). Launched on several
     processes (dive.reid.distributed), each trains on its share of every batch; the first writes.
+    `synthetic`: one bool per training record (True: a generated image; ``dive.reid.synthetic``),
+    needed by ``synthetic_share`` and ``synthetic_weight`` away from their defaults.
     """
     if not train_records:
         raise ValueError("no training records")
+    flags = _synthetic_flags(cfg, len(train_records), synthetic)
     with process_group(cfg.device) as group:
-        return _train(cfg, list(train_records), val, meta, group)
+        return _train(cfg, list(train_records), val, meta, group, flags)
+
+
+def _synthetic_flags(cfg: ReIDTrainConfig, n: int, synthetic: Sequence[bool] | None) -> np.ndarray | None:
+    """The synthetic flag per record the run uses (None when the options are at their defaults)."""
+    if not cfg.uses_synthetic:
+        return None
+    if synthetic is None:
+        raise ValueError("--synthetic-share / --synthetic-weight need to know which training images are synthetic: "
+                         "train on a `dive export` folder (its export.json and manifest record them)")
+    flags = np.asarray(synthetic, dtype=bool)
+    if flags.shape != (n,):
+        raise ValueError(f"synthetic flags: {flags.size} for {n} training records; expected one per record")
+    if cfg.synthetic_weight != 1.0 and not flags.any():
+        raise ValueError(f"--synthetic-weight {cfg.synthetic_weight:g}: the training set has no synthetic images "
+                         "to weigh; leave the option at 1 or train on an export with synthetic images")
+    return flags
 
 
 def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | None, meta: dict | None,
-           group: Group) -> Path:
+           group: Group, flags: np.ndarray | None = None) -> Path:
     if cfg.num_ids < group.world:
         raise ValueError(f"--num-ids {cfg.num_ids}: each of the {group.world} processes needs at least one "
                          "identity of every batch; use at least as many ids as processes")
@@ -213,7 +240,9 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.base_lr_mult)
         ce, tri, objective = build_losses(cfg)
         sampler = IdentitySampler(y_all.numpy(), is_ir, cfg.num_ids, cfg.num_per_modality,
-                                  cfg.batches_per_epoch, cfg.seed)
+                                  cfg.batches_per_epoch, cfg.seed, synthetic=flags,
+                                  synthetic_share=cfg.synthetic_share)
+        weights = None if cfg.synthetic_weight == 1.0 else image_weights(flags, cfg.synthetic_weight)
         gen = torch.Generator().manual_seed(cfg.seed)
         batches = BatchLoader(sampler, images, y_all, gen, cfg.augment(), cfg.use_channel_aug, workers=cfg.workers,
                               seed=cfg.seed, pin_memory=rt.pin_memory, share=(group.rank, group.world))
@@ -221,7 +250,9 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
         total = cfg.epochs * n_batches
 
         fp_meta = dict(meta or {}, world_size=group.world) if group.enabled else (meta or {})
-        fingerprint = resume.fingerprint(config_to_dict(cfg), label_list, [str(r.path) for r in records],
+        if flags is not None:  # which images are synthetic is part of the data
+            fp_meta = dict(fp_meta, synthetic=hashlib.sha256(np.packbits(flags).tobytes()).hexdigest())
+        fingerprint = resume.fingerprint(_fingerprint_config(cfg), label_list, [str(r.path) for r in records],
                                          y_all.tolist(), fp_meta)
         best: tuple[float, int, dict] | None = None
         history: list[dict] = []
@@ -263,6 +294,8 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
                 "path": str(cfg.pretrained), "layout": pretrained.layout, "loaded": len(pretrained.loaded),
                 "unused": pretrained.unused, "missing": pretrained.missing},
         }
+        if flags is not None:
+            base_meta |= synthetic_summary(flags, y_all.numpy())
         t_train = time.perf_counter() - seconds_before  # a resumed run counts the time of the runs before it
         try:
             for epoch in range(start_epoch, cfg.epochs):
@@ -270,24 +303,29 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
                 if objective is not None:
                     sums |= {"loss_cpm": 0.0, "loss_ort": 0.0}
                 t_epoch = time.perf_counter()
+                drawn = sampler.epoch(epoch) if weights is not None else None  # the same batches again
                 for b, (x, mask, y) in enumerate(batches.epoch(epoch)):
+                    w = None if drawn is None else row_weights(
+                        next(drawn), weights, y_all, cfg.use_channel_aug, (group.rank, group.world), y)
                     lr = lr_at(cfg, epoch + b / n_batches)
                     for g in opt.param_groups:
                         g["lr"] = lr * g["lr_mult"]
                     x, mask, y = rt.to_device(x, mask, y)
+                    if w is not None:
+                        w = w.to(y.device)
                     with rt.autocast():
                         feat, logits = net(x, mask)
                     feat, logits = feat.float(), logits.float()  # losses in fp32 (no-op at fp32)
                     extra = {}
                     if objective is None:
-                        loss_id = ce(logits, y)
+                        loss_id = ce(logits, y, w)
                         if tri is not None:
-                            loss_tri, correct = tri(feat, y)
+                            loss_tri, correct = tri(feat, y, w)
                         else:
                             loss_tri, correct = logits.sum() * 0.0, 0
                         loss = loss_id + cfg.triplet_weight * loss_tri
                     else:  # DEEN: the batch expanded to its original + generated embeddings
-                        step = objective(feat, logits, y, mask)
+                        step = _weighted(objective, w)(feat, logits, y, mask)
                         loss, loss_id, loss_tri, correct = step.loss, step.loss_id, step.loss_tri, step.correct
                         y = step.labels  # each image's label once per embedding
                         extra = {"loss_cpm": step.loss_cpm.item(), "loss_ort": step.loss_ort.item()}
@@ -355,6 +393,30 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
                                                        history=history, timing=timing), state=state)
     group.barrier()  # every process returns once the run folder is complete
     return run
+
+
+def _weighted(objective: DEENObjective, w: torch.Tensor | None) -> DEENObjective:
+    """DEEN's objective with per-image weights on its CE and triplet terms (every embedding of an
+    image carries the image's weight); CPM (identity centers) and ORT stay unweighted."""
+    if w is None:
+        return objective
+    k = objective.branches + 1
+    out = copy.copy(objective)
+    out.ce = functools.partial(objective.ce, weights=w.repeat(k))
+    if objective.triplet is not None:
+        out.triplet = functools.partial(objective.triplet, weights=w.repeat(k))
+    return out
+
+
+def _fingerprint_config(cfg: ReIDTrainConfig) -> dict:
+    """The options a resumed run must share; the synthetic-data options only when set (so the state of
+    a run that never had them still matches)."""
+    out = config_to_dict(cfg)
+    if cfg.synthetic_share is None:
+        out.pop("synthetic_share")
+    if cfg.synthetic_weight == 1.0:
+        out.pop("synthetic_weight")
+    return out
 
 
 def _mean_over(group: Group, vals: dict, size: int) -> tuple[dict, int, dict]:
