@@ -11,15 +11,16 @@ import argparse
 import os
 import sys
 
-from dive.cli import base, baselines, bench, caption, check, data, export, generate, metrics, reid, speed, studio, train
+from dive.cli import (base, baselines, bench, caption, check, data, export, filter, generate, metrics, reid, speed,
+                      studio, train)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_MODULES = (data, base, caption, train, generate, export, metrics, studio, bench, baselines, reid, speed, check)
+_MODULES = (data, base, caption, train, generate, export, metrics, filter, studio, bench, baselines, reid, speed, check)
 
 ORDER = ("data", "base", "caption", "infrared-words", "train", "generate", "translate", "export", "attention",
-         "metrics", "package", "studio-latency", "grid", "train-bench", "generate-bench", "speed", "bench", "bench-row",
-         "bench-progress", "baseline", "reid", "check")
+         "metrics", "filter", "package", "studio-latency", "grid", "train-bench", "generate-bench", "speed", "bench",
+         "bench-row", "bench-progress", "baseline", "reid", "check")
 
 
 def _commands() -> dict:
