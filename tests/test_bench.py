@@ -17,11 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory, micro_base):
     """The quick bench on the test suite's micro base (every real class, a few thousand parameters:
-    the pipeline is what is tested here, not the images), with the rows trained to convergence."""
+    the pipeline is what is tested here, not the images), with the rows trained to convergence, on a
+    world of a second seed that no shipped model was made from."""
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
            "--reid-workers", "1", "--base", str(micro_base), "--translate-strength", "0.6",
-           "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection"]
+           "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection", "--world-seed", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
@@ -44,6 +45,21 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
         assert set(tables[f"main-{method}"]["rows"]) == {"baseline", "dive-camera"}, method
         assert f"## Table 2: {name}" in (out / "tables.md").read_text()
     assert set(tables["ablations"]) == {"dive-camera", "dive-modality", "dive-ir-only"}
+    # a world of its own seed, with its own captions, infrared words and all three DiVE checkpoints
+    assert json.loads((out / "world" / "synthvi.json").read_text())["config"]["seed"] == 1
+    captions = json.loads((out / "captions" / "captions.json").read_text())["captions"]
+    assert {k.split("/")[0] for k in captions} == {"synthvi_vi", "synthvi_ext"}
+    assert (out / "captions" / "infrared_words.json").is_file()
+    demo = json.loads((REPO / "checkpoints" / "dive-demo" / "dive.json").read_text())["config"]
+    for variant in ("camera", "modality", "ir-only"):
+        recipe = json.loads((out / "dive" / variant / "final" / "dive.json").read_text())["config"]
+        assert Path(recipe["captions"]) == out / "captions" / "captions.json", variant
+        assert Path(recipe["infrared_words"]) == out / "captions" / "infrared_words.json", variant
+        assert Path(recipe["data"]) == out / "world" and recipe["steps"] == 12, variant
+        # the demo's recipe, one thing changed per ablation
+        same = ("batch_size", "rank", "lora_targets", "infrared_adapter", "infrared_share", "camera_mode")
+        assert {k: recipe[k] for k in same} == {k: demo[k] for k in same}, variant
+    assert (out / "cyclegan").is_dir()
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
     assert set(tables["quality"]) == {"dive-camera", "dive-translate", "dive-modality", "dive-ir-only", "grayscale",
                                       "cyclegan", "oracle", "oracle-vae"}

@@ -131,7 +131,7 @@ def test_plan_counts_a_world_not_built_yet_and_needs_no_probe_without_projection
     """Before the world exists the work is counted from its plan (the same images, not rendered);
     with --no-projection nothing is probed and the unmeasured parts say so."""
     from dive.bench import probe
-    from dive.bench.stages import world_config
+    from dive.bench.world import world_config
     from dive.data.synthvi.build import plan_world
 
     def refuse(*args, **kwargs):
@@ -142,7 +142,11 @@ def test_plan_counts_a_world_not_built_yet_and_needs_no_probe_without_projection
     p, printed = _plan(out, capsys, "--no-projection")
     world = next(r for r in p["rows"] if r["stage"] == "world")
     assert not world["done"] and world["units"] == len(plan_world(world_config(cfg)).jobs)
-    assert not (out / "world").exists() and p["total_seconds"] == 0
+    assert not (out / "world").exists()
+    # only the caption reader (this toy world is not the shipped one) has a cost without a probe:
+    # the shipped reader's recorded seconds per step
+    recorded = [r for r in p["rows"] if r["seconds"]]
+    assert [r["cost"] for r in recorded] == ["caption"] and p["total_seconds"] == recorded[0]["seconds"]
     assert "world: SynthVI world" in p["unmeasured"] and "ReID jobs: 17 (0 done)" in printed
 
 

@@ -30,7 +30,11 @@ class BenchConfig:
 
     out: Path = field(default=defaults.RUNS / "bench", metadata={"help": "bench folder (resumable: finished stages are reused)"})
     data: Path = field(default=defaults.DATA, metadata={"help": "SynthVI world (built with --world-seed when missing)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the world when the bench has to build it"})
+    world_seed: int | None = field(default=None, metadata={
+        "help": "seed of the world the bench builds when --data holds none (default 0: the world the shipped "
+                "models were made from). Another seed builds OUT/world (unless --data names a folder), and on a "
+                "world other than the shipped one the bench makes that world's own captions, infrared words, "
+                "DiVE checkpoints and CycleGAN: no hand step"})
     base: Path = field(default=defaults.BASE, metadata={
         "help": "diffusers base folder the bench trains missing DiVE checkpoints on (a given checkpoint renders on its own base)"})
     checkpoint: Path | None = field(default=defaults.DEMO, metadata={
@@ -40,9 +44,12 @@ class BenchConfig:
         "help": "Table 3: one token per modality (trained by the bench when missing)"})
     ir_only_checkpoint: Path | None = field(default=defaults.ABLATION_IR_ONLY, metadata={
         "help": "Table 3: VI images of the infrared modality only (trained by the bench when missing)"})
-    dive_steps: int = field(default=4000, metadata={
-        "help": "steps of a per-camera DiVE checkpoint the bench has to train (ablations it trains copy the "
-                "per-camera checkpoint's own recipe, steps included, from its dive.json)"})
+    dive_steps: int = field(default=2000, metadata={
+        "help": "steps of a per-camera DiVE checkpoint the bench has to train (with the shipped demo's recipe; "
+                "ablations it trains copy the per-camera checkpoint's own recipe, steps included, from its dive.json)"})
+    caption_steps: int = field(default=5000, metadata={
+        "help": "caption reader steps when the bench captions a world other than the shipped one (the shipped "
+                "reader's)"})
     min_images: int = field(default=12, metadata={"help": "external ids expanded: at least this many images (paper: >11)"})
     n_per_camera: int = field(default=6, metadata={"help": "generated images per id and infrared camera (paper: 18)"})
     gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
@@ -122,7 +129,7 @@ def quick_config(cfg: BenchConfig) -> BenchConfig:
     out = cfg.out
     return dataclasses.replace(
         cfg, data=out / "world", checkpoint=None, modality_checkpoint=None, ir_only_checkpoint=None, cyclegan=None,
-        dive_steps=12, min_images=4, n_per_camera=2, gen_steps=8, cyclegan_steps=12, seeds=(0,),
+        dive_steps=12, caption_steps=10, min_images=4, n_per_camera=2, gen_steps=8, cyclegan_steps=12, seeds=(0,),
         ablation_seeds=(0,), methods=("agw",) if cfg.methods == DEFAULT_METHODS else cfg.methods, id_counts=(3,), reid_epochs=2, reid_batches_per_epoch=0,
         reid_converge_epochs=3 if cfg.reid_converge_epochs else 0, diagnostics=True,
     )

@@ -33,7 +33,8 @@ from dive.bench import probe
 from dive.bench.config import BenchConfig
 from dive.bench.jobs import CONVERGED, METHOD_COST, finished_report, reid_jobs
 from dive.bench.stages import (DIVE_VARIANTS, finished_checkpoint, generation_done, metrics_done, source_done,
-                               subset_keys, world_config, world_ready)
+                               subset_keys)
+from dive.bench.world import captions_done, is_shipped_world, world_config, world_ready
 
 PLAN_FILE = "plan.json"
 #: each stage of the bench's own timings (bench.json `timings_s`), in order
@@ -173,6 +174,9 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
     copies = len(c.ext) * c.infrared_cameras * cfg.n_per_camera
     rows = [_row("world", "SynthVI world", c.world_images, "image", "world", world_ready(cfg.data),
                  min(synth.workers, cpus) if synth is not None else 1)]
+    if checkpoints["camera"] is None and not is_shipped_world(cfg):  # this world's own captions first
+        rows.append(_row("dive checkpoints", "captions: reader training", cfg.caption_steps, "step", "caption",
+                         captions_done(cfg)))
     steps = cfg.dive_steps  # an ablation the bench trains copies the per-camera checkpoint's steps
     if checkpoints["camera"] is not None:
         steps = variant_recipe(checkpoints["camera"]).get("steps", steps)
@@ -219,6 +223,8 @@ def _resolve(key: str, costs: dict, cfg: BenchConfig) -> dict | None:
         return probe.cost(2 * gen["per_image_seconds"] + io["seconds"], "image", gen["source"])
     if key == "metric" and fwd and io:
         return probe.cost(fwd["seconds"] + io["seconds"], "image", fwd["source"])
+    if key == "caption":
+        return probe.caption_cost()
     if key.startswith("reid:") and costs.get("reid:agw"):  # another method, by its relative batch cost
         method = key.split(":", 1)[1]
         agw = costs["reid:agw"]
@@ -239,7 +245,7 @@ def _needs(keys: set[str]) -> set[str]:
     out = set()
     for key in keys:
         out |= {"translate": {"generate"}, "vae": {"generate", "image"}, "metric": {"forward", "image"},
-                "dive": set(), "cyclegan": set()}.get(key, {key})
+                "dive": set(), "cyclegan": set(), "caption": set()}.get(key, {key})
         if key.startswith("reid:"):
             out |= {"forward", "image"}  # a run's image loading and evaluation
     return out

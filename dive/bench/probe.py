@@ -89,6 +89,22 @@ def recorded_costs(cfg: BenchConfig) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------
 
 
+def caption_cost() -> dict | None:
+    """Seconds per caption reader step, from the shipped reader's report.json (its training time
+    over its steps, at the threads it recorded); None when that report is not there."""
+    from dive import defaults
+
+    path = defaults.shipped(defaults.CAPTION_READER_NAME) / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    steps = report.get("config", {}).get("steps")
+    if not steps or not report.get("seconds"):
+        return None
+    threads = report["config"].get("threads") or "all"
+    return cost(report["seconds"] / steps, "step", f"the shipped caption reader's training ({threads} thread(s))")
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()

@@ -1,7 +1,8 @@
 """`dive bench`: the paper's Tables 1/2, 3, 5 and 6 on SynthVI, composed from the stages.
 
 Stages (each resumable: a finished stage's output is reused when the bench is rerun):
-world -> DiVE checkpoints (shipped, or trained here) -> generation per DiVE variant (and, with
+world -> DiVE checkpoints (shipped, or trained here with the demo's recipe; on a world other than
+the shipped one, after that world's own captions and infrared words: dive.bench.world) -> generation per DiVE variant (and, with
 --translate-strength, the img2img row) -> comparison baselines (grayscale, CycleGAN) -> one export
 per training set -> ReID runs (in parallel, one thread each; with diagnostics also the oracle's
 true infrared renders and a longer baseline) -> quality metrics (plus the oracle's true infrared
@@ -11,7 +12,7 @@ Before the first stage the bench prints its projection (dive.bench.plan): the wo
 and its projected time from measured unit costs, written to plan.json and compared with the actual
 time in tables.md; `plan_bench` (`dive bench --plan`) prints it and runs nothing.
 
-Folder layout: out/{world, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
+Folder layout: out/{world, captions, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
 reid/<train set>-<method>-seed<s>, metrics, plan.json, tables.md, tables.json, *.png, bench.json}.
 
 This module is the driver; the stages live in `stages.py`, the ReID jobs in `jobs.py`, the tables
@@ -26,10 +27,11 @@ from pathlib import Path
 from dive.bench.config import BenchConfig, quick_config
 from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
 from dive.bench.plan import job_lines, project, projection_lines, write_plan
-from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, ensure_checkpoints, ensure_world,
+from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, ensure_checkpoints,
                                export_all, generate_variants, log, metrics_done, oracle_source, oracle_vae_source,
                                subset_source, translate_source)
 from dive.bench.tables import write_tables
+from dive.bench.world import ensure_world, resolve_world
 from dive.utils.config import config_to_dict
 from dive.utils.io import write_json
 from dive.utils.lock import FolderLocked, output_lock
@@ -57,6 +59,7 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
 def run_bench(cfg: BenchConfig) -> dict:
     if cfg.quick:
         cfg = quick_config(cfg)
+    cfg = resolve_world(cfg)
     with output_lock(cfg.out):  # one bench per --out
         return _run_bench(cfg)
 
@@ -66,6 +69,7 @@ def plan_bench(cfg: BenchConfig) -> dict:
     goes to OUT/plan.json too, unless a bench is running in that folder (its own plan stays)."""
     if cfg.quick:
         cfg = quick_config(cfg)
+    cfg = resolve_world(cfg)
     projection = project(cfg, probing=cfg.projection)
     print("\n".join(projection_lines(projection) + [""] + job_lines(projection)))
     try:

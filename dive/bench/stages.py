@@ -1,5 +1,5 @@
-"""The bench's stages, each resumable (a finished stage's output is reused on a rerun): the world,
-the DiVE checkpoints (shipped, or trained here), generation per DiVE variant and the img2img row,
+"""The bench's stages, each resumable (a finished stage's output is reused on a rerun): the world
+(dive.bench.world, with the models that belong to it), the DiVE checkpoints (shipped, or trained here), generation per DiVE variant and the img2img row,
 the comparison baselines (grayscale, CycleGAN), the oracle's true infrared renders, Table 5's
 identity subsets, one SYSU-layout export per training set, and the check that a rerun sees the
 same inputs."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dive.bench.config import QUICK_WORLD, BenchConfig
+from dive.bench.config import BenchConfig
 from dive.utils.io import write_json
 from dive.utils.threads import torch_threads
 
@@ -31,35 +31,6 @@ DIVE_VARIANTS = (
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def world_ready(data: Path) -> bool:
-    """A finished SynthVI world is there (its synthvi.json is written last)."""
-    return data.exists() and (data / "synthvi.json").exists()
-
-
-def world_config(cfg: BenchConfig):
-    """The SynthConfig of the world the bench builds when `data` holds none."""
-    from dive.data.synthvi.build import SynthConfig
-
-    return SynthConfig(out=cfg.data, seed=cfg.world_seed, force=True, **(QUICK_WORLD if cfg.quick else {}))
-
-
-def ensure_world(cfg: BenchConfig) -> Path:
-    from dive.data.registry import detect_format
-    from dive.data.synthvi.build import build_world
-
-    if world_ready(cfg.data):
-        fmt = detect_format(cfg.data)
-        if fmt != "synthvi":
-            raise ValueError(f"{cfg.data}: the bench needs a SynthVI world; found a {fmt} folder")
-        return cfg.data
-    if cfg.data.exists() and any(cfg.data.iterdir()):
-        raise FileExistsError(f"{cfg.data}: not a SynthVI world (no synthvi.json) and not empty; "
-                              "give --data a world or a new folder")
-    log(f"building the SynthVI world (seed {cfg.world_seed}) in {cfg.data}")
-    build_world(world_config(cfg), progress=not cfg.quick)
-    return cfg.data
 
 
 #: DiVETrainConfig fields that say how a run is carried out, not what it learns: not part of the
@@ -125,6 +96,10 @@ def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
         given = getattr(cfg, attr)
         done = finished_checkpoint(cfg, name, attr)
         if done is None:
+            if name == "camera":  # the shipped demo's recipe, with this world's captions
+                from dive.bench.world import demo_recipe
+
+                recipe = demo_recipe(cfg)
             run = cfg.out / "dive" / name
             steps = recipe.get("steps", cfg.dive_steps)
             log(f"training the DiVE '{name}' checkpoint ({steps} steps on {base}) in {run}"
