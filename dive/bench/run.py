@@ -13,7 +13,8 @@ and its projected time from measured unit costs, written to plan.json and compar
 time in tables.md; `plan_bench` (`dive bench --plan`) prints it and runs nothing.
 
 Folder layout: out/{world, captions, dive/<variant>, synthetic/<name>, cyclegan, exports/<name>,
-reid/<train set>-<method>-seed<s>, metrics, plan.json, tables.md, tables.json, *.png, bench.json}.
+reid/<train set>-<method>-seed<s>, layouts/{llcm,regdb}, protocols, metrics, plan.json, tables.md,
+tables.json, *.png, bench.json}.
 
 This module is the driver; the stages live in `stages.py`, the ReID jobs in `jobs.py`, the tables
 in `tables.py`, the projection in `plan.py` (its unit costs in `probe.py`).
@@ -27,6 +28,7 @@ from pathlib import Path
 from dive.bench.config import BenchConfig, quick_config
 from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
 from dive.bench.plan import job_lines, project, projection_lines, write_plan
+from dive.bench.protocols import protocol_tables
 from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, ensure_checkpoints,
                                export_all, generate_variants, log, metrics_done, oracle_source, oracle_vae_source,
                                subset_source, translate_source)
@@ -113,11 +115,12 @@ def _run_bench(cfg: BenchConfig) -> dict:
         ceilings["oracle-vae"] = timed("oracle vae", oracle_vae_source, cfg, ceilings["oracle"], checkpoints["camera"])
     exports = timed("exports", export_all, cfg, sources | table5 | (ceilings if cfg.diagnostics else {}))
     reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
+    protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB
     metrics = timed("metrics", quality, cfg, sources | ceilings, reports)
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": count_ids(sources["dive-camera"])}
     id_counts |= {name: count_ids(folder) for name, folder in table5.items()}
-    result = write_tables(cfg, reports, metrics, id_counts, timings, projection)
+    result = write_tables(cfg, reports, metrics, id_counts, timings, projection, protocols)
     write_json(cfg.out / "bench.json", {"config": config_to_dict(cfg), "checkpoints": {k: str(v) for k, v in checkpoints.items()},
                                         "timings_s": timings,
                                         "projected_s": projection["total_seconds"] if projection else None})
