@@ -60,6 +60,12 @@ def test_quick_bench_writes_every_table_and_file(quick_bench):
         same = ("batch_size", "rank", "lora_targets", "infrared_adapter", "infrared_share", "camera_mode")
         assert {k: recipe[k] for k in same} == {k: demo[k] for k in same}, variant
     assert (out / "cyclegan").is_dir()
+    # the same models scored on the world's test ids in the LLCM and RegDB layouts, both ways each
+    protocols = tables["protocols"]["methods"]
+    assert set(protocols) == {"agw", "caj", "deen"} and set(protocols["agw"]) == set(main)
+    assert {k.split("/")[0] for k in protocols["agw"]["dive-camera"] if "/" in k} == {
+        "llcm-v2i", "llcm-i2v", "regdb-v2t", "regdb-t2v"}
+    assert "## Table 1 on the LLCM and RegDB protocols" in (out / "tables.md").read_text()
     assert tables["ids"]["counts"]["baseline"] == 0 and tables["ids"]["counts"]["dive-camera-k3"] == 3
     assert set(tables["quality"]) == {"dive-camera", "dive-translate", "dive-modality", "dive-ir-only", "grayscale",
                                       "cyclegan", "oracle", "oracle-vae"}
