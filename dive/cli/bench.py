@@ -62,4 +62,24 @@ def _register_bench_progress(sub) -> None:
               BenchProgressConfig, _cmd_bench_progress)
 
 
-COMMANDS = {"bench": _register_bench, "bench-row": _register_bench_row, "bench-progress": _register_bench_progress}
+def _cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from dive.bench.sweep import SweepConfig, run_sweep
+
+    cfg = dataclass_from_args(SweepConfig, args)
+    result = run_sweep(cfg)
+    if "rows" in result:
+        print((cfg.out / "sweep.md").read_text(), end="")
+        print(f"table: {cfg.out / 'sweep.md'} (+ sweep.json)")
+    return 0
+
+
+def _register_bench_sweep(sub) -> None:
+    from dive.bench.sweep import SweepConfig
+
+    add_stage(sub, "bench-sweep", "synthetic-data knobs (batch share, loss weight, filter, images per id, guidance) "
+              "one at a time at one equal ReID budget over seeds: one table, the setting chosen on the val ids",
+              SweepConfig, _cmd_bench_sweep)
+
+
+COMMANDS = {"bench": _register_bench, "bench-row": _register_bench_row, "bench-progress": _register_bench_progress,
+            "bench-sweep": _register_bench_sweep}
