@@ -20,7 +20,7 @@ _MODULES = (data, base, caption, train, generate, export, metrics, filter, studi
 
 ORDER = ("data", "base", "caption", "infrared-words", "train", "generate", "translate", "export", "attention",
          "metrics", "filter", "package", "studio-latency", "grid", "train-bench", "generate-bench", "speed", "bench",
-         "bench-row", "bench-progress", "baseline", "reid", "check")
+         "bench-row", "bench-progress", "bench-sweep", "baseline", "reid", "check")
 
 
 def _commands() -> dict:
