@@ -23,7 +23,7 @@ def quick_bench(tmp_path_factory, micro_base):
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
            "--reid-workers", "1", "--base", str(micro_base), "--translate-strength", "0.6",
            "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection", "--world-seed", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
 
