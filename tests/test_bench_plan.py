@@ -83,6 +83,17 @@ def test_plan_lists_every_stage_counts_the_benchs_jobs_and_runs_nothing(tmp_path
     assert sum(r["runs"] for r in reid) == len(runs)
     assert sum(r["units"] for r in reid) == sum(r["batches"] for r in runs)
 
+    # the LLCM/RegDB stage: every Tables 1/2 model scores the LLCM test images and RegDB's 10 per
+    # test id and modality, each image loaded and passed forward
+    census = p["census"]
+    assert census["vi_test_ids"] > 0 and census["vi_test"] >= census["vi_test_ids"]
+    layouts, scoring = [r for r in p["rows"] if r["stage"] == "protocols"]
+    models = len(cfg.methods) * 6 * len(cfg.seeds)
+    assert scoring["part"] == f"scoring {models} Tables 1/2 models" and scoring["cost"] == "metric"
+    assert scoring["units"] == models * (census["vi_test"] + 2 * 10 * census["vi_test_ids"])
+    assert layouts["units"] == 2 * census["vi_images"] and not layouts["done"]
+    assert scoring["seconds"] == pytest.approx(scoring["units"] * 1.0, abs=0.1)  # forward + image, 0.5 s each
+
     assert p["total_seconds"] > 0
     assert p["total_seconds"] == pytest.approx(sum(r["seconds"] for r in p["rows"]), abs=0.05)
     assert all(r["seconds"] > 0 for r in reid)

@@ -39,7 +39,7 @@ from dive.bench.world import captions_done, is_shipped_world, world_config, worl
 PLAN_FILE = "plan.json"
 #: each stage of the bench's own timings (bench.json `timings_s`), in order
 STAGES = ("world", "dive checkpoints", "generation", "translation", "comparison baselines", "oracle", "oracle vae",
-          "exports", "reid", "metrics")
+          "exports", "reid", "protocols", "metrics")
 
 
 @dataclass
@@ -55,12 +55,14 @@ class Census:
     ext: dict  # (dataset, pid) of each external id with >= min_images training images -> their number
     infrared_cameras: int
     world_images: int = 0  # images the world build renders (0: built)
+    vi_test_ids: int = 0
 
 
-def _census(vi: list[tuple[str, bool]], ext: dict, infrared_cameras: int, world_images: int = 0) -> Census:
+def _census(vi: list[tuple[str, bool]], ext: dict, infrared_cameras: int, world_images: int = 0,
+            test_ids: int = 0) -> Census:
     train = [ir for split, ir in vi if split == "train"]
     return Census(len(vi), len(train), train.count(False), train.count(True), sum(s == "val" for s, _ in vi),
-                  sum(s == "test" for s, _ in vi), ext, infrared_cameras, world_images)
+                  sum(s == "test" for s, _ in vi), ext, infrared_cameras, world_images, test_ids)
 
 
 def count_world(cfg: BenchConfig):
@@ -73,7 +75,8 @@ def count_world(cfg: BenchConfig):
         counts = Counter((r.dataset, r.pid) for r in inp.external_records)
         ext = {k: counts[k] for k in select_external_ids(inp.external_records, min_images=cfg.min_images)}
         vi = [(r.split, r.modality is Modality.INFRARED) for r in inp.vi_records]
-        return _census(vi, ext, len(inp.infrared_cameras)), None, None
+        test_ids = len({r.pid for r in inp.vi_records if r.split == "test"})
+        return _census(vi, ext, len(inp.infrared_cameras), test_ids=test_ids), None, None
     from dive.data.synthvi.build import plan_world
     from dive.data.synthvi.world import VI_CAMERAS
 
@@ -85,7 +88,7 @@ def count_world(cfg: BenchConfig):
                      if j.dataset == "external" and j.rel_path.startswith("external/bounding_box_train/"))
     ext = {k: n for k, n in sorted(counts.items()) if n >= cfg.min_images}
     ir = sum(1 for cam in VI_CAMERAS.values() if cam.infrared)
-    return _census(vi, ext, ir, len(world.jobs)), synth, world
+    return _census(vi, ext, ir, len(world.jobs), len(world.vi_splits.get("test", ()))), synth, world
 
 
 def generated_images(cfg: BenchConfig, c: Census, checkpoint: Path | None, overrides: dict) -> int:
@@ -206,9 +209,30 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
         "grayscale", "cyclegan", "oracle"] + ["oracle-vae"] * cfg.diagnostics
     images = (sum(generated.get(n, copies) for n in sources)  # scored, + the real IR and the ids' visible images
               + c.vi_train_infrared + sum(c.ext.values()))
+    rows += _protocol_rows(cfg, c)
     rows.append(_row("metrics", "FD and identity Rank-1", images, "image", "metric",
                      metrics_done(cfg.out, sources) is not None))
     return rows
+
+
+def _protocol_rows(cfg: BenchConfig, c: Census) -> list[dict]:
+    """The LLCM/RegDB stage: the two layouts (hard links of the VI images), then every Tables 1/2
+    model's features of the LLCM test images and of RegDB's (10 per id and modality, scored once:
+    the bench's trials are one split), priced as loading + a forward pass per image."""
+    from dive.bench.protocols import layout_dirs
+    from dive.bench.tables import MAIN_ROWS
+    from dive.data.layouts import INFO_FILE, LayoutConfig
+
+    folder = cfg.out / "protocols"
+    rows = [t for t, _ in MAIN_ROWS if t != "dive-translate" or cfg.translate_strength]
+    models = len(cfg.methods) * len(rows) * len(cfg.seeds)
+    scored = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+    regdb_images = LayoutConfig(data=cfg.data, to="regdb", out=cfg.out).regdb_images
+    per_model = c.vi_test + 2 * regdb_images * c.vi_test_ids
+    layouts = all((d / INFO_FILE).is_file() for d in layout_dirs(cfg).values())
+    return [_row("protocols", "LLCM and RegDB layouts", 2 * c.vi_images, "image", "image", layouts),
+            _row("protocols", f"scoring {models} Tables 1/2 models", per_model * max(0, models - scored), "image",
+                 "metric", scored >= models)]
 
 
 def _resolve(key: str, costs: dict, cfg: BenchConfig) -> dict | None:
