@@ -56,12 +56,20 @@ def _cmd_generate_bench(args: argparse.Namespace) -> int:
     print(f"ours: {res['ours_images_per_s']} images/s | plain diffusers loop: {res['plain_diffusers_images_per_s']} "
           f"images/s | ratio {res['ratio']} ({res['images']} images, batch {res['batch_size']}, {res['steps']} steps, "
           f"guidance {res['guidance']}, {res['threads']} threads, best of {res['repeats']}; "
-          f"median of the {res['repeats']} back-to-back pairs: ratio {res['ratio_median_of_pairs']})")
-    if "attention" in res:
-        a = res["attention"]
-        print(f"attention recording on: {a['recorded_s']} s vs off {a['plain_s']} s for {a['n']} images: "
-              f"overhead {a['overhead_pct']}% (median of back-to-back pairs: {a['overhead_pct_median_of_pairs']}%; "
-              f"same images: {a['identical']})")
+          f"median of the {res['repeats']} back-to-back pairs: ratio {res['ratio_median_of_pairs']}, in CPU time "
+          f"{res['ratio_cpu_median_of_pairs']})")
+    for name, flag in (("fast", "--fast"),):
+        if f"{name}_images_per_s" in res:
+            print(f"ours {flag}: {res[f'{name}_images_per_s']} images/s | ratio to plain {res[f'{name}_ratio']} "
+                  f"(median of pairs {res[f'{name}_ratio_median_of_pairs']}, in CPU time "
+                  f"{res[f'{name}_ratio_cpu_median_of_pairs']}); largest difference from ours: "
+                  f"{res[f'{name}_max_grey_diff']} grey levels")
+    for key, what in (("attention", ""), ("fast_attention", " (--fast)")):
+        if key in res:
+            a = res[key]
+            print(f"attention recording on{what}: {a['recorded_s']} s vs off {a['plain_s']} s for {a['n']} images: "
+                  f"overhead {a['overhead_pct']}% (median of back-to-back pairs: {a['overhead_pct_median_of_pairs']}%; "
+                  f"same images: {a['identical']})")
     print(json.dumps(res))
     return 0
 

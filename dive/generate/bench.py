@@ -11,12 +11,18 @@ FLOPs of one image (counted by torch's FLOP counter on one batch of each loop; t
 with both guidance branches and the VAE decode broken out), the FLOP/s each loop reached, and that
 rate as a share of the float32 (and, where the CPU has it, bf16) matmul peak measured on the same
 threads (dive.utils.flops). `generation_speed` times our loop alone for `dive speed`.
+
+`fast` (on by default) adds columns: the same loop with `load_generator(fast=True)`, timed in the
+same alternation, with its ratio to the plain loop, the median of its back-to-back pairs (wall and
+CPU time), and the largest difference (grey levels) of its images from ours for the same seeds.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +47,7 @@ class GenerateBenchConfig:
     attention: bool = field(default=True, metadata={"help": "also time attention recording on (all layers and steps)"})
     flops: bool = field(default=True, metadata={
         "help": "also count FLOPs per image and report FLOP/s as a share of the machine's matmul peak"})
+    fast: bool = field(default=True, metadata={"help": "also time our loop in the fast mode (dive generate --fast)"})
 
 
 def _plain_pipeline(base: Path, checkpoint: Path):
@@ -81,14 +88,15 @@ def generation_flops(render, batch: list, steps: int) -> dict:
             "text_encoder_flops_per_image": text // n, "decode_flops_per_image": (total - unet - text) // n}
 
 
-def _prepare(cfg: GenerateBenchConfig):
-    """The generator and the bench's batches: distinct prompts over every identity and infrared camera."""
+def _prepare(cfg: GenerateBenchConfig, **options):
+    """The generator (with `load_generator`'s `options`) and the bench's batches: distinct prompts
+    over every identity and infrared camera."""
     from dive.checkpoint import resolve_base
     from dive.generate.pipeline import GenerationRequest, load_generator
     from dive.generate.run import select_cameras, select_identities
 
     base = resolve_base(cfg.checkpoint, cfg.base)
-    gen = load_generator(base, cfg.checkpoint)
+    gen = load_generator(base, cfg.checkpoint, **options)
     ids = [t.token for t in select_identities(gen.table, min_images=0)]
     cams = select_cameras(gen.table, "infrared")
     per = max(1, -(-cfg.n // max(1, len(ids) * len(cams))))  # distinct prompts, as in a real run
@@ -147,14 +155,27 @@ def _generate_bench(cfg: GenerateBenchConfig) -> dict:
         for b in batches:
             plain_batch(b)
 
+    variants = _variants(cfg)  # name -> (generator, warm-up seconds)
+
+    def variant_loop(g):
+        def run():
+            for b in batches:
+                g.render(b, steps=cfg.steps, guidance=cfg.guidance)
+        return run
+
     gen.render(batches[0][:2], steps=2)
     plain([batches[0][0].prompt], height=gen.height, width=gen.width, num_inference_steps=2, output_type="np")
     t_ours, t_ref = [], []
+    t_var: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in ("ours", "plain", *variants)}
+    loops = [(ours, t_ours, "ours"), (reference, t_ref, "plain")] + [
+        (variant_loop(g), t_var[name], name) for name, (g, _) in variants.items()]
     for _ in range(max(1, cfg.repeats)):
-        for fn, acc in ((ours, t_ours), (reference, t_ref)):
-            t = time.perf_counter()
+        for fn, acc, name in loops:
+            t, c = time.perf_counter(), time.process_time()
             fn()
             acc.append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     res = {"images": len(jobs), "batch_size": cfg.batch_size, "steps": cfg.steps, "guidance": cfg.guidance,
            "threads": cfg.threads, "repeats": cfg.repeats,
            "ours_images_per_s": round(len(jobs) / min(t_ours), 3),
@@ -163,12 +184,51 @@ def _generate_bench(cfg: GenerateBenchConfig) -> dict:
     # each repeat's two loops ran back to back: their ratio cancels the machine's drift between
     # repeats (a shared CPU's speed wanders by tens of percent), so the median pair is the robust figure
     res["ratio_median_of_pairs"] = round(statistics.median(r / o for o, r in zip(t_ours, t_ref)), 4)
+    # CPU seconds of this process: on a busy machine with threads=1 they follow the work done, not
+    # the share of the cores the process got (with more threads they also count spin-waiting)
+    res["ratio_cpu_median_of_pairs"] = _pairs(cpu["ours"], cpu["plain"])
+    for name, (g, warm_s) in variants.items():
+        res.update(_variant_fields(name, t_var[name], t_ref, len(jobs), res["plain_diffusers_images_per_s"], warm_s))
+        res[f"{name}_ratio_cpu_median_of_pairs"] = _pairs(cpu[name], cpu["plain"])
+        ref = gen.render(batches[0], steps=cfg.steps, guidance=cfg.guidance)
+        got = g.render(batches[0], steps=cfg.steps, guidance=cfg.guidance)
+        res[f"{name}_max_grey_diff"] = int(np.abs(ref.astype(np.int16) - got.astype(np.int16)).max())
     if cfg.flops:
         res.update(_flop_fields(cfg, gen, batches[0], plain_batch, min(t_ours) / len(jobs), min(t_ref) / len(jobs)))
     if cfg.attention:
         res["attention"] = attention_overhead(gen, n=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance,
                                               repeats=cfg.repeats)
+        if "fast" in variants:  # recording wraps the fast mode's processors: its cost there
+            res["fast_attention"] = attention_overhead(variants["fast"][0], n=cfg.batch_size, steps=cfg.steps,
+                                                       guidance=cfg.guidance, repeats=cfg.repeats)
     return res
+
+
+def _variants(cfg: GenerateBenchConfig) -> dict:
+    """The speed options the bench also times: name -> (its generator, the seconds of its warm-up
+    calls at 2 steps, one per batch shape)."""
+    out = {}
+    for name, options in (("fast", {"fast": True}),):
+        if not getattr(cfg, name):
+            continue
+        _, g, _, batches = _prepare(cfg, **options)
+        t = time.perf_counter()
+        for size in sorted({len(b) for b in batches}):
+            g.render(batches[0][:size], steps=2, guidance=cfg.guidance)
+        out[name] = (g, time.perf_counter() - t)
+    return out
+
+
+def _pairs(ours: list[float], plain: list[float]) -> float:
+    """The median over repeats of plain / ours (each repeat's loops ran back to back)."""
+    return round(statistics.median(p / o for o, p in zip(ours, plain)), 4)
+
+
+def _variant_fields(name: str, times: list[float], t_ref: list[float], images: int, plain_rate: float,
+                    warm_s: float) -> dict:
+    rate = round(images / min(times), 3)
+    return {f"{name}_images_per_s": rate, f"{name}_ratio": round(rate / plain_rate, 4),
+            f"{name}_ratio_median_of_pairs": _pairs(times, t_ref), f"{name}_warmup_s": round(warm_s, 2)}
 
 
 def _flop_fields(cfg: GenerateBenchConfig, gen, batch: list, plain_batch, s_ours: float, s_plain: float) -> dict:

@@ -57,6 +57,9 @@ class GenerateConfig:
     batch_size: int = field(default=16, metadata={"help": "images per forward pass"})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     dtype: str = field(default="fp32", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
+    fast: bool = field(default=False, metadata={
+        "help": "fast mode: text-derived values once per batch instead of once per step, one q/k/v matmul; "
+                "images within 2 grey levels of the default (float rounding); see docs/generation-speed.md"})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
 
 
@@ -133,7 +136,7 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
     if generator is None:
         device, dtype = resolve(cfg.device, cfg.dtype)  # a bad or absent device: one line, before anything else
         cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
-        generator = load_generator(cfg.base, cfg.checkpoint, device=device, dtype=dtype)
+        generator = load_generator(cfg.base, cfg.checkpoint, device=device, dtype=dtype, fast=cfg.fast)
     elif cfg.base is None:  # the caller's generator is what renders; record its checkpoint's base if at hand
         cfg = replace(cfg, base=trained_base(cfg.checkpoint))
     gen = generator
@@ -147,18 +150,21 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
         raise ValueError(f"{cfg.checkpoint}: no camera token matches {cfg.cameras!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("stop_after", "device", "dtype")}
+    settings = {k: v for k, v in config_to_dict(cfg).items()
+                if k not in ("stop_after", "device", "dtype", "fast")}
     if dtype_name(gen.dtype) != "fp32":  # recorded only when not fp32: earlier fp32 folders resume as they were
         settings["dtype"] = dtype_name(gen.dtype)
+    settings |= gen.speed_options  # likewise only when on: what the generator that renders does
     settings |= {"checkpoint_hash": gen.checkpoint_hash, "scheduler": "DPMSolverMultistep (dpmsolver++)",
                  "height": gen.height, "width": gen.width, "identities_selected": [t.token for t in idents],
                  "cameras_selected": cams}
     settings_path = out / "generate.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
-        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype")
-        shown = lambda d, k: d.get(k, "fp32" if k == "dtype" else None)  # noqa: E731
-        differ = [f"{k} {shown(old, k)} -> {shown(settings, k)}" for k in keys if old.get(k) != settings.get(k)]
+        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype", "fast")
+        absent = {"dtype": "fp32", "fast": False}
+        shown = lambda d, k: d.get(k, absent.get(k))  # noqa: E731
+        differ = [f"{k} {shown(old, k)} -> {shown(settings, k)}" for k in keys if shown(old, k) != shown(settings, k)]
         if differ:
             raise ValueError(f"{settings_path}: this folder was generated with other settings ({'; '.join(differ)}); "
                              "use a new --out")
@@ -199,7 +205,8 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
                          "dataset": ident.dataset, "pid": ident.pid, "camid": cam.camid, "modality": cam.modality,
                          "prompt": job.prompt, "seed": job.seed, "steps": cfg.steps, "guidance": cfg.guidance,
                          "negative_prompt": cfg.negative_prompt, "scheduler": settings["scheduler"],
-                         "checkpoint_hash": gen.checkpoint_hash, "height": gen.height, "width": gen.width})
+                         "checkpoint_hash": gen.checkpoint_hash, "height": gen.height, "width": gen.width,
+                         **gen.speed_options})
         with open(shard, "a") as f:
             f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
             f.flush()
