@@ -31,7 +31,7 @@ def micro_base(tiny_world_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base")
     cfg = BasePretrainConfig(data=tiny_world_dir, out=root / "base", run_dir=root / "run", vae_steps=4, vae_batch=4,
                              text_steps=3, text_batch=8, steps=6, batch_size=4, warmup=2, save_every=3, preview_every=6,
-                             model=TinySDConfig(**MICRO_MODEL))
+                             model=TinySDConfig(**MICRO_MODEL), threads=1)
     return pretrain(cfg, progress=False)
 
 

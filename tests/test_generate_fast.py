@@ -151,13 +151,13 @@ def test_fast_option_recorded_and_resume_refused_in_other_mode(generators, tmp_p
 
 
 @pytest.mark.slow
-def test_generate_bench_has_a_fast_column(micro_base, micro_dive_run):
+def test_generate_bench_has_a_fast_column():
     """`dive generate-bench` times the fast mode beside ours and plain diffusers: its rate, its ratios
     (wall and CPU time), how far its images are from ours, and recording's cost on it."""
     from dive.generate.bench import GenerateBenchConfig, generate_bench
 
-    res = generate_bench(GenerateBenchConfig(base=micro_base, checkpoint=micro_dive_run / "final", n=4, batch_size=2,
-                                             steps=3, repeats=1, threads=1, flops=False))
+    res = generate_bench(GenerateBenchConfig(checkpoint=DEMO, n=4, batch_size=2, steps=3, repeats=1, threads=1,
+                                             flops=False))
     assert res["fast_images_per_s"] > 0 and res["ratio_cpu_median_of_pairs"] > 0
     assert res["fast_ratio"] == round(res["fast_images_per_s"] / res["plain_diffusers_images_per_s"], 4)
     assert res["fast_ratio_median_of_pairs"] == pytest.approx(res["fast_ratio"], rel=5e-3)  # one repeat
