@@ -209,24 +209,25 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
         "grayscale", "cyclegan", "oracle"] + ["oracle-vae"] * cfg.diagnostics
     images = (sum(generated.get(n, copies) for n in sources)  # scored, + the real IR and the ids' visible images
               + c.vi_train_infrared + sum(c.ext.values()))
-    rows += _protocol_rows(cfg, c)
     rows.append(_row("metrics", "FD and identity Rank-1", images, "image", "metric",
                      metrics_done(cfg.out, sources) is not None))
     return rows
 
 
-def _protocol_rows(cfg: BenchConfig, c: Census) -> list[dict]:
+def _protocol_rows(cfg: BenchConfig, c: Census, runs: list[dict]) -> list[dict]:
     """The LLCM/RegDB stage: the two layouts (hard links of the VI images), then every Tables 1/2
     model's features of the LLCM test images and of RegDB's (10 per id and modality, scored once:
     the bench's trials are one split), priced as loading + a forward pass per image."""
+    from dive.bench.jobs import reid_run_name
     from dive.bench.protocols import layout_dirs
     from dive.bench.tables import MAIN_ROWS
     from dive.data.layouts import INFO_FILE, LayoutConfig
 
-    folder = cfg.out / "protocols"
-    rows = [t for t, _ in MAIN_ROWS if t != "dive-translate" or cfg.translate_strength]
-    models = len(cfg.methods) * len(rows) * len(cfg.seeds)
-    scored = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+    main = {t for t, _ in MAIN_ROWS}
+    keys = [r["key"].split("|") for r in runs]
+    names = [reid_run_name(t, m, int(s)) for t, m, s in keys if t in main and int(s) in cfg.seeds]
+    models = len(names)
+    scored = sum((cfg.out / "protocols" / f"{n}.json").is_file() for n in names)
     regdb_images = LayoutConfig(data=cfg.data, to="regdb", out=cfg.out).regdb_images
     per_model = c.vi_test + 2 * regdb_images * c.vi_test_ids
     layouts = all((d / INFO_FILE).is_file() for d in layout_dirs(cfg).values())
@@ -306,6 +307,7 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
         runs.append({"key": job[0], "group": reid_group(cfg, train_set, method, int(seed)), "method": method,
                      "set": name_of[job[1]], "batches": per_epoch * epochs, "val_epochs": vals,
                      "done": finished_report(job) is not None})
+    rows += _protocol_rows(cfg, c, runs)
     costs = probe.recorded_costs(cfg)
     todo_keys = {r["cost"] for r in rows if not r["done"]} | {f"reid:{r['method']}" for r in runs if not r["done"]}
     needs = {k for k in _needs(todo_keys) if k not in costs}
