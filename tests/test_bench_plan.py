@@ -163,7 +163,7 @@ def test_plan_counts_a_world_not_built_yet_and_needs_no_probe_without_projection
 
 def test_tables_compare_the_projection_with_the_actual_time():
     """The projected total and each stage's projected seconds stand beside the actual ones."""
-    from dive.bench.plan import timing_lines
+    from dive.bench.plan_text import timing_lines
 
     rows = [{"stage": "generation", "seconds": 100.0}, {"stage": "reid", "seconds": 3000.0},
             {"stage": "reid", "seconds": 600.0}]

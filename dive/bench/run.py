@@ -27,7 +27,8 @@ from pathlib import Path
 
 from dive.bench.config import BenchConfig, quick_config
 from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
-from dive.bench.plan import job_lines, project, projection_lines, write_plan
+from dive.bench.plan import project
+from dive.bench.plan_text import job_lines, projection_lines, write_plan
 from dive.bench.protocols import protocol_tables
 from dive.bench.stages import (check_inputs, comparison_baselines, count_ids, ensure_checkpoints,
                                export_all, generate_variants, log, metrics_done, oracle_source, oracle_vae_source,

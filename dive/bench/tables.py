@@ -350,7 +350,7 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
     result["tables"]["identity_payoff"] = payoff
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]
     if projection is not None:
-        from dive.bench.plan import timing_lines
+        from dive.bench.plan_text import timing_lines
 
         lines += ["", *timing_lines(projection, timings)]
         result["projected_s"] = projection["total_seconds"]
