@@ -9,6 +9,7 @@ from pathlib import Path
 from dive.bench.config import BenchConfig
 from dive.bench.plan import PLAN_FILE, STAGES
 
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"

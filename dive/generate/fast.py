@@ -38,10 +38,6 @@ class _State:
         self.active = False
         self.hits = 0
 
-    def clear(self, processors) -> None:
-        for p in processors:
-            p.clear()
-
 
 def _params_key(*mods) -> tuple:
     """Identifies the current values of the modules' parameters (in-place changes bump `_version`)."""
