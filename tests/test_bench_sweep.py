@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dive.bench.config import BenchConfig
-from dive.bench.sweep import DIVE_SET, SweepConfig, bench_of, knob_rows, sweep_jobs, sweep_recipe
+from dive.bench.sweep import (DIVE_SET, SweepConfig, bench_of, knob_rows, scorer_phase, sweep_jobs,
+                             sweep_recipe)
 from dive.bench.sweep_table import choose, run_val, sweep_result, table_lines, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,17 @@ def test_rows_change_one_thing_and_settings_equal_to_the_bench_are_its_dive_row(
     jobs = sweep_jobs(bench, all_rows, sets, 17)
     recipe = sweep_recipe(bench, 17)
     assert recipe["batches_per_epoch"] == 17 and recipe["val_every"] == recipe["epochs"] == bench.reid_epochs
-    assert len(jobs) == 2 * len({r["name"] for r in all_rows})
+    names = list(dict.fromkeys(r["name"] for r in all_rows))
+    assert len(jobs) == 2 * len(names)
+    # seed by seed: a sweep stopped part way has whole one-seed columns
+    assert [(j[0].split("|")[0], j[5]) for j in jobs] == [(n, s) for s in (0, 1) for n in names]
+    # the scorer (first seed's baseline) trains beside runs that need no filtered set, one per worker
+    first = scorer_phase(dataclasses.replace(bench, reid_workers=3), all_rows, sets, 17)
+    assert [j[0] for j in first] == ["baseline|agw|0", f"{DIVE_SET}|agw|0", "share-0.25|agw|0"]
+    assert [j[0] for j in scorer_phase(dataclasses.replace(bench, reid_workers=1), all_rows, sets, 17)] == ["baseline|agw|0"]
+    only_filter = [r for r in all_rows if r["knob"] in ("baseline", "filter")]
+    assert [j[0] for j in scorer_phase(dataclasses.replace(bench, reid_workers=2), only_filter, sets, 17)] == [
+        "baseline|agw|0", "baseline|agw|1"]
     for job in jobs:
         extra = {k: v for k, v in job[6].items() if k not in recipe}
         assert {k: job[6][k] for k in recipe} == recipe and set(extra) <= {"synthetic_share", "synthetic_weight"}

@@ -23,7 +23,8 @@ table says whether it beats the equal-budget baseline on test.
 Folders (under --out): world (a --quick sweep without --bench), dive/camera (a checkpoint it had to
 train), synthetic/{dive-camera, n-N, guidance-G, filter-F}, exports/<set>, reid/<row>-<method>-seed<s>,
 sweep.md, sweep.json. With --bench DIR the bench's world, DiVE checkpoint and + DiVE images are used
-where DIR has them. Finished generations, filters and runs of the same recipe are reused.
+where DIR has them. Finished generations, filters and runs of the same recipe are reused; runs go
+seed by seed, so a sweep stopped part way has whole one-seed columns.
 """
 
 from __future__ import annotations
@@ -179,19 +180,28 @@ def sweep_recipe(bench: BenchConfig, per_epoch: int) -> dict:
 
 
 def sweep_jobs(bench: BenchConfig, rows: list[dict], sets: dict[str, tuple], per_epoch: int) -> list[tuple]:
-    """The ReID jobs of the rows (one per distinct row name and seed), in the bench's job format."""
+    """The ReID jobs of the rows (one per distinct row name and seed), in the bench's job format,
+    seed by seed: every row's first seed before any row's second, so a sweep stopped part way has
+    whole one-seed columns to read (`dive bench-progress`), not three seeds of its first rows."""
     recipe = sweep_recipe(bench, per_epoch)
-    jobs, seen = [], set()
-    for row in rows:
-        if row["name"] in seen:
-            continue
-        seen.add(row["name"])
-        data, fmt = sets[row["set"]]
-        for seed in bench.seeds:
+    unique = list({row["name"]: row for row in rows}.values())
+    jobs = []
+    for seed in bench.seeds:
+        for row in unique:
+            data, fmt = sets[row["set"]]
             run = reid_run_dir(bench, row["name"], bench.methods[0], seed)
             jobs.append((f"{row['name']}|{bench.methods[0]}|{seed}", str(data), fmt, str(run), bench.methods[0], seed,
                          recipe | row["overrides"]))
     return jobs
+
+
+def scorer_phase(work: BenchConfig, rows: list[dict], sets: dict[str, tuple], per_epoch: int) -> list[tuple]:
+    """The jobs trained before the filters: the scorer (the first seed's baseline run, trained on
+    the VI set alone) and, beside it, as many runs of rows that need no filtered set as there are
+    other workers, so no worker waits idle while the scorer trains."""
+    ready = [r for r in rows if "keep" not in r]
+    jobs = sweep_jobs(work, ready, sets, per_epoch)
+    return jobs[: max(1, work.reid_workers)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,10 +327,10 @@ def _run(cfg: SweepConfig, bench: BenchConfig, work: BenchConfig, rows: list[dic
     if per_epoch != p["batches_per_epoch"]:
         log(f"equal budget: {per_epoch} batches per epoch (projected {p['batches_per_epoch']})")
     filtered = [r for r in rows if "keep" in r]
-    if filtered:  # the scorer first: the baseline run of the first seed, trained on the VI set alone
-        scorer_job = sweep_jobs(dataclasses.replace(work, seeds=work.seeds[:1]), rows[:1], sets, per_epoch)
-        run_reid_jobs(work, scorer_job)
-        scorer = Path(scorer_job[0][3])
+    if filtered:  # the scorer first (with other workers busy on runs that need no filter)
+        first = scorer_phase(work, rows, sets, per_epoch)
+        run_reid_jobs(work, first)
+        scorer = Path(first[0][3])
         for row in filtered:
             folder = filter_folder(work, default, scorer, row["keep"], _folder(work, row))
             sets[row["set"]] = (export_source(work, row["set"], folder), "sysu_mm01")
