@@ -32,7 +32,7 @@ from dive.caption.run import load_captions
 from dive.checkpoint import INFRARED_ADAPTER, TOKENS_FILE, TokenTable, reference_path, save_checkpoint
 from dive.data.records import Modality
 from dive.train.data import TrainingSet, build_training_set, load_sources
-from dive.utils.adapters import AdapterGate
+from dive.utils.adapters import AdapterGate, MergedLoRAForward
 from dive.utils.config import config_to_dict
 from dive.utils.device import DTYPES, accelerate_options
 from dive.utils.diffusion import diffusion_loss, encode_latents
@@ -108,6 +108,10 @@ class DiVETrainConfig:
         "help": "UNet layers with a LoRA: attention projections (the paper), whole transformer blocks, or all "
                 "(+ ResNet convolutions; a tiny base's attention is a small part of its renderer)",
         "choices": list(LORA_TARGET_SETS)})
+    merged_lora: bool = field(default=True, metadata={
+        "help": "compute each UNet LoRA linear layer as one matmul with W + s*B*A (autograd through A and B): the "
+                "same function and parameters, rounded differently, a faster step (docs/throughput.md); false: "
+                "peft's x*W + s*(x*A)*B"})
     infrared_adapter: bool = field(default=False, metadata={
         "help": "experiment: a second UNet LoRA (same layers and rank) that is on for infrared camera images only: the shared "
                 "LoRA and the identity tokens keep what both modalities share, the infrared LoRA turns it into "
@@ -264,6 +268,7 @@ class DiVETrainer:
                                              target_modules=list(self.lora_targets)), adapter_name=INFRARED_ADAPTER)
             self.unet.set_adapters(["default", INFRARED_ADAPTER])  # both active (and trainable); the gate switches
             self.gate = AdapterGate(self.unet, INFRARED_ADAPTER)
+        self.merged_lora = MergedLoRAForward(self.unet, skip=(INFRARED_ADAPTER,)) if cfg.merged_lora else None
         if cfg.init_from is not None:
             self._load_init(Path(cfg.init_from), emb)
         if cfg.train_parts not in ("all", "infrared-adapter"):
