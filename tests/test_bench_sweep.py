@@ -177,3 +177,40 @@ def test_quick_sweep_end_to_end_and_resumed(tmp_path, micro_base):
     assert checkpoint == out / "dive" / "camera" / "final"
     assert dive_folder(bench, work, checkpoint) == out / "synthetic" / "dive-camera"
     assert not (tmp_path / "other").exists()
+
+
+def _fake_finished_run(job, val_r1, test_r1, batches):
+    """A run folder that `finished_report` and `run_val` accept for this job."""
+    from dive.bench.jobs import _job_train_config
+    from dive.utils.config import config_to_dict
+
+    run = Path(job[3])
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"train": config_to_dict(_job_train_config(job))}))
+    (run / "report.json").write_text(json.dumps({"results": {"sysu-all": {"rank1": test_r1, "mAP": test_r1 / 2}},
+                                                 "train": {"timing": {"iterations": batches}}}))
+    (run / "model.json").write_text(json.dumps({"epoch": 2, "history": [
+        {"type": "epoch", "epoch": 1, "val": {"rank1": val_r1, "mAP": val_r1 / 2}}]}))
+
+
+def test_so_far_reads_the_finished_runs_of_this_recipe_only(tmp_path):
+    from dive.bench.sweep import sweep_so_far
+
+    cfg = SweepConfig(out=tmp_path, knobs=("share",), share=(0.5,), seeds=(0, 1))
+    work = BenchConfig(out=tmp_path, seeds=(0, 1), methods=("agw",), reid_epochs=2)
+    rows = knob_rows(cfg, work)
+    jobs = {j[0]: j for j in sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, 20)}
+    assert sweep_so_far(cfg, work, rows, 20)[-1] == "No run has finished yet."
+    _fake_finished_run(jobs["baseline|agw|0"], 40.0, 30.0, 40)
+    _fake_finished_run(jobs["baseline|agw|1"], 42.0, 32.0, 40)
+    _fake_finished_run(jobs[f"{DIVE_SET}|agw|0"], 30.0, 20.0, 40)
+    lines = sweep_so_far(cfg, work, rows, 20)
+    assert lines[0].endswith("so far: 3 of 6 ReID runs finished")
+    body = [x for x in lines if x.startswith("| ")][1:]  # under the header
+    assert len(body) == 2  # the share row has no finished run: left out
+    assert body[0].startswith("| baseline (VI only) | - | baseline |") and "41.00 ± 1.41" in body[0]
+    assert f"| {DIVE_SET} (seed 0) |" in body[1] and "**chosen**" in body[1]
+    assert lines[-1].startswith("So far: The val-chosen setting") and "does not beat" in lines[-1]
+    assert (tmp_path / "sweep-so-far.md").read_text().splitlines() == lines
+    # a run of another budget is not this recipe's: never mixed in
+    assert sweep_so_far(cfg, work, rows, 21)[-1] == "No run has finished yet."

@@ -24,7 +24,7 @@ Folders (under --out): world (a --quick sweep without --bench), dive/camera (a c
 train), synthetic/{dive-camera, n-N, guidance-G, filter-F}, exports/<set>, reid/<row>-<method>-seed<s>,
 sweep.md, sweep.json. With --bench DIR the bench's world, DiVE checkpoint and + DiVE images are used
 where DIR has them. Finished generations, filters and runs of the same recipe are reused; runs go
-seed by seed, so a sweep stopped part way has whole one-seed columns.
+seed by seed, so a sweep stopped part way has whole one-seed columns (`--so-far` writes their table).
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ class SweepConfig:
     quick: bool = field(default=False, metadata={
         "help": "toy size: the quick bench's world and sizes (`dive bench --quick`), a few minutes"})
     plan: bool = field(default=False, metadata={"help": "print the projected ReID runs and batches, and stop"})
+    so_far: bool = field(default=False, metadata={
+        "help": "write the table of the runs finished so far (sweep-so-far.md: rows with fewer seeds say so), "
+                "train nothing, and stop; safe beside a running sweep"})
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -182,7 +185,7 @@ def sweep_recipe(bench: BenchConfig, per_epoch: int) -> dict:
 def sweep_jobs(bench: BenchConfig, rows: list[dict], sets: dict[str, tuple], per_epoch: int) -> list[tuple]:
     """The ReID jobs of the rows (one per distinct row name and seed), in the bench's job format,
     seed by seed: every row's first seed before any row's second, so a sweep stopped part way has
-    whole one-seed columns to read (`dive bench-progress`), not three seeds of its first rows."""
+    whole one-seed columns to read (`--so-far`), not three seeds of its first rows."""
     recipe = sweep_recipe(bench, per_epoch)
     unique = list({row["name"]: row for row in rows}.values())
     jobs = []
@@ -303,8 +306,24 @@ def run_sweep(cfg: SweepConfig) -> dict:
     print(projection_line(p, cfg.seeds), flush=True)
     if cfg.plan:
         return {"projection": p}
+    if cfg.so_far:
+        lines = sweep_so_far(cfg, work, rows, p["batches_per_epoch"])
+        print("\n".join(lines), flush=True)
+        return {"projection": p, "so_far": lines}
     with output_lock(cfg.out, "dive bench-sweep"):
         return _run(cfg, bench, work, rows, p)
+
+
+def sweep_so_far(cfg: SweepConfig, work: BenchConfig, rows: list[dict], per_epoch: int) -> list[str]:
+    """The table of the finished runs of this recipe (`--so-far`): reads run folders, writes
+    sweep-so-far.md, takes no lock and starts nothing."""
+    from dive.bench.sweep_table import write_so_far
+
+    jobs = sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, per_epoch)
+    finished = {job[0]: rep for job in jobs if (rep := finished_report(job)) is not None}
+    info = {"batches": per_epoch * train_epochs(work), "epochs": train_epochs(work), "batches_per_epoch": per_epoch,
+            "fixed_epoch": bool(work.reid_batches_per_epoch)}
+    return write_so_far(cfg, work, rows, finished, info)
 
 
 def _run(cfg: SweepConfig, bench: BenchConfig, work: BenchConfig, rows: list[dict], p: dict) -> dict:

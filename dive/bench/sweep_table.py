@@ -124,6 +124,8 @@ def table_lines(rows: list[dict], chosen: int | None, best: dict[str, int], info
         if row["knob"] == "dive" and "defaults" in info:
             value = f"n {info['defaults']['n']}, guidance {info['defaults']['guidance']:g}"
         runs = row["name"] + ("" if row["name"] != "dive" or row["knob"] == "dive" else " (= + DiVE)")
+        if r["seeds"] != seeds:  # a sweep part way: this row has fewer seeds than others
+            runs += f" (seed{'s' if len(r['seeds']) > 1 else ''} {', '.join(map(str, r['seeds']))})"
         lines.append(f"| {KNOB_TITLES[row['knob']]} | {value} | {runs} | {'/'.join(map(str, r['batches']))} | "
                      f"{_cell(r['val_rank1'])} | {_cell(r['val_mAP'])} | {_cell(r['test_rank1'])} | "
                      f"{_cell(r['test_mAP'])} | {mark} |")
@@ -149,6 +151,39 @@ def collect(work, rows: list[dict], reports: dict[str, dict]) -> list[dict]:
             runs[seed] = {"report": report, "val": run_val(reid_run_dir(work, row["name"], method, seed))}
         out.append(dict(row, result=row_result(runs)))
     return out
+
+
+def collect_finished(work, rows: list[dict], reports: dict[str, dict]) -> list[dict]:
+    """`collect` over the runs that have finished: each row with the seeds it has (val from the run
+    folder); rows without a finished run are left out."""
+    method = work.methods[0]
+    out = []
+    for row in rows:
+        runs = {seed: {"report": reports[key], "val": run_val(reid_run_dir(work, row["name"], method, seed))}
+                for seed in work.seeds if (key := f"{row['name']}|{method}|{seed}") in reports}
+        if runs:
+            out.append(dict(row, result=row_result(runs)))
+    return out
+
+
+def write_so_far(cfg, work, rows: list[dict], reports: dict[str, dict], info: dict) -> list[str]:
+    """sweep-so-far.md: the table of the runs finished so far (`dive bench-sweep --so-far`); its lines."""
+    done = collect_finished(work, rows, reports)
+    total = len(work.seeds) * len({r["name"] for r in rows})
+    head = [f"# Synthetic-data knobs at equal budget, so far: {len(reports)} of {total} ReID runs finished", "",
+            "A sweep part way: rows list their seeds where they have fewer than others, rows without a finished "
+            "run are left out, and the choice and verdict read only what has finished. The final table is sweep.md."]
+    if not done:
+        lines = head + ["", "No run has finished yet."]
+    else:
+        res = sweep_result(done)
+        meta = info | {"method": work.methods[0], "defaults": {"n": work.n_per_camera, "guidance": work.guidance}}
+        lines = head + table_lines(done, res["chosen"], res["knob_best"], meta)[1:]
+        base = next((r for r in done if r["knob"] == "baseline"), None)
+        if res["verdict"] is not None and base is not None:
+            lines += ["", "So far: " + verdict_line(done[res["chosen"]], base, res["verdict"])]
+    write_text(cfg.out / "sweep-so-far.md", "\n".join(lines) + "\n")
+    return lines
 
 
 def write_sweep(cfg, work, rows: list[dict], reports: dict[str, dict], info: dict) -> dict:
