@@ -208,6 +208,57 @@ def test_bench_default_budget_is_equal_and_converged_rows_select_on_val(tmp_path
     assert long[6]["batches_per_epoch"] == 181 and {j[6]["batches_per_epoch"] for j in own if j is not long} == {0}
 
 
+def test_synthetic_options_reach_every_expanded_row_and_never_the_baseline(tmp_path, monkeypatch):
+    from dive.bench import jobs
+    from dive.bench.config import BenchConfig
+
+    monkeypatch.setattr(jobs, "epoch_batches_of", lambda data, fmt: 90 if Path(data).name == "baseline" else 181)
+    exports = {n: tmp_path / n for n in ("external-rgb", "grayscale", "cyclegan", "dive-camera", "dive-modality",
+                                          "dive-ir-only", "oracle", "oracle-vae")}
+    base = dict(out=tmp_path, data=tmp_path / "baseline", diagnostics=True, reid_converge_epochs=4)
+    plain = jobs.reid_jobs(BenchConfig(**base), exports)
+    assert not any("synthetic_share" in j[6] or "synthetic_weight" in j[6] for j in plain)  # defaults: unchanged recipe
+    tuned = jobs.reid_jobs(BenchConfig(**base, synthetic_share=0.25, synthetic_weight=0.5), exports)
+    assert [j[0] for j in tuned] == [j[0] for j in plain]
+    for job in tuned:
+        added = {k: job[6][k] for k in ("synthetic_share", "synthetic_weight") if k in job[6]}
+        if job[0].split("|")[0] in ("baseline", "baseline" + jobs.CONVERGED):
+            assert added == {}
+        else:
+            assert added == {"synthetic_share": 0.25, "synthetic_weight": 0.5}, job[0]
+    assert jobs.reid_jobs(BenchConfig(**base, synthetic_weight=0.5), exports)[-1][6].get("synthetic_share") is None
+    with pytest.raises(ValueError, match="synthetic_share must be in"):
+        BenchConfig(out=tmp_path, synthetic_share=1.5)
+
+
+def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
+    from dive.bench.config import BenchConfig, with_sweep_choice
+
+    world = tmp_path / "world"
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    cfg = BenchConfig(out=tmp_path / "bench", data=world, from_sweep=sweep)
+    with pytest.raises(ValueError, match="sweep.json: not found"):
+        with_sweep_choice(cfg)
+
+    def chose(knob, value, on=world):
+        rows = [{"knob": "baseline", "value": None}, {"knob": "dive", "value": None}, {"knob": knob, "value": value}]
+        (sweep / "sweep.json").write_text(json.dumps({"world": str(on), "rows": rows, "chosen": 2}))
+        return with_sweep_choice(cfg)
+
+    assert chose("share", 0.25).synthetic_share == 0.25
+    assert chose("weight", 0.5).synthetic_weight == 0.5
+    got = chose("n", 3.0)
+    assert got.n_per_camera == 3 and isinstance(got.n_per_camera, int) and got.synthetic_share is None
+    assert chose("guidance", 5.0).guidance == 5.0
+    assert chose("dive", None) == cfg  # the bench's own settings won
+    with pytest.raises(ValueError, match="chosen setting is filter 0.5, which the bench cannot apply"):
+        chose("filter", 0.5)
+    with pytest.raises(ValueError, match="chose on the world"):
+        chose("share", 0.25, on=tmp_path / "other")
+    assert with_sweep_choice(BenchConfig(out=tmp_path)) == BenchConfig(out=tmp_path)
+
+
 def test_claim_is_checked_against_the_strongest_baseline(tmp_path):
     from dive.bench.tables import claim_check, val_curves
 

@@ -93,6 +93,16 @@ class BenchConfig:
                 "would add; a ceiling, not a method), and + the same through the DiVE checkpoint's base "
                 "VAE (what a perfect UNet on that base would add); off by default to keep the bench within "
                 "2 hours (~15 minutes more: the first two took 6, the VAE row 10); the quick bench always has them"})
+    synthetic_share: float | None = field(default=None, metadata={
+        "help": "`dive reid run --synthetic-share` of every expanded row's runs (+ DiVE, the comparison baselines, "
+                "ablations, diagnostics; not the baseline): the share of each batch's ids that carry added images; "
+                "unset: ids drawn alike"})
+    synthetic_weight: float = field(default=1.0, metadata={
+        "help": "`dive reid run --synthetic-weight` of every expanded row's runs: the loss weight of the added images"})
+    from_sweep: Path | None = field(default=None, metadata={
+        "help": "a finished `dive bench-sweep` folder on the same world: its val-chosen setting (batch share, loss "
+                "weight, images per id and camera, or guidance) replaces that option here; a chosen filter is "
+                "refused (the bench does not filter)"})
     reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
     threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
@@ -102,7 +112,8 @@ class BenchConfig:
                 "the final tables.md compares it with the actual time"})
 
     def __post_init__(self) -> None:
-        for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan"):
+        for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan",
+                     "from_sweep"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -120,6 +131,46 @@ class BenchConfig:
             raise ValueError(f"reid_converge_epochs must be >= 0; got {self.reid_converge_epochs}")
         if not 0.0 <= self.translate_strength <= 1.0:
             raise ValueError(f"translate_strength must be in [0, 1] (0: off); got {self.translate_strength}")
+        if self.synthetic_share is not None and not 0.0 <= float(self.synthetic_share) <= 1.0:
+            raise ValueError(f"synthetic_share must be in [0, 1] (unset: ids drawn alike); got {self.synthetic_share}")
+        if not 0.0 <= float(self.synthetic_weight) < float("inf"):
+            raise ValueError(f"synthetic_weight must be a finite number >= 0; got {self.synthetic_weight}")
+
+    @property
+    def synthetic_overrides(self) -> dict:
+        """The ReID options of the expanded rows' runs (empty at the defaults: their recipe is unchanged)."""
+        out = {} if self.synthetic_share is None else {"synthetic_share": float(self.synthetic_share)}
+        return out | ({} if float(self.synthetic_weight) == 1.0 else {"synthetic_weight": float(self.synthetic_weight)})
+
+
+#: `dive bench-sweep` knob -> the bench option its chosen value sets
+SWEEP_OPTIONS = {"share": "synthetic_share", "weight": "synthetic_weight", "n": "n_per_camera", "guidance": "guidance"}
+
+
+def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
+    """`cfg` with `from_sweep`'s val-chosen setting applied (unchanged without one). Refused, naming
+    the file: no finished sweep there, a sweep on another world, or a chosen filter."""
+    import json
+
+    if cfg.from_sweep is None:
+        return cfg
+    path = Path(cfg.from_sweep) / "sweep.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; --from-sweep needs a finished `dive bench-sweep` folder")
+    sweep = json.loads(path.read_text())
+    if Path(sweep["world"]).resolve() != Path(cfg.data).resolve():
+        raise ValueError(f"{path}: the sweep chose on the world {sweep['world']}, this bench runs on {cfg.data}; "
+                         "choose on the bench's own world (dive bench-sweep --bench DIR)")
+    if sweep.get("chosen") is None:
+        raise ValueError(f"{path}: the sweep chose no setting (it has no + DiVE row)")
+    row = sweep["rows"][sweep["chosen"]]
+    if row["knob"] == "dive":
+        return cfg  # the bench's own settings were the best
+    if row["knob"] not in SWEEP_OPTIONS:
+        raise ValueError(f"{path}: the chosen setting is {row['knob']} {row['value']}, which the bench cannot apply "
+                         f"(it applies {', '.join(SWEEP_OPTIONS)}); run the comparison with that folder's images by hand")
+    value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
+    return dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dive.bench.config import BenchConfig, quick_config
+from dive.bench.config import BenchConfig, quick_config, with_sweep_choice
 from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
 from dive.bench.plan import project
 from dive.bench.plan_text import job_lines, projection_lines, write_plan
@@ -62,7 +62,7 @@ def quality(cfg: BenchConfig, sources: dict[str, Path], reports: dict[str, dict]
 def run_bench(cfg: BenchConfig) -> dict:
     if cfg.quick:
         cfg = quick_config(cfg)
-    cfg = resolve_world(cfg)
+    cfg = with_sweep_choice(resolve_world(cfg))
     with output_lock(cfg.out):  # one bench per --out
         return _run_bench(cfg)
 
@@ -72,7 +72,7 @@ def plan_bench(cfg: BenchConfig) -> dict:
     goes to OUT/plan.json too, unless a bench is running in that folder (its own plan stays)."""
     if cfg.quick:
         cfg = quick_config(cfg)
-    cfg = resolve_world(cfg)
+    cfg = with_sweep_choice(resolve_world(cfg))
     projection = project(cfg, probing=cfg.projection)
     print("\n".join(projection_lines(projection) + [""] + job_lines(projection)))
     try:

@@ -213,6 +213,11 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
                  f">= {cfg.min_images} images; ReID seeds {list(cfg.seeds)} (Tables 1/2), "
                  f"{list(cfg.ablation_seeds)} (Tables 3, 5). Percent, SYSU-MM01 protocols, 10 trials; "
                  "mean ± sample standard deviation over seeds.")
+    if cfg.synthetic_overrides or cfg.from_sweep is not None:
+        chosen = f" (the val-chosen setting of the sweep {cfg.from_sweep})" if cfg.from_sweep is not None else ""
+        share = "ids drawn alike" if cfg.synthetic_share is None else f"synthetic share {cfg.synthetic_share:g}"
+        lines[-1] += (f" Expanded rows' ReID runs: {share}, synthetic loss weight {cfg.synthetic_weight:g}; "
+                      f"generation as above{chosen}.")
     result: dict = {"tables": {}, "config": config_to_dict(cfg), "timings_s": timings}
 
     rowsd = _rows(reports, [t for t, _ in DIAGNOSTIC_ROWS], "agw", cfg.ablation_seeds)
