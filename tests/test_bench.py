@@ -208,7 +208,7 @@ def test_bench_default_budget_is_equal_and_converged_rows_select_on_val(tmp_path
     assert long[6]["batches_per_epoch"] == 181 and {j[6]["batches_per_epoch"] for j in own if j is not long} == {0}
 
 
-def test_synthetic_options_reach_every_expanded_row_and_never_the_baseline(tmp_path, monkeypatch):
+def test_synthetic_options_reach_the_rows_with_synthetic_images_only(tmp_path, monkeypatch):
     from dive.bench import jobs
     from dive.bench.config import BenchConfig
 
@@ -222,7 +222,8 @@ def test_synthetic_options_reach_every_expanded_row_and_never_the_baseline(tmp_p
     assert [j[0] for j in tuned] == [j[0] for j in plain]
     for job in tuned:
         added = {k: job[6][k] for k in ("synthetic_share", "synthetic_weight") if k in job[6]}
-        if job[0].split("|")[0] in ("baseline", "baseline" + jobs.CONVERGED):
+        if job[0].split("|")[0] in ("baseline", "baseline" + jobs.CONVERGED, "external-rgb",
+                                    "external-rgb" + jobs.CONVERGED):  # no synthetic image to act on
             assert added == {}
         else:
             assert added == {"synthetic_share": 0.25, "synthetic_weight": 0.5}, job[0]

@@ -94,11 +94,11 @@ class BenchConfig:
                 "VAE (what a perfect UNet on that base would add); off by default to keep the bench within "
                 "2 hours (~15 minutes more: the first two took 6, the VAE row 10); the quick bench always has them"})
     synthetic_share: float | None = field(default=None, metadata={
-        "help": "`dive reid run --synthetic-share` of every expanded row's runs (+ DiVE, the comparison baselines, "
-                "ablations, diagnostics; not the baseline): the share of each batch's ids that carry added images; "
-                "unset: ids drawn alike"})
+        "help": "`dive reid run --synthetic-share` of the runs of every row with synthetic images (+ DiVE, "
+                "grayscale, CycleGAN, ablations, diagnostics; not the baseline nor external RGB, whose added images "
+                "are real photos): the share of each batch's ids that carry synthetic images; unset: ids drawn alike"})
     synthetic_weight: float = field(default=1.0, metadata={
-        "help": "`dive reid run --synthetic-weight` of every expanded row's runs: the loss weight of the added images"})
+        "help": "`dive reid run --synthetic-weight` of the same rows' runs: the loss weight of the synthetic images"})
     from_sweep: Path | None = field(default=None, metadata={
         "help": "a finished `dive bench-sweep` folder on the same world: its val-chosen setting (batch share, loss "
                 "weight, images per id and camera, or guidance) replaces that option here; a chosen filter is "
@@ -138,7 +138,8 @@ class BenchConfig:
 
     @property
     def synthetic_overrides(self) -> dict:
-        """The ReID options of the expanded rows' runs (empty at the defaults: their recipe is unchanged)."""
+        """The ReID options of the runs of rows with synthetic images (empty at the defaults: the recipe is
+        unchanged)."""
         out = {} if self.synthetic_share is None else {"synthetic_share": float(self.synthetic_share)}
         return out | ({} if float(self.synthetic_weight) == 1.0 else {"synthetic_weight": float(self.synthetic_weight)})
 

@@ -83,8 +83,9 @@ def reid_recipe(cfg: BenchConfig) -> dict:
 #: the suffix of a Tables 1/2 row trained to convergence (its own run folders and job keys)
 CONVERGED = "-converged"
 
-#: rows trained on the VI set alone (no added images for --synthetic-share / --synthetic-weight to act on)
-NOTHING_ADDED = ("baseline", "baseline-long", "baseline" + CONVERGED)
+#: rows without synthetic images for --synthetic-share / --synthetic-weight to act on: the VI set
+#: alone, and external RGB (its added images are the external ids' real photos, "real" in its export)
+NO_SYNTHETIC = ("baseline", "baseline-long", "baseline" + CONVERGED, "external-rgb", "external-rgb" + CONVERGED)
 
 
 def converged_recipe(cfg: BenchConfig, batches_per_epoch: int) -> dict:
@@ -152,7 +153,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path], batches_of=None) -> li
     for train_set, method, seed in dict.fromkeys(jobs):
         data, fmt = sets[train_set]
         run = reid_run_dir(cfg, train_set, method, seed)
-        added = {} if train_set in NOTHING_ADDED else cfg.synthetic_overrides  # --synthetic-share/-weight
+        added = {} if train_set in NO_SYNTHETIC else cfg.synthetic_overrides  # --synthetic-share/-weight
         out.append((f"{train_set}|{method}|{seed}", str(data), fmt, str(run), method, seed,
                     overrides | added | per_set.get(train_set, {})))
     return out

@@ -216,7 +216,8 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
     if cfg.synthetic_overrides or cfg.from_sweep is not None:
         chosen = f" (the val-chosen setting of the sweep {cfg.from_sweep})" if cfg.from_sweep is not None else ""
         share = "ids drawn alike" if cfg.synthetic_share is None else f"synthetic share {cfg.synthetic_share:g}"
-        lines[-1] += (f" Expanded rows' ReID runs: {share}, synthetic loss weight {cfg.synthetic_weight:g}; "
+        lines[-1] += (f" ReID runs of rows with synthetic images: {share}, synthetic loss weight "
+                      f"{cfg.synthetic_weight:g}; "
                       f"generation as above{chosen}.")
     result: dict = {"tables": {}, "config": config_to_dict(cfg), "timings_s": timings}
 
