@@ -242,9 +242,11 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     with pytest.raises(ValueError, match="sweep.json: not found"):
         with_sweep_choice(cfg)
 
-    def chose(knob, value, on=world):
-        rows = [{"knob": "baseline", "value": None}, {"knob": "dive", "value": None}, {"knob": knob, "value": value}]
-        (sweep / "sweep.json").write_text(json.dumps({"world": str(on), "rows": rows, "chosen": 2}))
+    def chose(knob, value, on=world, checkpoint=cfg.checkpoint, n=cfg.n_per_camera):
+        rows = [{"knob": "baseline", "value": None}, {"knob": "dive", "value": None},
+                {"knob": knob, "value": value, "set": f"{knob}-{value}"}]
+        (sweep / "sweep.json").write_text(json.dumps({"world": str(on), "rows": rows, "chosen": 2, "checkpoint":
+                                                      str(checkpoint), "defaults": {"n": n, "guidance": cfg.guidance}}))
         return with_sweep_choice(cfg)
 
     assert chose("share", 0.25).synthetic_share == 0.25
@@ -253,8 +255,18 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     assert got.n_per_camera == 3 and isinstance(got.n_per_camera, int) and got.synthetic_share is None
     assert chose("guidance", 5.0).guidance == 5.0
     assert chose("dive", None) == cfg  # the bench's own settings won
-    with pytest.raises(ValueError, match="chosen setting is filter 0.5, which the bench cannot apply"):
+    # a chosen filter: the sweep's filtered images become the + DiVE images, if they are the bench's own
+    with pytest.raises(ValueError, match="filter-0.5/manifest.jsonl: not found"):
         chose("filter", 0.5)
+    (sweep / "synthetic" / "filter-0.5").mkdir(parents=True)
+    (sweep / "synthetic" / "filter-0.5" / "manifest.jsonl").write_text("{}\n")
+    assert chose("filter", 0.5).dive_images == sweep / "synthetic" / "filter-0.5"
+    with pytest.raises(ValueError, match="the sweep filtered the images of"):
+        chose("filter", 0.5, checkpoint=tmp_path / "another-checkpoint")
+    with pytest.raises(ValueError, match="filtered images made with n 3"):
+        chose("filter", 0.5, n=3)
+    with pytest.raises(ValueError, match="chosen setting is lora 2, which the bench cannot apply"):
+        chose("lora", 2)
     with pytest.raises(ValueError, match="chose on the world"):
         chose("share", 0.25, on=tmp_path / "other")
     assert with_sweep_choice(BenchConfig(out=tmp_path)) == BenchConfig(out=tmp_path)
@@ -434,3 +446,17 @@ def test_ir_only_ablation_trains_from_a_visible_identity_recipe(micro_base, micr
     assert found["ir-only"] == tmp_path / "bench" / "dive" / "ir-only" / "final"
     assert trained["vi_modalities"] == "infrared" and trained["identity_modalities"] == "both"
     assert trained["infrared_share"] == 0.5 and trained["steps"] == 2  # the rest of the recipe is kept
+
+
+def test_given_dive_images_are_used_not_generated(tmp_path):
+    from dive.bench.config import BenchConfig
+    from dive.bench.stages import generate_variants
+
+    given = tmp_path / "filtered"
+    cfg = BenchConfig(out=tmp_path / "bench", dive_images=given)
+    with pytest.raises(ValueError, match="filtered/manifest.jsonl: not found"):
+        generate_variants(cfg, {"camera": tmp_path / "ckpt"})
+    given.mkdir()
+    (given / "manifest.jsonl").write_text("{}\n")
+    assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given}
+    assert not (tmp_path / "bench" / "synthetic").exists()

@@ -138,6 +138,18 @@ def test_finished_runs_and_stages_are_done_and_give_their_costs(tmp_path, tiny_w
     assert f"ReID jobs: {len(jobs)} (1 done)" in printed
 
 
+def test_given_dive_images_are_counted_not_generated(tmp_path, tiny_world_dir, fixed_costs, capsys):
+    out, _ = _bench(tmp_path, tiny_world_dir)
+    given = tmp_path / "filtered"
+    given.mkdir()
+    (given / "manifest.jsonl").write_text("{}\n" * 3)
+    p, _ = _plan(out, capsys, "--dive-images", str(given))
+    gen = next(r for r in p["rows"] if r["stage"] == "generation" and r["part"] == "dive-camera")
+    assert gen["done"] and gen["units"] == 3 and gen["seconds"] == 0
+    other = next(r for r in p["rows"] if r["stage"] == "generation" and r["part"] == "dive-modality")
+    assert not other["done"]
+
+
 def test_plan_counts_a_world_not_built_yet_and_needs_no_probe_without_projection(tmp_path, monkeypatch, capsys):
     """Before the world exists the work is counted from its plan (the same images, not rendered);
     with --no-projection nothing is probed and the unmeasured parts say so."""

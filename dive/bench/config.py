@@ -99,10 +99,14 @@ class BenchConfig:
                 "are real photos): the share of each batch's ids that carry synthetic images; unset: ids drawn alike"})
     synthetic_weight: float = field(default=1.0, metadata={
         "help": "`dive reid run --synthetic-weight` of the same rows' runs: the loss weight of the synthetic images"})
+    dive_images: Path | None = field(default=None, metadata={
+        "help": "a finished folder of + DiVE images used instead of generating them: the per-camera checkpoint's "
+                "images at the bench's settings, e.g. a sweep's filtered synthetic/filter-F (--from-sweep sets it "
+                "when the sweep chose a filter)"})
     from_sweep: Path | None = field(default=None, metadata={
         "help": "a finished `dive bench-sweep` folder on the same world: its val-chosen setting (batch share, loss "
-                "weight, images per id and camera, or guidance) replaces that option here; a chosen filter is "
-                "refused (the bench does not filter)"})
+                "weight, images per id and camera, or guidance) replaces that option here; a chosen filter makes "
+                "the sweep's filtered images the + DiVE images (--dive-images)"})
     reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
     threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
@@ -113,7 +117,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan",
-                     "from_sweep"):
+                     "dive_images", "from_sweep"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -167,11 +171,29 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
     row = sweep["rows"][sweep["chosen"]]
     if row["knob"] == "dive":
         return cfg  # the bench's own settings were the best
+    if row["knob"] == "filter":
+        return dataclasses.replace(cfg, dive_images=_filtered_images(cfg, path, sweep, row))
     if row["knob"] not in SWEEP_OPTIONS:
         raise ValueError(f"{path}: the chosen setting is {row['knob']} {row['value']}, which the bench cannot apply "
-                         f"(it applies {', '.join(SWEEP_OPTIONS)}); run the comparison with that folder's images by hand")
+                         f"(it applies {', '.join(SWEEP_OPTIONS)} and filter)")
     value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
     return dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
+
+
+def _filtered_images(cfg: BenchConfig, path: Path, sweep: dict, row: dict) -> Path:
+    """The sweep's filtered + DiVE folder of a chosen filter row, when it filtered the images the
+    bench would generate: the same per-camera checkpoint, images per id and camera, and guidance."""
+    folder = path.parent / "synthetic" / row["set"]
+    if cfg.checkpoint is None or Path(sweep["checkpoint"]).resolve() != Path(cfg.checkpoint).resolve():
+        raise ValueError(f"{path}: the sweep filtered the images of {sweep['checkpoint']}, this bench's per-camera "
+                         f"checkpoint is {cfg.checkpoint}; give the bench that checkpoint (--checkpoint)")
+    made = sweep.get("defaults", {})
+    if (made.get("n"), made.get("guidance")) != (cfg.n_per_camera, cfg.guidance):
+        raise ValueError(f"{path}: the sweep filtered images made with n {made.get('n')}, guidance "
+                         f"{made.get('guidance')}; this bench makes n {cfg.n_per_camera}, guidance {cfg.guidance:g}")
+    if not (folder / "manifest.jsonl").is_file():
+        raise ValueError(f"{folder / 'manifest.jsonl'}: not found; the sweep's filtered images are missing")
+    return folder
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:

@@ -186,8 +186,9 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
     for name, _, _ in DIVE_VARIANTS:
         rows.append(_row("dive checkpoints", f"DiVE {name} training", steps, "step", "dive", checkpoints[name]))
     for name, _, _ in DIVE_VARIANTS:
+        given = name == "camera" and cfg.dive_images is not None  # --dive-images: nothing to generate
         rows.append(_row("generation", f"dive-{name}", generated[f"dive-{name}"], "image", "generate",
-                         generation_done(syn / f"dive-{name}")))
+                         given or generation_done(syn / f"dive-{name}")))
     if cfg.translate_strength:
         rows.append(_row("translation", "dive-translate", copies, "image", "translate",
                          generation_done(syn / "dive-translate")))
@@ -293,6 +294,9 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
     c, synth, world = count_world(cfg)
     checkpoints = {name: finished_checkpoint(cfg, name, attr) for name, _, attr in DIVE_VARIANTS}
     generated = {f"dive-{name}": generated_images(cfg, c, checkpoints[name], over) for name, over, _ in DIVE_VARIANTS}
+    if cfg.dive_images is not None and (cfg.dive_images / "manifest.jsonl").is_file():  # e.g. a filtered folder
+        with open(cfg.dive_images / "manifest.jsonl") as f:
+            generated["dive-camera"] = sum(1 for line in f if line.strip())
     sets = training_sets(cfg, c, generated)
     jobs, batches_of, name_of = planned_jobs(cfg, sets)
     rows = _work(cfg, c, synth, checkpoints, generated, sets)

@@ -157,8 +157,17 @@ def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: b
 
 
 def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[str, Path]:
-    return {f"dive-{name}": generate_source(cfg, ckpt, cfg.out / "synthetic" / f"dive-{name}")
-            for name, ckpt in checkpoints.items()}
+    """Each checkpoint's images; the per-camera one's are `cfg.dive_images` when given (not generated)."""
+    out = {}
+    for name, ckpt in checkpoints.items():
+        if name == "camera" and cfg.dive_images is not None:
+            if not source_done(cfg.dive_images):
+                raise ValueError(f"{cfg.dive_images / 'manifest.jsonl'}: not found; --dive-images needs a finished "
+                                 "folder of + DiVE images")
+            out["dive-camera"] = cfg.dive_images
+        else:
+            out[f"dive-{name}"] = generate_source(cfg, ckpt, cfg.out / "synthetic" / f"dive-{name}")
+    return out
 
 
 def translate_source(cfg: BenchConfig, checkpoint: Path) -> dict[str, Path]:
