@@ -242,11 +242,12 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     with pytest.raises(ValueError, match="sweep.json: not found"):
         with_sweep_choice(cfg)
 
-    def chose(knob, value, on=world, checkpoint=cfg.checkpoint, n=cfg.n_per_camera):
+    def chose(knob, value, on=world, checkpoint=cfg.checkpoint, n=cfg.n_per_camera, images=None):
         rows = [{"knob": "baseline", "value": None}, {"knob": "dive", "value": None},
                 {"knob": knob, "value": value, "set": f"{knob}-{value}"}]
         (sweep / "sweep.json").write_text(json.dumps({"world": str(on), "rows": rows, "chosen": 2, "checkpoint":
-                                                      str(checkpoint), "defaults": {"n": n, "guidance": cfg.guidance}}))
+                                                      str(checkpoint), "defaults": {"n": n, "guidance": cfg.guidance},
+                                                      "dive_images": images}))
         return with_sweep_choice(cfg)
 
     assert chose("share", 0.25).synthetic_share == 0.25
@@ -255,6 +256,13 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     assert got.n_per_camera == 3 and isinstance(got.n_per_camera, int) and got.synthetic_share is None
     assert chose("guidance", 5.0).guidance == 5.0
     assert chose("dive", None) == cfg  # the bench's own settings won
+    # the sweep's generated images of the chosen setting are reused when the bench's checkpoint made them
+    made = sweep / "synthetic" / "n-3"
+    made.mkdir(parents=True)
+    (made / "generate.json").write_text("{}")
+    assert chose("n", 3).dive_images == made
+    assert chose("n", 3, checkpoint=tmp_path / "another").dive_images is None  # then the bench generates
+    assert chose("share", 0.25, images=str(made)).dive_images == made
     # a chosen filter: the sweep's filtered images become the + DiVE images, if they are the bench's own
     with pytest.raises(ValueError, match="filter-0.5/manifest.jsonl: not found"):
         chose("filter", 0.5)
@@ -448,7 +456,7 @@ def test_ir_only_ablation_trains_from_a_visible_identity_recipe(micro_base, micr
     assert trained["infrared_share"] == 0.5 and trained["steps"] == 2  # the rest of the recipe is kept
 
 
-def test_given_dive_images_are_used_not_generated(tmp_path):
+def test_given_dive_images_are_used_not_generated(tmp_path, monkeypatch):
     from dive.bench.config import BenchConfig
     from dive.bench.stages import generate_variants
 
@@ -460,3 +468,14 @@ def test_given_dive_images_are_used_not_generated(tmp_path):
     (given / "manifest.jsonl").write_text("{}\n")
     assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given}
     assert not (tmp_path / "bench" / "synthetic").exists()
+    # a `dive generate` folder is handed to generate, which refuses one made with other settings
+    from dive.bench import stages
+
+    calls = []
+    monkeypatch.setattr(stages, "generate_source", lambda c, ckpt, out, check_done=False: calls.append(
+        (ckpt, out, check_done)) or out)
+    assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given} and calls == []
+    (given / "generate.json").write_text("{}")
+    generate_variants(cfg, {"camera": tmp_path / "ckpt", "modality": tmp_path / "m"})
+    assert calls == [(tmp_path / "ckpt", given, True), (tmp_path / "m", tmp_path / "bench" / "synthetic" / "dive-modality",
+                                                       False)]

@@ -169,15 +169,20 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
     if sweep.get("chosen") is None:
         raise ValueError(f"{path}: the sweep chose no setting (it has no + DiVE row)")
     row = sweep["rows"][sweep["chosen"]]
-    if row["knob"] == "dive":
-        return cfg  # the bench's own settings were the best
     if row["knob"] == "filter":
         return dataclasses.replace(cfg, dive_images=_filtered_images(cfg, path, sweep, row))
-    if row["knob"] not in SWEEP_OPTIONS:
+    if row["knob"] != "dive" and row["knob"] not in SWEEP_OPTIONS:
         raise ValueError(f"{path}: the chosen setting is {row['knob']} {row['value']}, which the bench cannot apply "
                          f"(it applies {', '.join(SWEEP_OPTIONS)} and filter)")
-    value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
-    return dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
+    if row["knob"] != "dive":  # "dive": the bench's own settings were the best
+        value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
+        cfg = dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
+    # the sweep's images of that setting, when the bench would make the same (checked again on use)
+    folder = path.parent / "synthetic" / row["set"] if row["knob"] in ("n", "guidance") else sweep.get("dive_images")
+    same = cfg.checkpoint is not None and Path(sweep["checkpoint"]).resolve() == Path(cfg.checkpoint).resolve()
+    if cfg.dive_images is None and same and folder and (Path(folder) / "generate.json").is_file():
+        cfg = dataclasses.replace(cfg, dive_images=Path(folder))
+    return cfg
 
 
 def _filtered_images(cfg: BenchConfig, path: Path, sweep: dict, row: dict) -> Path:

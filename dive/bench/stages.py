@@ -164,6 +164,8 @@ def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[st
             if not source_done(cfg.dive_images):
                 raise ValueError(f"{cfg.dive_images / 'manifest.jsonl'}: not found; --dive-images needs a finished "
                                  "folder of + DiVE images")
+            if generation_done(cfg.dive_images):  # a `dive generate` folder: refused unless made as the bench would
+                generate_source(cfg, ckpt, cfg.dive_images, check_done=True)
             out["dive-camera"] = cfg.dive_images
         else:
             out[f"dive-{name}"] = generate_source(cfg, ckpt, cfg.out / "synthetic" / f"dive-{name}")
