@@ -479,3 +479,36 @@ def test_given_dive_images_are_used_not_generated(tmp_path, monkeypatch):
     generate_variants(cfg, {"camera": tmp_path / "ckpt", "modality": tmp_path / "m"})
     assert calls == [(tmp_path / "ckpt", given, True), (tmp_path / "m", tmp_path / "bench" / "synthetic" / "dive-modality",
                                                        False)]
+
+
+def test_no_ablations_leaves_out_tables_3_and_5(tmp_path, monkeypatch):
+    from dive.bench import jobs
+    from dive.bench.config import BenchConfig
+    from dive.bench.stages import dive_variants
+
+    monkeypatch.setattr(jobs, "epoch_batches_of", lambda data, fmt: 90 if Path(data).name == "baseline" else 181)
+    exports = {n: tmp_path / n for n in ("external-rgb", "grayscale", "cyclegan", "dive-camera")}
+    cfg = BenchConfig(out=tmp_path, data=tmp_path / "baseline", ablations=False, ablation_seeds=(5,))
+    keys = [j[0] for j in jobs.reid_jobs(cfg, exports)]
+    assert {k.split("|")[0] for k in keys} == {"baseline", "external-rgb", "grayscale", "cyclegan", "dive-camera"}
+    assert not any(k.endswith("|5") for k in keys)  # no ablation seed to compare at
+    assert [v[0] for v in dive_variants(cfg)] == ["camera"]
+    assert [v[0] for v in dive_variants(BenchConfig(out=tmp_path))] == ["camera", "modality", "ir-only"]
+
+
+def test_a_rerun_with_fewer_checkpoints_is_checked_on_those_it_shares(tmp_path, monkeypatch):
+    from dive import checkpoint
+    from dive.bench.config import BenchConfig
+    from dive.bench.stages import check_inputs
+
+    monkeypatch.setattr(checkpoint, "checkpoint_hash", lambda p: Path(p).name)
+    cfg = BenchConfig(out=tmp_path / "bench", base=tmp_path / "base")
+    cfg.out.mkdir()
+    check_inputs(cfg, {"camera": tmp_path / "c1"})
+    check_inputs(cfg, {"camera": tmp_path / "c1", "modality": tmp_path / "m1"})  # more: recorded
+    assert json.loads((cfg.out / "inputs.json").read_text())["checkpoints"] == {"camera": "c1", "modality": "m1"}
+    check_inputs(cfg, {"camera": tmp_path / "c1"})  # fewer (--no-ablations): fine
+    with pytest.raises(ValueError, match="another base or DiVE checkpoint"):
+        check_inputs(cfg, {"camera": tmp_path / "c1", "modality": tmp_path / "m2"})
+    with pytest.raises(ValueError, match="another base or DiVE checkpoint"):
+        check_inputs(cfg, {"camera": tmp_path / "c2"})

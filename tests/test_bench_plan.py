@@ -150,6 +150,19 @@ def test_given_dive_images_are_counted_not_generated(tmp_path, tiny_world_dir, f
     assert not other["done"]
 
 
+def test_no_ablations_plans_tables_1_and_2_only(tmp_path, tiny_world_dir, fixed_costs, capsys):
+    out, _ = _bench(tmp_path, tiny_world_dir)
+    p, printed = _plan(out, capsys, "--no-ablations")
+    parts = {(r["stage"], r["part"]) for r in p["rows"]}
+    assert ("generation", "dive-camera") in parts and ("generation", "dive-modality") not in parts
+    assert ("dive checkpoints", "DiVE ir-only training") not in parts
+    assert not any(r["stage"] == "reid" and r["part"].startswith(("Table 3", "Table 5")) for r in p["rows"])
+    assert {r["key"].split("|")[0] for r in p["reid"]["runs"]} & {"dive-modality", "dive-ir-only", "dive-camera-k3"} == set()
+    exports = {r["part"] for r in p["rows"] if r["stage"] == "exports"}
+    assert "dive-camera" in exports and not any(n.startswith(("dive-modality", "dive-ir-only", "dive-camera-k"))
+                                                for n in exports)
+
+
 def test_plan_counts_a_world_not_built_yet_and_needs_no_probe_without_projection(tmp_path, monkeypatch, capsys):
     """Before the world exists the work is counted from its plan (the same images, not rendered);
     with --no-projection nothing is probed and the unmeasured parts say so."""

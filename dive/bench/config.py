@@ -99,6 +99,10 @@ class BenchConfig:
                 "are real photos): the share of each batch's ids that carry synthetic images; unset: ids drawn alike"})
     synthetic_weight: float = field(default=1.0, metadata={
         "help": "`dive reid run --synthetic-weight` of the same rows' runs: the loss weight of the synthetic images"})
+    ablations: bool = field(default=True, metadata={
+        "help": "Tables 3 and 5: the per-modality and infrared-only DiVE variants (their checkpoints, images and "
+                "runs) and the id-count subsets; --no-ablations makes Tables 1/2 (and the diagnostics) only, e.g. "
+                "to re-measure the claim with --from-sweep"})
     dive_images: Path | None = field(default=None, metadata={
         "help": "a finished folder of + DiVE images used instead of generating them: the per-camera checkpoint's "
                 "images at the bench's settings, e.g. a sweep's filtered synthetic/filter-F (--from-sweep sets it "

@@ -123,7 +123,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path], batches_of=None) -> li
             for seed in cfg.seeds:
                 jobs.append((train_set, method, seed))
     ablations = ["dive-modality", "dive-ir-only"] + [n for n in sets if n.startswith("dive-camera-k")]
-    for train_set in ablations:
+    for train_set in ablations if cfg.ablations else ():
         for seed in cfg.ablation_seeds:
             jobs.append((train_set, "agw", seed))
     if cfg.reid_converge_epochs:
@@ -146,7 +146,7 @@ def reid_jobs(cfg: BenchConfig, exports: dict[str, Path], batches_of=None) -> li
         for train_set in diagnostic:
             for seed in cfg.ablation_seeds:
                 jobs.append((train_set, "agw", seed))
-    for seed in cfg.ablation_seeds:  # Tables 3/5 compare against the same seeds
+    for seed in cfg.ablation_seeds if cfg.ablations or cfg.diagnostics else ():  # they compare at these seeds
         if seed not in cfg.seeds:
             jobs += [("baseline", "agw", seed), ("dive-camera", "agw", seed)]
     out = []

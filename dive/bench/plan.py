@@ -32,7 +32,7 @@ from pathlib import Path
 from dive.bench import probe
 from dive.bench.config import BenchConfig
 from dive.bench.jobs import CONVERGED, METHOD_COST, finished_report, reid_jobs
-from dive.bench.stages import (DIVE_VARIANTS, finished_checkpoint, generation_done, metrics_done, source_done,
+from dive.bench.stages import (dive_variants, finished_checkpoint, generation_done, metrics_done, source_done,
                                subset_keys)
 from dive.bench.world import captions_done, is_shipped_world, world_config, world_ready
 
@@ -116,7 +116,7 @@ def training_sets(cfg: BenchConfig, c: Census, generated: dict[str, int]) -> dic
         synthetic["dive-translate"] = copies
     synthetic |= {"grayscale": copies, "cyclegan": copies}
     ids = {name: keys for name in synthetic}
-    for k in cfg.id_counts:
+    for k in cfg.id_counts if cfg.ablations else ():
         chosen = subset_keys(keys, k, cfg.gen_seed)
         synthetic[f"dive-camera-k{k}"] = round(generated["dive-camera"] * len(chosen) / max(1, len(keys)))
         ids[f"dive-camera-k{k}"] = chosen
@@ -183,9 +183,9 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
     steps = cfg.dive_steps  # an ablation the bench trains copies the per-camera checkpoint's steps
     if checkpoints["camera"] is not None:
         steps = variant_recipe(checkpoints["camera"]).get("steps", steps)
-    for name, _, _ in DIVE_VARIANTS:
+    for name, _, _ in dive_variants(cfg):
         rows.append(_row("dive checkpoints", f"DiVE {name} training", steps, "step", "dive", checkpoints[name]))
-    for name, _, _ in DIVE_VARIANTS:
+    for name, _, _ in dive_variants(cfg):
         given = name == "camera" and cfg.dive_images is not None  # --dive-images: nothing to generate
         rows.append(_row("generation", f"dive-{name}", generated[f"dive-{name}"], "image", "generate",
                          given or generation_done(syn / f"dive-{name}")))
@@ -206,7 +206,7 @@ def _work(cfg: BenchConfig, c: Census, synth, checkpoints: dict, generated: dict
             again = (cfg.out / "exports" / name / "export.json").exists()
             rows.append(_row("exports", name, s["export"], "image", "image", False,
                              note="re-checked (export.json present)" if again else ""))
-    sources = [f"dive-{n}" for n, _, _ in DIVE_VARIANTS] + ["dive-translate"] * bool(cfg.translate_strength) + [
+    sources = [f"dive-{n}" for n, _, _ in dive_variants(cfg)] + ["dive-translate"] * bool(cfg.translate_strength) + [
         "grayscale", "cyclegan", "oracle"] + ["oracle-vae"] * cfg.diagnostics
     images = (sum(generated.get(n, copies) for n in sources)  # scored, + the real IR and the ids' visible images
               + c.vi_train_infrared + sum(c.ext.values()))
@@ -292,8 +292,8 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
     from dive.reid.train import ReIDTrainConfig
 
     c, synth, world = count_world(cfg)
-    checkpoints = {name: finished_checkpoint(cfg, name, attr) for name, _, attr in DIVE_VARIANTS}
-    generated = {f"dive-{name}": generated_images(cfg, c, checkpoints[name], over) for name, over, _ in DIVE_VARIANTS}
+    checkpoints = {name: finished_checkpoint(cfg, name, attr) for name, _, attr in dive_variants(cfg)}
+    generated = {f"dive-{name}": generated_images(cfg, c, checkpoints[name], over) for name, over, _ in dive_variants(cfg)}
     if cfg.dive_images is not None and (cfg.dive_images / "manifest.jsonl").is_file():  # e.g. a filtered folder
         with open(cfg.dive_images / "manifest.jsonl") as f:
             generated["dive-camera"] = sum(1 for line in f if line.strip())

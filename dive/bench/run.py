@@ -108,7 +108,7 @@ def _run_bench(cfg: BenchConfig) -> dict:
     sources |= timed("translation", translate_source, cfg, checkpoints["camera"])
     sources |= timed("comparison baselines", comparison_baselines, cfg)
     table5 = {}
-    for k in cfg.id_counts:
+    for k in cfg.id_counts if cfg.ablations else ():
         table5[f"dive-camera-k{k}"] = subset_source(sources["dive-camera"], cfg.out / "synthetic" / f"dive-camera-k{k}",
                                                     k, cfg.gen_seed)
     ceilings = {"oracle": timed("oracle", oracle_source, cfg)}

@@ -34,6 +34,11 @@ def log(msg: str) -> None:
 
 
 #: DiVETrainConfig fields that say how a run is carried out, not what it learns: not part of the
+def dive_variants(cfg: BenchConfig) -> tuple:
+    """The DiVE variants the bench makes: all three, or the per-camera one alone (--no-ablations)."""
+    return DIVE_VARIANTS if cfg.ablations else DIVE_VARIANTS[:1]
+
+
 #: recipe the bench copies from the per-camera checkpoint into the ablations it trains
 _RUN_FIELDS = {"base", "data", "out", "threads", "save_every", "preview_every", "stop_after", "cpu", "keep_checkpoints",
                "init_from", "train_parts", "data_format", "external", "external_format", "min_images", "seed"}
@@ -92,7 +97,7 @@ def ensure_checkpoints(cfg: BenchConfig) -> dict[str, Path]:
     found: dict[str, Path] = {}
     recipe: dict = {}
     base = cfg.base
-    for name, overrides, attr in DIVE_VARIANTS:
+    for name, overrides, attr in dive_variants(cfg):
         given = getattr(cfg, attr)
         done = finished_checkpoint(cfg, name, attr)
         if done is None:
@@ -337,12 +342,15 @@ def check_inputs(cfg: BenchConfig, checkpoints: dict[str, Path]) -> None:
         unet = next((cfg.base / "unet").glob("*.safetensors"), None)
         now["base_unet_sha256"] = sha256_file(unet) if unet else None
     path = cfg.out / "inputs.json"
-    if path.exists():
+    if path.exists():  # the checkpoints both runs use must agree (--no-ablations uses fewer)
         old = json.loads(path.read_text())
-        if old.get("checkpoints") != now["checkpoints"] or (
-                "base_unet_sha256" in now and old.get("base_unet_sha256") != now["base_unet_sha256"]):
+        before = old.get("checkpoints", {})
+        if any(before[k] != v for k, v in now["checkpoints"].items() if k in before) or (
+                "base_unet_sha256" in now and old.get("base_unet_sha256", now["base_unet_sha256"]) != now["base_unet_sha256"]):
             raise ValueError(f"{path}: this bench folder was made with another base or DiVE checkpoint "
                              f"(recorded {old}, now {now}); its finished stages would be stale: use a new --out")
+        if set(now["checkpoints"]) - set(before) or ("base_unet_sha256" in now and "base_unet_sha256" not in old):
+            write_json(path, old | now | {"checkpoints": before | now["checkpoints"]})
     else:
         write_json(path, now)
 

@@ -282,31 +282,34 @@ def write_tables(cfg, reports: dict[str, dict], metrics: dict, id_counts: dict[s
                 lines.append(f"| {label} | " + " | ".join(_cell(rowsd[t], p, k) for p, k in METRICS) + " |")
         result["tables"]["diagnostics"] = rowsd
 
-    rows3 = _rows(reports, [t for t, _ in ABLATION_ROWS], "agw", cfg.ablation_seeds)
-    lines += ["", "## Table 3: DiVE token and data ablations (AGW)", "", _HEAD.format("DiVE variant")]
-    for t, label in ABLATION_ROWS:
-        if t in rows3:
-            lines.append(f"| {label} | " + " | ".join(_cell(rows3[t], p, k) for p, k in METRICS) + " |")
-    if "dive-camera" in rows3 and "dive-modality" in rows3:
-        gain = rows3["dive-camera"]["sysu-all/rank1"]["mean"] - rows3["dive-modality"]["sysu-all/rank1"]["mean"]
-        lines += ["", f"Per-camera minus per-modality tokens, all-search R1: {gain:+.2f}"]
-    result["tables"]["ablations"] = rows3
+    if cfg.ablations:
+        rows3 = _rows(reports, [t for t, _ in ABLATION_ROWS], "agw", cfg.ablation_seeds)
+        lines += ["", "## Table 3: DiVE token and data ablations (AGW)", "", _HEAD.format("DiVE variant")]
+        for t, label in ABLATION_ROWS:
+            if t in rows3:
+                lines.append(f"| {label} | " + " | ".join(_cell(rows3[t], p, k) for p, k in METRICS) + " |")
+        if "dive-camera" in rows3 and "dive-modality" in rows3:
+            gain = rows3["dive-camera"]["sysu-all/rank1"]["mean"] - rows3["dive-modality"]["sysu-all/rank1"]["mean"]
+            lines += ["", f"Per-camera minus per-modality tokens, all-search R1: {gain:+.2f}"]
+        result["tables"]["ablations"] = rows3
 
-    keys5 = sorted(id_counts, key=id_counts.get)
-    rows5 = _rows(reports, keys5, "agw", cfg.ablation_seeds)
-    xs = [id_counts[k] for k in keys5 if k in rows5]
-    lines += ["", "## Table 5: expanded identities (AGW)", "", "| expanded ids | All-search R1 | All-search mAP |",
-              "|---|---|---|"]
-    for k in keys5:
-        if k in rows5:
-            lines.append(f"| {id_counts[k]} | {_cell(rows5[k], 'sysu-all', 'rank1')} | {_cell(rows5[k], 'sysu-all', 'mAP')} |")
-    if xs:
-        _plot(out / "table5-ids.png", xs, {
-            "All-search R1": [rows5[k]["sysu-all/rank1"]["mean"] for k in keys5 if k in rows5],
-            "All-search mAP": [rows5[k]["sysu-all/mAP"]["mean"] for k in keys5 if k in rows5]},
-            "external identities expanded with DiVE", "AGW on SynthVI: expanded ids vs accuracy")
-        lines += ["", "![Table 5](table5-ids.png)"]
-    result["tables"]["ids"] = {"counts": {k: id_counts[k] for k in keys5}, "rows": rows5}
+        keys5 = sorted(id_counts, key=id_counts.get)
+        rows5 = _rows(reports, keys5, "agw", cfg.ablation_seeds)
+        xs = [id_counts[k] for k in keys5 if k in rows5]
+        lines += ["", "## Table 5: expanded identities (AGW)", "", "| expanded ids | All-search R1 | All-search mAP |",
+                  "|---|---|---|"]
+        for k in keys5:
+            if k in rows5:
+                lines.append(f"| {id_counts[k]} | {_cell(rows5[k], 'sysu-all', 'rank1')} | {_cell(rows5[k], 'sysu-all', 'mAP')} |")
+        if xs:
+            _plot(out / "table5-ids.png", xs, {
+                "All-search R1": [rows5[k]["sysu-all/rank1"]["mean"] for k in keys5 if k in rows5],
+                "All-search mAP": [rows5[k]["sysu-all/mAP"]["mean"] for k in keys5 if k in rows5]},
+                "external identities expanded with DiVE", "AGW on SynthVI: expanded ids vs accuracy")
+            lines += ["", "![Table 5](table5-ids.png)"]
+        result["tables"]["ids"] = {"counts": {k: id_counts[k] for k in keys5}, "rows": rows5}
+    else:
+        lines += ["", "Tables 3 and 5 (ablations, expanded identities): not made (--no-ablations)."]
 
     ex = metrics.get("extractors", {}).get("fd", {})
     lines += ["", "## Table 6: generated infrared quality", "",
