@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -512,3 +513,51 @@ def test_a_rerun_with_fewer_checkpoints_is_checked_on_those_it_shares(tmp_path, 
         check_inputs(cfg, {"camera": tmp_path / "c1", "modality": tmp_path / "m2"})
     with pytest.raises(ValueError, match="another base or DiVE checkpoint"):
         check_inputs(cfg, {"camera": tmp_path / "c2"})
+
+
+def test_the_bench_adopts_a_sweeps_finished_runs_of_the_same_recipe(tmp_path, monkeypatch):
+    """Bench runs score val at their last epoch like the sweep's, so a sweep's finished baseline and
+    chosen-row runs (same world, same images) are copied in instead of trained again."""
+    from dive.bench import jobs
+    from dive.bench.config import BenchConfig, sweep_runs, with_sweep_choice
+    from dive.bench.sweep import SweepConfig, knob_rows, sweep_jobs
+    from dive.utils.config import config_to_dict
+
+    world, sweep_dir = tmp_path / "world", tmp_path / "sweep"
+    images = sweep_dir / "synthetic" / "dive-camera"
+    images.mkdir(parents=True)
+    (images / "generate.json").write_text("{}")
+    bench = BenchConfig(out=tmp_path / "bench", data=world, seeds=(0, 1), methods=("agw",), from_sweep=sweep_dir,
+                        ablations=False)
+    # the sweep: rows at the bench's settings, its share-0.25 row chosen
+    sw_bench = dataclasses.replace(bench, out=sweep_dir, from_sweep=None)
+    rows = knob_rows(SweepConfig(out=sweep_dir, knobs=("share",), share=(0.25,), seeds=(0, 1)), sw_bench)
+    from dive.bench.sweep import sweep_recipe
+
+    assert sweep_recipe(sw_bench, 181) == jobs.reid_recipe(sw_bench) | {"batches_per_epoch": 181}  # one recipe
+    for job in sweep_jobs(sw_bench, rows, {r["set"]: ("", "") for r in rows}, 181):
+        if job[5] == 1 and job[0].startswith("share"):
+            continue  # the chosen row's second seed has not finished
+        run = Path(job[3])
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"train": config_to_dict(jobs._job_train_config(job))}))
+        (run / "report.json").write_text(json.dumps({"results": {}, "run": str(run)}))
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "world": str(world), "checkpoint": str(bench.checkpoint), "dive_images": str(images), "chosen": 2,
+        "defaults": {"n": bench.n_per_camera, "guidance": bench.guidance},
+        "rows": [dict(r, result={}) for r in rows]}))
+    cfg = with_sweep_choice(bench)
+    assert cfg.synthetic_share == 0.25 and cfg.dive_images == images
+    assert sweep_runs(cfg) == {"baseline": sweep_dir / "reid" / "baseline-{method}-seed{seed}",
+                               "dive-camera": sweep_dir / "reid" / "share-0.25-{method}-seed{seed}"}
+    monkeypatch.setattr(jobs, "epoch_batches_of", lambda data, fmt: 90 if Path(data) == world else 181)
+    exports = {n: tmp_path / "bench" / "exports" / n for n in ("external-rgb", "grayscale", "cyclegan", "dive-camera")}
+    todo = [j for j in jobs.reid_jobs(cfg, exports) if j[0].startswith(("baseline|", "dive-camera|"))]
+    assert jobs.adopt_runs(todo, sweep_runs(cfg)) == ["baseline|agw|0", "baseline|agw|1", "dive-camera|agw|0"]
+    assert jobs.finished_report(todo[2])["run"] == str(sweep_dir / "reid" / "share-0.25-agw-seed0")
+    assert jobs.finished_report(todo[3]) is None  # seed 1 of the chosen row: left to train
+    assert jobs.adopt_runs(todo, sweep_runs(cfg)) == []  # finished now: nothing copied twice
+    # without the chosen share the bench's + DiVE recipe is not the sweep's run: never adopted
+    plain = [j for j in jobs.reid_jobs(dataclasses.replace(cfg, synthetic_share=None, out=tmp_path / "b2"), exports)
+             if j[0].startswith("dive-camera|")]
+    assert jobs.adopt_runs(plain, sweep_runs(cfg)) == []

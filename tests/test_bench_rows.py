@@ -39,13 +39,13 @@ def test_a_rows_jobs_are_the_benchs_own_jobs_for_that_row(tmp_path):
     cfg = BenchRowConfig(source="baseline", out=bench.out)
     ours = row_jobs(cfg, row_settings(cfg), bench.data, "synthvi")
     assert ours == theirs and len(ours) == 2
-    assert ours[0][6] == {"batches_per_epoch": 0, "epochs": 4, "lr_steps": (2, 3), "warmup_epochs": 1.0}
+    assert ours[0][6] == {"batches_per_epoch": 0, "epochs": 4, "lr_steps": (2, 3), "warmup_epochs": 1.0, "val_every": 4}
 
     cfg = BenchRowConfig(source="baseline", out=bench.out, name="baseline-equal", epochs=9, batches_per_epoch=302,
                          seeds=(0,), method="caj")
     (job,) = row_jobs(cfg, row_settings(cfg), bench.data, "synthvi")
     assert job[6] == reid_recipe(BenchConfig(reid_epochs=9, reid_batches_per_epoch=302))
-    assert job[6] == {"batches_per_epoch": 302, "epochs": 9, "lr_steps": (6, 8), "warmup_epochs": 2.0}
+    assert job[6] == {"batches_per_epoch": 302, "epochs": 9, "lr_steps": (6, 8), "warmup_epochs": 2.0, "val_every": 9}
     assert Path(job[3]) == bench.out / "reid" / "baseline-equal-caj-seed0" and job[4] == "caj"
 
 

@@ -189,6 +189,28 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
     return cfg
 
 
+def sweep_runs(cfg: BenchConfig) -> dict[str, Path]:
+    """Bench training set -> the run folders of `cfg.from_sweep` (`{method}`, `{seed}` to fill in)
+    whose finished runs of the same recipe the bench copies instead of training (`adopt_runs`): the
+    baseline (the sweep ran on the bench's world), and + DiVE when the bench's + DiVE images are the
+    sweep's images of its chosen row. Empty without --from-sweep or before `with_sweep_choice`."""
+    import json
+
+    path = None if cfg.from_sweep is None else Path(cfg.from_sweep) / "sweep.json"
+    if path is None or not path.is_file():
+        return {}
+    sweep = json.loads(path.read_text())
+    if sweep.get("chosen") is None or Path(sweep["world"]).resolve() != Path(cfg.data).resolve():
+        return {}
+    row = sweep["rows"][sweep["chosen"]]
+    runs = Path(cfg.from_sweep) / "reid"
+    out = {"baseline": runs / "baseline-{method}-seed{seed}"}
+    images = path.parent / "synthetic" / row["set"] if row["knob"] in ("n", "guidance", "filter") else sweep.get("dive_images")
+    if cfg.dive_images is not None and images and Path(images).resolve() == Path(cfg.dive_images).resolve():
+        out["dive-camera"] = runs / (row["name"] + "-{method}-seed{seed}")
+    return out
+
+
 def _filtered_images(cfg: BenchConfig, path: Path, sweep: dict, row: dict) -> Path:
     """The sweep's filtered + DiVE folder of a chosen filter row, when it filtered the images the
     bench would generate: the same per-camera checkpoint, images per id and camera, and guidance."""

@@ -48,6 +48,36 @@ def finished_report(job: tuple) -> dict | None:
     return json.loads((run / "report.json").read_text())
 
 
+def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:
+    """For each job without a finished run, copy into its run folder a finished run of exactly its
+    recipe and seed from another folder: `elsewhere` maps a job's train set to the run folder there
+    (`{method}` and `{seed}` in its name filled in), trained on the same data (the caller's check).
+    Returns the keys adopted."""
+    import shutil
+
+    adopted = []
+    for job in jobs:
+        there = adoptable(job, elsewhere)
+        if there is None or finished_report(job) is not None:
+            continue
+        run = Path(job[3])
+        if run.exists():
+            shutil.rmtree(run)  # an unfinished or other-recipe run: replaced by the finished one
+        shutil.copytree(there, run)
+        adopted.append(job[0])
+    return adopted
+
+
+def adoptable(job: tuple, elsewhere: dict[str, Path]) -> Path | None:
+    """The run folder in `elsewhere` (see `adopt_runs`) holding a finished run of exactly this job's
+    recipe and seed, else None."""
+    train_set = job[0].split("|")[0]
+    if train_set not in elsewhere:
+        return None
+    there = Path(str(elsewhere[train_set]).format(method=job[4], seed=job[5]))
+    return there if finished_report(job[:3] + (str(there),) + job[4:]) is not None else None
+
+
 def reid_run_name(train_set: str, method: str, seed: int) -> str:
     """The folder name of one ReID run under out/reid (read back by `parse_reid_run_name`)."""
     return f"{train_set}-{method}-seed{seed}"
@@ -71,12 +101,17 @@ def parse_reid_run_name(name: str) -> tuple[str, str, int] | None:
 
 def reid_recipe(cfg: BenchConfig) -> dict:
     """The bench's changes to `dive reid run`'s training defaults, shared by every ReID job (and by
-    scripts that add a row beside a finished bench)."""
+    scripts that add a row beside a finished bench). Each run is also scored on the world's val ids
+    at its last epoch (the weights it keeps), which changes nothing in its training and makes its
+    run the same as `dive bench-sweep`'s, so a sweep's finished runs can stand in (--from-sweep)."""
+    from dive.reid.config import ReIDTrainConfig
+
     recipe = {"batches_per_epoch": cfg.reid_batches_per_epoch}  # 0: AGW's epoch, grows with the data
     if cfg.reid_epochs:
         recipe["epochs"] = cfg.reid_epochs
         recipe["lr_steps"] = tuple(e for e in (int(cfg.reid_epochs * 2 / 3), int(cfg.reid_epochs * 8 / 9)) if e > 0)
         recipe["warmup_epochs"] = min(2.0, cfg.reid_epochs / 4)
+    recipe["val_every"] = cfg.reid_epochs or ReIDTrainConfig(out=Path("unused")).epochs
     return recipe
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from dive.bench import probe
 from dive.bench.config import BenchConfig
-from dive.bench.jobs import CONVERGED, METHOD_COST, finished_report, reid_jobs
+from dive.bench.config import sweep_runs
+from dive.bench.jobs import CONVERGED, METHOD_COST, adoptable, finished_report, reid_jobs
 from dive.bench.stages import (dive_variants, finished_checkpoint, generation_done, metrics_done, source_done,
                                subset_keys)
 from dive.bench.world import captions_done, is_shipped_world, world_config, world_ready
@@ -302,6 +303,7 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
     rows = _work(cfg, c, synth, checkpoints, generated, sets)
     default_epochs = ReIDTrainConfig(out=Path("unused")).epochs
     runs = []
+    elsewhere = sweep_runs(cfg)  # --from-sweep: the sweep's finished runs of the same recipe are copied, not trained
     for job in jobs:
         train_set, method, seed = job[0].split("|")
         over = job[6]
@@ -310,7 +312,7 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
         vals = epochs if over.get("select") == "best-val" else 0
         runs.append({"key": job[0], "group": reid_group(cfg, train_set, method, int(seed)), "method": method,
                      "set": name_of[job[1]], "batches": per_epoch * epochs, "val_epochs": vals,
-                     "done": finished_report(job) is not None})
+                     "done": finished_report(job) is not None or adoptable(job, elsewhere) is not None})
     rows += _protocol_rows(cfg, c, runs)
     costs = probe.recorded_costs(cfg)
     todo_keys = {r["cost"] for r in rows if not r["done"]} | {f"reid:{r['method']}" for r in runs if not r["done"]}

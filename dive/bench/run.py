@@ -25,8 +25,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dive.bench.config import BenchConfig, quick_config, with_sweep_choice
-from dive.bench.jobs import reid_jobs, reid_run_dir, run_reid_jobs
+from dive.bench.config import BenchConfig, quick_config, sweep_runs, with_sweep_choice
+from dive.bench.jobs import adopt_runs, reid_jobs, reid_run_dir, run_reid_jobs
 from dive.bench.plan import project
 from dive.bench.plan_text import job_lines, projection_lines, write_plan
 from dive.bench.protocols import protocol_tables
@@ -115,7 +115,12 @@ def _run_bench(cfg: BenchConfig) -> dict:
     if cfg.diagnostics:
         ceilings["oracle-vae"] = timed("oracle vae", oracle_vae_source, cfg, ceilings["oracle"], checkpoints["camera"])
     exports = timed("exports", export_all, cfg, sources | table5 | (ceilings if cfg.diagnostics else {}))
-    reports = timed("reid", run_reid_jobs, cfg, reid_jobs(cfg, exports))
+    jobs = reid_jobs(cfg, exports)
+    adopted = adopt_runs(jobs, sweep_runs(cfg))
+    if adopted:
+        log(f"ReID: {len(adopted)} finished runs of the sweep {cfg.from_sweep} copied in (same recipe and data): "
+            + ", ".join(adopted))
+    reports = timed("reid", run_reid_jobs, cfg, jobs)
     protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB
     metrics = timed("metrics", quality, cfg, sources | ceilings, reports)
     timings["total"] = round(time.time() - t0, 1)
