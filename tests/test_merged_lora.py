@@ -88,7 +88,7 @@ def test_dive_loss_curve_follows_peft_for_200_steps(micro_base, tiny_world_dir, 
     curves = {}
     for merged in (True, False):
         cfg = DiVETrainConfig(base=micro_base, data=tiny_world_dir, out=tmp_path / f"merged-{merged}", steps=200,
-                              batch_size=4, min_images=3, save_every=200, preview_every=0, rank=4, warmup=20,
+                              batch_size=2, min_images=3, save_every=200, preview_every=0, rank=4, warmup=20,
                               merged_lora=merged)
         train_dive(cfg, progress=False)
         rows = [json.loads(x) for x in (cfg.out / "loss.jsonl").read_text().splitlines()]
