@@ -469,17 +469,19 @@ def test_given_dive_images_are_used_not_generated(tmp_path, monkeypatch):
     (given / "manifest.jsonl").write_text("{}\n")
     assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given}
     assert not (tmp_path / "bench" / "synthetic").exists()
-    # a `dive generate` folder is handed to generate, which refuses one made with other settings
-    from dive.bench import stages
+    # a `dive generate` folder must have been made as the bench would make it; it is only read
+    from dive import checkpoint
 
-    calls = []
-    monkeypatch.setattr(stages, "generate_source", lambda c, ckpt, out, check_done=False: calls.append(
-        (ckpt, out, check_done)) or out)
-    assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given} and calls == []
-    (given / "generate.json").write_text("{}")
-    generate_variants(cfg, {"camera": tmp_path / "ckpt", "modality": tmp_path / "m"})
-    assert calls == [(tmp_path / "ckpt", given, True), (tmp_path / "m", tmp_path / "bench" / "synthetic" / "dive-modality",
-                                                       False)]
+    monkeypatch.setattr(checkpoint, "checkpoint_hash", lambda p: "h-" + Path(p).name)
+    made = {"checkpoint_hash": "h-ckpt", "seed": cfg.gen_seed, "steps": cfg.gen_steps, "guidance": cfg.guidance,
+            "n": cfg.n_per_camera, "min_images": cfg.min_images}
+    (given / "generate.json").write_text(json.dumps(made))
+    assert generate_variants(cfg, {"camera": tmp_path / "ckpt"}) == {"dive-camera": given}
+    for key, other in (("checkpoint_hash", "h-other"), ("n", 3), ("guidance", 9.0)):
+        (given / "generate.json").write_text(json.dumps(made | {key: other}))
+        with pytest.raises(ValueError, match=f"other settings than the bench's \\({key} {other}"):
+            generate_variants(cfg, {"camera": tmp_path / "ckpt"})
+    assert json.loads((given / "generate.json").read_text())["guidance"] == 9.0  # untouched
 
 
 def test_no_ablations_leaves_out_tables_3_and_5(tmp_path, monkeypatch):

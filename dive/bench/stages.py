@@ -161,6 +161,21 @@ def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: b
     return out
 
 
+def check_given_images(cfg: BenchConfig, checkpoint: Path, folder: Path) -> None:
+    """Refuse (ValueError naming the file and what differs) a `dive generate` folder given as the
+    + DiVE images that the bench's per-camera checkpoint and settings would not have made; reads
+    only, the folder is left as it is."""
+    from dive.checkpoint import checkpoint_hash
+
+    made = json.loads((folder / "generate.json").read_text())
+    want = {"checkpoint_hash": checkpoint_hash(checkpoint), "seed": cfg.gen_seed, "steps": cfg.gen_steps,
+            "guidance": cfg.guidance, "n": cfg.n_per_camera, "min_images": cfg.min_images}
+    differ = [f"{k} {made.get(k)} (bench: {v})" for k, v in want.items() if made.get(k) != v]
+    if differ:
+        raise ValueError(f"{folder / 'generate.json'}: these images were made with other settings than the bench's "
+                         f"({'; '.join(differ)}); give the bench those settings or let it generate its own")
+
+
 def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[str, Path]:
     """Each checkpoint's images; the per-camera one's are `cfg.dive_images` when given (not generated)."""
     out = {}
@@ -169,8 +184,8 @@ def generate_variants(cfg: BenchConfig, checkpoints: dict[str, Path]) -> dict[st
             if not source_done(cfg.dive_images):
                 raise ValueError(f"{cfg.dive_images / 'manifest.jsonl'}: not found; --dive-images needs a finished "
                                  "folder of + DiVE images")
-            if generation_done(cfg.dive_images):  # a `dive generate` folder: refused unless made as the bench would
-                generate_source(cfg, ckpt, cfg.dive_images, check_done=True)
+            if (cfg.dive_images / "generate.json").is_file():  # a `dive generate` folder: made as the bench would?
+                check_given_images(cfg, ckpt, cfg.dive_images)
             out["dive-camera"] = cfg.dive_images
         else:
             out[f"dive-{name}"] = generate_source(cfg, ckpt, cfg.out / "synthetic" / f"dive-{name}")
