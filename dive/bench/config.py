@@ -1,4 +1,5 @@
-"""`dive bench` settings: one dataclass, and the `--quick` toy preset."""
+"""`dive bench` settings: one dataclass, the `--quick` toy preset, and `--from-sweep`'s reading of
+a `dive bench-sweep` folder (its chosen setting, images and runs)."""
 
 from __future__ import annotations
 
@@ -157,8 +158,10 @@ SWEEP_OPTIONS = {"share": "synthetic_share", "weight": "synthetic_weight", "n": 
 
 
 def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
-    """`cfg` with `from_sweep`'s val-chosen setting applied (unchanged without one). Refused, naming
-    the file: no finished sweep there, a sweep on another world, or a chosen filter."""
+    """`cfg` with `from_sweep`'s val-chosen setting applied (unchanged without one), and the sweep's
+    images of that setting as the + DiVE images where the bench's checkpoint made them. Refused,
+    naming the file: no finished sweep there, a sweep on another world, a knob the bench cannot
+    apply, or a chosen filter of images the bench would not have made."""
     import json
 
     if cfg.from_sweep is None:

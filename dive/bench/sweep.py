@@ -187,7 +187,7 @@ def sweep_jobs(bench: BenchConfig, rows: list[dict], sets: dict[str, tuple], per
     seed by seed: every row's first seed before any row's second, so a sweep stopped part way has
     whole one-seed columns to read (`--so-far`), not three seeds of its first rows."""
     recipe = sweep_recipe(bench, per_epoch)
-    unique = list({row["name"]: row for row in rows}.values())
+    unique = [row for i, row in enumerate(rows) if row["name"] not in {r["name"] for r in rows[:i]}]  # first of a name
     jobs = []
     for seed in bench.seeds:
         for row in unique:
