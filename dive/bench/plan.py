@@ -30,8 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dive.bench import probe
-from dive.bench.config import BenchConfig
-from dive.bench.config import sweep_runs
+from dive.bench.config import BenchConfig, sweep_runs
 from dive.bench.jobs import CONVERGED, METHOD_COST, adoptable, finished_report, reid_jobs
 from dive.bench.stages import (dive_variants, finished_checkpoint, generation_done, metrics_done, source_done,
                                subset_keys)

@@ -33,12 +33,12 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-#: DiVETrainConfig fields that say how a run is carried out, not what it learns: not part of the
 def dive_variants(cfg: BenchConfig) -> tuple:
     """The DiVE variants the bench makes: all three, or the per-camera one alone (--no-ablations)."""
     return DIVE_VARIANTS if cfg.ablations else DIVE_VARIANTS[:1]
 
 
+#: DiVETrainConfig fields that say how a run is carried out, not what it learns: not part of the
 #: recipe the bench copies from the per-camera checkpoint into the ablations it trains
 _RUN_FIELDS = {"base", "data", "out", "threads", "save_every", "preview_every", "stop_after", "cpu", "keep_checkpoints",
                "init_from", "train_parts", "data_format", "external", "external_format", "min_images", "seed"}
