@@ -162,15 +162,13 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
     images of that setting as the + DiVE images where the bench's checkpoint made them. Refused,
     naming the file: no finished sweep there, a sweep on another world, a knob the bench cannot
     apply, or a chosen filter of images the bench would not have made."""
-    import json
-
     if cfg.from_sweep is None:
         return cfg
     path = Path(cfg.from_sweep) / "sweep.json"
     if not path.is_file():
         raise ValueError(f"{path}: not found; --from-sweep needs a finished `dive bench-sweep` folder")
-    sweep = json.loads(path.read_text())
-    if Path(sweep["world"]).resolve() != Path(cfg.data).resolve():
+    sweep = _read_json(path)
+    if not _same_world(cfg, sweep):
         raise ValueError(f"{path}: the sweep chose on the world {sweep['world']}, this bench runs on {cfg.data}; "
                          "choose on the bench's own world (dive bench-sweep --bench DIR)")
     if sweep.get("chosen") is None:
@@ -185,10 +183,9 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
         value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
         cfg = dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
     # the sweep's images of that setting, when the bench would make the same (checked again on use)
-    folder = path.parent / "synthetic" / row["set"] if row["knob"] in ("n", "guidance") else sweep.get("dive_images")
-    same = cfg.checkpoint is not None and Path(sweep["checkpoint"]).resolve() == Path(cfg.checkpoint).resolve()
-    if cfg.dive_images is None and same and folder and (Path(folder) / "generate.json").is_file():
-        cfg = dataclasses.replace(cfg, dive_images=Path(folder))
+    folder = _chosen_images(path, sweep, row)
+    if cfg.dive_images is None and _same_checkpoint(cfg, sweep) and folder and (folder / "generate.json").is_file():
+        cfg = dataclasses.replace(cfg, dive_images=folder)
     return cfg
 
 
@@ -197,28 +194,48 @@ def sweep_runs(cfg: BenchConfig) -> dict[str, Path]:
     whose finished runs of the same recipe the bench copies instead of training (`adopt_runs`): the
     baseline (the sweep ran on the bench's world), and + DiVE when the bench's + DiVE images are the
     sweep's images of its chosen row. Empty without --from-sweep or before `with_sweep_choice`."""
-    import json
-
     path = None if cfg.from_sweep is None else Path(cfg.from_sweep) / "sweep.json"
     if path is None or not path.is_file():
         return {}
-    sweep = json.loads(path.read_text())
-    if sweep.get("chosen") is None or Path(sweep["world"]).resolve() != Path(cfg.data).resolve():
+    sweep = _read_json(path)
+    if sweep.get("chosen") is None or not _same_world(cfg, sweep):
         return {}
     row = sweep["rows"][sweep["chosen"]]
     runs = Path(cfg.from_sweep) / "reid"
     out = {"baseline": runs / "baseline-{method}-seed{seed}"}
-    images = path.parent / "synthetic" / row["set"] if row["knob"] in ("n", "guidance", "filter") else sweep.get("dive_images")
-    if cfg.dive_images is not None and images and Path(images).resolve() == Path(cfg.dive_images).resolve():
+    images = _chosen_images(path, sweep, row)
+    if cfg.dive_images is not None and images and images.resolve() == Path(cfg.dive_images).resolve():
         out["dive-camera"] = runs / (row["name"] + "-{method}-seed{seed}")
     return out
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _same_world(cfg: BenchConfig, sweep: dict) -> bool:
+    return Path(sweep["world"]).resolve() == Path(cfg.data).resolve()
+
+
+def _same_checkpoint(cfg: BenchConfig, sweep: dict) -> bool:
+    return cfg.checkpoint is not None and Path(sweep["checkpoint"]).resolve() == Path(cfg.checkpoint).resolve()
+
+
+def _chosen_images(path: Path, sweep: dict, row: dict) -> Path | None:
+    """The sweep's images of its chosen row: the row's own folder (a generation of another n or
+    guidance, or a filter), else the + DiVE images at the sweep's default settings."""
+    if row["knob"] in ("n", "guidance", "filter"):
+        return path.parent / "synthetic" / row["set"]
+    return Path(sweep["dive_images"]) if sweep.get("dive_images") else None
 
 
 def _filtered_images(cfg: BenchConfig, path: Path, sweep: dict, row: dict) -> Path:
     """The sweep's filtered + DiVE folder of a chosen filter row, when it filtered the images the
     bench would generate: the same per-camera checkpoint, images per id and camera, and guidance."""
-    folder = path.parent / "synthetic" / row["set"]
-    if cfg.checkpoint is None or Path(sweep["checkpoint"]).resolve() != Path(cfg.checkpoint).resolve():
+    folder = _chosen_images(path, sweep, row)
+    if not _same_checkpoint(cfg, sweep):
         raise ValueError(f"{path}: the sweep filtered the images of {sweep['checkpoint']}, this bench's per-camera "
                          f"checkpoint is {cfg.checkpoint}; give the bench that checkpoint (--checkpoint)")
     made = sweep.get("defaults", {})
