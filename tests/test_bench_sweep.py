@@ -212,5 +212,12 @@ def test_so_far_reads_the_finished_runs_of_this_recipe_only(tmp_path):
     assert f"| {DIVE_SET} (seed 0) |" in body[1] and "**chosen**" in body[1]
     assert lines[-1].startswith("So far: The val-chosen setting") and "does not beat" in lines[-1]
     assert (tmp_path / "sweep-so-far.md").read_text().splitlines() == lines
+    # the final table takes a finished sweep only, naming the rows it lacks
+    from dive.bench.jobs import finished_report
+    from dive.bench.sweep_table import collect
+
+    reports = {k: finished_report(j) for k, j in jobs.items() if finished_report(j) is not None}
+    with pytest.raises(ValueError, match=f"missing for: share-0.5, {DIVE_SET}"):
+        collect(work, rows, reports)
     # a run of another budget is not this recipe's: never mixed in
     assert sweep_so_far(cfg, work, rows, 21)[-1] == "No run has finished yet."

@@ -141,21 +141,20 @@ def sweep_result(rows: list[dict]) -> dict:
 
 
 def collect(work, rows: list[dict], reports: dict[str, dict]) -> list[dict]:
-    """Each row with its runs' results (val from the run folder, test from the report)."""
-    method = work.methods[0]
-    out = []
-    for row in rows:
-        runs = {}
-        for seed in work.seeds:
-            report = reports[f"{row['name']}|{method}|{seed}"]
-            runs[seed] = {"report": report, "val": run_val(reid_run_dir(work, row["name"], method, seed))}
-        out.append(dict(row, result=row_result(runs)))
-    return out
+    """Each row with its runs' results (val from the run folder, test from the report): every seed
+    of every row, which a finished sweep has."""
+    done = collect_finished(work, rows, reports)
+    short = [r["name"] for r in done if r["result"]["seeds"] != sorted(work.seeds)]
+    if len(done) != len(rows) or short:
+        missing = sorted({r["name"] for r in rows} - {r["name"] for r in done}) + short
+        raise ValueError(f"the sweep's table needs every row's runs of seeds {list(work.seeds)}; missing for: "
+                         f"{', '.join(missing)}")
+    return done
 
 
 def collect_finished(work, rows: list[dict], reports: dict[str, dict]) -> list[dict]:
-    """`collect` over the runs that have finished: each row with the seeds it has (val from the run
-    folder); rows without a finished run are left out."""
+    """Each row with the results of the seeds whose runs have finished (val from the run folder, test
+    from the report); rows without a finished run are left out."""
     method = work.methods[0]
     out = []
     for row in rows:
