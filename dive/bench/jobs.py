@@ -57,8 +57,10 @@ def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:
 
     adopted = []
     for job in jobs:
+        if finished_report(job) is not None:
+            continue
         there = adoptable(job, elsewhere)
-        if there is None or finished_report(job) is not None:
+        if there is None:
             continue
         run = Path(job[3])
         if run.exists():

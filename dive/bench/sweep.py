@@ -187,10 +187,12 @@ def sweep_jobs(bench: BenchConfig, rows: list[dict], sets: dict[str, tuple], per
     seed by seed: every row's first seed before any row's second, so a sweep stopped part way has
     whole one-seed columns to read (`--so-far`), not three seeds of its first rows."""
     recipe = sweep_recipe(bench, per_epoch)
-    unique = [row for i, row in enumerate(rows) if row["name"] not in {r["name"] for r in rows[:i]}]  # first of a name
+    first: dict[str, dict] = {}
+    for row in rows:  # rows sharing a run name (a setting equal to the bench's) are one job: the first's
+        first.setdefault(row["name"], row)
     jobs = []
     for seed in bench.seeds:
-        for row in unique:
+        for row in first.values():
             data, fmt = sets[row["set"]]
             run = reid_run_dir(bench, row["name"], bench.methods[0], seed)
             jobs.append((f"{row['name']}|{bench.methods[0]}|{seed}", str(data), fmt, str(run), bench.methods[0], seed,
