@@ -69,7 +69,7 @@ REGDB_TRIAL_COUNT = 10
 INFO_FILE = "synthvi_layout.json"
 INFO_FORMAT = "dive-synthvi-layout"
 LAYOUT_NAMES = {"llcm": "LLCM", "regdb": "RegDB"}
-_LLCM_SESSION = "s000001"
+_LLCM_SEQUENCE = "s000001"  # the "s" field of LLCM file names, one fixed value in these layouts
 
 
 @dataclass
@@ -185,7 +185,7 @@ def plan_llcm(split_ids: dict[str, list[int]], records: list[Record]) -> LayoutP
         tag, letter = ("vis", "v") if modality == "visible" else ("nir", "n")
         split = group[pid]
         for frame, src in enumerate(paths, 1):
-            rel = f"{split}_{tag}/cam{cam}/{pid:04d}/{pid:04d}_c{cam:02d}_{_LLCM_SESSION}_f{frame:06d}_{letter}" \
+            rel = f"{split}_{tag}/cam{cam}/{pid:04d}/{pid:04d}_c{cam:02d}_{_LLCM_SEQUENCE}_f{frame:06d}_{letter}" \
                   f"{src.suffix.lower()}"
             images.append((rel, src))
             counts[split][modality] += 1

@@ -56,7 +56,7 @@ def err(e: Exception, studio=None) -> str:
 
 def visitor(studio, request) -> str | None:
     """The owner id of this request's visitor in public mode: from the visitor key the browser (or
-    gradio_client) sends back as a cookie, so it survives a reload; else from the Gradio session.
+    gradio_client) sends back as a cookie, so it survives a reload; else from Gradio's connection hash.
     None in local mode (one user who sees everything)."""
     if not studio.public:
         return None

@@ -4,7 +4,7 @@ A visitor is a random key the server hands out as a cookie (`dive_visitor`) on t
 to a browser or to gradio_client, and that comes back with every later request: page loads,
 events, file downloads. It survives a page reload, so a visitor still sees their own runs and
 exports after one; their files live under `visitors/<visitor_id(key)>/`. A request without the
-cookie (a client that keeps no cookies) is known by its Gradio session instead, for that session.
+cookie (a client that keeps no cookies) is known by Gradio's connection hash instead, while connected.
 
 `VisitorKeys` is the ASGI middleware that hands out the key and decides which files
 (`/gradio_api/file=...`) a visitor may fetch:
