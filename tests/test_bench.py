@@ -256,6 +256,8 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     got = chose("n", 3.0)
     assert got.n_per_camera == 3 and isinstance(got.n_per_camera, int) and got.synthetic_share is None
     assert chose("guidance", 5.0).guidance == 5.0
+    got = chose("deep_cache", 5)
+    assert got.gen_deep_cache == 5 and isinstance(got.gen_deep_cache, int)
     assert chose("dive", None) == cfg  # the bench's own settings won
     # the sweep's generated images of the chosen setting are reused when the bench's checkpoint made them
     made = sweep / "synthetic" / "n-3"
@@ -264,6 +266,10 @@ def test_from_sweep_applies_the_val_chosen_setting(tmp_path):
     assert chose("n", 3).dive_images == made
     assert chose("n", 3, checkpoint=tmp_path / "another").dive_images is None  # then the bench generates
     assert chose("share", 0.25, images=str(made)).dive_images == made
+    cached = sweep / "synthetic" / "deep_cache-5"
+    cached.mkdir(parents=True)
+    (cached / "generate.json").write_text("{}")
+    assert chose("deep_cache", 5).dive_images == cached  # a generation of its own, as n and guidance
     # a chosen filter: the sweep's filtered images become the + DiVE images, if they are the bench's own
     with pytest.raises(ValueError, match="filter-0.5/manifest.jsonl: not found"):
         chose("filter", 0.5)

@@ -66,16 +66,19 @@ def test_ties_on_val_rank1_go_to_val_map_then_to_the_earlier_row():
 
 def test_rows_change_one_thing_and_settings_equal_to_the_bench_are_its_dive_row(tmp_path):
     cfg = SweepConfig(out=tmp_path, share=(0.25,), weight=(0.5, 1.0), filter_keep=(0.5,), n=(6, 12),
-                      guidance=(3.0, 5.0))
-    bench = BenchConfig(out=tmp_path)  # n 6, guidance 3
+                      guidance=(3.0, 5.0), deep_cache=(0, 5))
+    bench = BenchConfig(out=tmp_path)  # n 6, guidance 3, no deep cache
     rows = {(r["knob"], r["value"]): r for r in knob_rows(cfg, bench)}
     assert list(rows)[:2] == [("baseline", None), ("dive", None)]
     assert rows[("share", 0.25)]["overrides"] == {"synthetic_share": 0.25} and rows[("share", 0.25)]["set"] == DIVE_SET
     assert rows[("weight", 0.5)]["overrides"] == {"synthetic_weight": 0.5}
-    for same in (("weight", 1.0), ("n", 6), ("guidance", 3.0)):
+    for same in (("weight", 1.0), ("n", 6), ("guidance", 3.0), ("deep_cache", 0)):
         assert rows[same]["name"] == DIVE_SET and rows[same]["set"] == DIVE_SET and "generate" not in rows[same]
     assert rows[("n", 12)]["generate"] == {"n_per_camera": 12} and rows[("n", 12)]["overrides"] == {}
     assert rows[("guidance", 5.0)]["generate"] == {"guidance": 5.0}
+    assert rows[("deep_cache", 5)]["generate"] == {"gen_deep_cache": 5} and rows[("deep_cache", 5)]["name"] == "deep-cache-5"
+    with pytest.raises(ValueError, match="deep-cache"):
+        SweepConfig(out=tmp_path, deep_cache=(1,))
     assert rows[("filter", 0.5)]["keep"] == 0.5 and rows[("filter", 0.5)]["set"] == "filter-0.5"
     only = knob_rows(SweepConfig(out=tmp_path, knobs=("n",), n=(12,)), bench)
     assert [r["knob"] for r in only] == ["baseline", "dive", "n"]

@@ -153,11 +153,12 @@ def test_fast_option_recorded_and_resume_refused_in_other_mode(generators, tmp_p
 @pytest.mark.slow
 def test_generate_bench_has_a_fast_column():
     """`dive generate-bench` times the fast mode beside ours and plain diffusers: its rate, its ratios
-    (wall and CPU time), how far its images are from ours, and recording's cost on it."""
+    (wall and CPU time), how far its images are from ours, and recording's cost on it; likewise the
+    deep-cache column, whose images differ, with its FLOPs per image below ours."""
     from dive.generate.bench import GenerateBenchConfig, generate_bench
 
     res = generate_bench(GenerateBenchConfig(checkpoint=DEMO, n=4, batch_size=2, steps=3, repeats=1, threads=1,
-                                             flops=False))
+                                             flops=False, deep_cache=2))
     assert res["fast_images_per_s"] > 0 and res["ratio_cpu_median_of_pairs"] > 0
     assert res["fast_ratio"] == round(res["fast_images_per_s"] / res["plain_diffusers_images_per_s"], 4)
     assert res["fast_ratio_median_of_pairs"] == pytest.approx(res["fast_ratio"], rel=5e-3)  # one repeat
@@ -165,3 +166,8 @@ def test_generate_bench_has_a_fast_column():
     assert 0 <= res["fast_max_grey_diff"] <= 2
     assert res["fast_attention"]["identical"] and res["fast_attention"]["records"] > 0
     assert res["fast_warmup_s"] > 0
+    assert res["deep_cache_images_per_s"] > 0 and res["deep_cache_ratio_median_of_pairs"] > 0
+    assert res["deep_cache_max_grey_diff"] > 2 and 0 < res["deep_cache_mean_grey_diff"] < 20
+    assert "deep_cache_flops_per_image" not in res  # counted only with flops on
+    # recording sees only the layers a shallow step runs, and changes no image
+    assert res["deep_cache_attention"]["identical"] and res["deep_cache_attention"]["records"] > 0

@@ -56,6 +56,8 @@ class BenchConfig:
     gen_steps: int = field(default=25, metadata={"help": "DPM-Solver++ steps"})
     guidance: float = field(default=DEFAULT_GUIDANCE, metadata={"help": "classifier-free guidance scale"})
     gen_seed: int = field(default=0, metadata={"help": "generation / baseline seed"})
+    gen_deep_cache: int = field(default=0, metadata={
+        "help": "generate the + DiVE images with `dive generate --fast --deep-cache N` (faster, other images); 0: off"})
     translate_strength: float = field(default=0.0, metadata={
         "help": "also a '+ DiVE img2img' row (`dive translate` at this strength: the external ids' own visible "
                 "images redrawn by the per-camera checkpoint; not the paper's method); 0: off"})
@@ -154,7 +156,10 @@ class BenchConfig:
 
 
 #: `dive bench-sweep` knob -> the bench option its chosen value sets
-SWEEP_OPTIONS = {"share": "synthetic_share", "weight": "synthetic_weight", "n": "n_per_camera", "guidance": "guidance"}
+SWEEP_OPTIONS = {"share": "synthetic_share", "weight": "synthetic_weight", "n": "n_per_camera", "guidance": "guidance",
+                 "deep_cache": "gen_deep_cache"}
+#: the knobs whose rows have images of their own (a generation or a filter)
+IMAGE_KNOBS = ("n", "guidance", "deep_cache", "filter")
 
 
 def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
@@ -180,7 +185,7 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
         raise ValueError(f"{path}: the chosen setting is {row['knob']} {row['value']}, which the bench cannot apply "
                          f"(it applies {', '.join(SWEEP_OPTIONS)} and filter)")
     if row["knob"] != "dive":  # "dive": the bench's own settings were the best
-        value = int(row["value"]) if row["knob"] == "n" else float(row["value"])
+        value = int(row["value"]) if row["knob"] in ("n", "deep_cache") else float(row["value"])
         cfg = dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
     # the sweep's images of that setting, when the bench would make the same (checked again on use)
     folder = _chosen_images(path, sweep, row)
@@ -226,7 +231,7 @@ def _same_checkpoint(cfg: BenchConfig, sweep: dict) -> bool:
 def _chosen_images(path: Path, sweep: dict, row: dict) -> Path | None:
     """The sweep's images of its chosen row: the row's own folder (a generation of another n or
     guidance, or a filter), else the + DiVE images at the sweep's default settings."""
-    if row["knob"] in ("n", "guidance", "filter"):
+    if row["knob"] in IMAGE_KNOBS:
         return path.parent / "synthetic" / row["set"]
     return Path(sweep["dive_images"]) if sweep.get("dive_images") else None
 
@@ -239,9 +244,11 @@ def _filtered_images(cfg: BenchConfig, path: Path, sweep: dict, row: dict) -> Pa
         raise ValueError(f"{path}: the sweep filtered the images of {sweep['checkpoint']}, this bench's per-camera "
                          f"checkpoint is {cfg.checkpoint}; give the bench that checkpoint (--checkpoint)")
     made = sweep.get("defaults", {})
-    if (made.get("n"), made.get("guidance")) != (cfg.n_per_camera, cfg.guidance):
+    if (made.get("n"), made.get("guidance"), made.get("deep_cache", 0)) != (cfg.n_per_camera, cfg.guidance,
+                                                                           cfg.gen_deep_cache):
         raise ValueError(f"{path}: the sweep filtered images made with n {made.get('n')}, guidance "
-                         f"{made.get('guidance')}; this bench makes n {cfg.n_per_camera}, guidance {cfg.guidance:g}")
+                         f"{made.get('guidance')}, deep cache {made.get('deep_cache', 0)}; this bench makes n "
+                         f"{cfg.n_per_camera}, guidance {cfg.guidance:g}, deep cache {cfg.gen_deep_cache}")
     if not (folder / "manifest.jsonl").is_file():
         raise ValueError(f"{folder / 'manifest.jsonl'}: not found; the sweep's filtered images are missing")
     return folder

@@ -156,7 +156,8 @@ def generate_source(cfg: BenchConfig, checkpoint: Path, out: Path, check_done: b
         log(f"generating with {checkpoint} -> {out}")
         with torch_threads(cfg.threads):
             generate(GenerateConfig(checkpoint=checkpoint, out=out, min_images=cfg.min_images, n=cfg.n_per_camera,
-                                    steps=cfg.gen_steps, guidance=cfg.guidance, seed=cfg.gen_seed),
+                                    steps=cfg.gen_steps, guidance=cfg.guidance, seed=cfg.gen_seed,
+                                    fast=cfg.gen_deep_cache > 0, deep_cache=cfg.gen_deep_cache),
                      progress=not cfg.quick)
     return out
 
@@ -169,8 +170,10 @@ def check_given_images(cfg: BenchConfig, checkpoint: Path, folder: Path) -> None
 
     made = json.loads((folder / "generate.json").read_text())
     want = {"checkpoint_hash": checkpoint_hash(checkpoint), "seed": cfg.gen_seed, "steps": cfg.gen_steps,
-            "guidance": cfg.guidance, "n": cfg.n_per_camera, "min_images": cfg.min_images}
-    differ = [f"{k} {made.get(k)} (bench: {v})" for k, v in want.items() if made.get(k) != v]
+            "guidance": cfg.guidance, "n": cfg.n_per_camera, "min_images": cfg.min_images,
+            "deep_cache": cfg.gen_deep_cache}
+    differ = [f"{k} {made.get(k, 0 if k == 'deep_cache' else None)} (bench: {v})" for k, v in want.items()
+              if made.get(k, 0 if k == "deep_cache" else None) != v]
     if differ:
         raise ValueError(f"{folder / 'generate.json'}: these images were made with other settings than the bench's "
                          f"({'; '.join(differ)}); give the bench those settings or let it generate its own")

@@ -11,7 +11,9 @@ row per knob setting, each changing only that knob from + DiVE:
   seed (trained on the VI set alone: it never saw a test or an external id);
 * ``n`` N and ``guidance`` G: a new `dive generate` folder of the bench's DiVE checkpoint with N
   images per id and infrared camera, or guidance scale G (a value equal to the bench's own is the
-  + DiVE row itself, its runs shared).
+  + DiVE row itself, its runs shared);
+* ``deep_cache`` N: the + DiVE images generated with `dive generate --fast --deep-cache N` (the
+  faster sampling that changes the images: does it cost ReID accuracy?).
 
 Every run trains the same number of batches: the bench's ReID epochs of the largest training set's
 AGW epoch (`dive.bench.jobs.equal_budget`; a filtered set is a subset of + DiVE's and cannot be
@@ -21,7 +23,7 @@ SYSU all-search. The setting is chosen by val Rank-1 alone (dive.bench.sweep_tab
 table says whether it beats the equal-budget baseline on test.
 
 Folders (under --out): world (a --quick sweep without --bench), dive/camera (a checkpoint it had to
-train), synthetic/{dive-camera, n-N, guidance-G, filter-F}, exports/<set>, reid/<row>-<method>-seed<s>,
+train), synthetic/{dive-camera, n-N, guidance-G, deep-cache-N, filter-F}, exports/<set>, reid/<row>-<method>-seed<s>,
 sweep.md, sweep.json. With --bench DIR the bench's world, DiVE checkpoint and + DiVE images are used
 where DIR has them. Finished generations, filters and runs of the same recipe are reused; runs go
 seed by seed, so a sweep stopped part way has whole one-seed columns (`--so-far` writes their table).
@@ -41,7 +43,7 @@ from dive.bench.stages import export_source, finished_checkpoint, generate_sourc
 from dive.bench.world import ensure_world, resolve_world, world_ready
 
 #: the knobs, in the table's order
-KNOBS = ("share", "weight", "filter", "n", "guidance")
+KNOBS = ("share", "weight", "filter", "n", "guidance", "deep_cache")
 #: the + DiVE training set and its run name
 DIVE_SET = "dive"
 BASELINE_SET = "baseline"
@@ -66,6 +68,9 @@ class SweepConfig:
         "help": "generated images per id and infrared camera (each value a generation of its own)"})
     guidance: tuple[float, ...] = field(default=(2.0, 5.0), metadata={
         "help": "guidance scales (each value a generation of its own)"})
+    deep_cache: tuple[int, ...] = field(default=(5,), metadata={
+        "help": "deep-cache intervals of the + DiVE generation (each a generation of its own; `dive generate "
+                "--fast --deep-cache N`)"})
     knobs: tuple[str, ...] = field(default=KNOBS, metadata={
         "help": "which knobs to sweep (the others are left out of the table)", "choices": list(KNOBS)})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "ReID seeds of every row"})
@@ -85,7 +90,7 @@ class SweepConfig:
         self.out = Path(self.out)
         self.bench = Path(self.bench) if self.bench is not None else None
         self.base = Path(self.base) if self.base is not None else None
-        for name in ("share", "weight", "filter_keep", "n", "guidance", "knobs", "seeds"):
+        for name in ("share", "weight", "filter_keep", "n", "guidance", "deep_cache", "knobs", "seeds"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.seeds:
             raise ValueError("seeds: at least one ReID seed is needed")
@@ -100,6 +105,8 @@ class SweepConfig:
             raise ValueError(f"filter-keep: fractions in (0, 1]; got {list(self.filter_keep)}")
         if any(v < 1 for v in self.n):
             raise ValueError(f"n: values >= 1; got {list(self.n)}")
+        if any(v == 1 or v < 0 for v in self.deep_cache):
+            raise ValueError(f"deep-cache: intervals >= 2 (0: off, the + DiVE row); got {list(self.deep_cache)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,8 +158,8 @@ def knob_rows(cfg: SweepConfig, bench: BenchConfig) -> list[dict]:
         if knob not in cfg.knobs:
             continue
         for v in {"share": cfg.share, "weight": cfg.weight, "filter": cfg.filter_keep, "n": cfg.n,
-                  "guidance": cfg.guidance}[knob]:
-            name = f"{knob}-{_num(v)}"
+                  "guidance": cfg.guidance, "deep_cache": cfg.deep_cache}[knob]:
+            name = f"{knob.replace('_', '-')}-{_num(v)}"
             row = {"knob": knob, "value": v, "name": name, "set": DIVE_SET, "overrides": {}}
             if knob == "share":
                 row["overrides"] = {"synthetic_share": float(v)}
@@ -160,10 +167,12 @@ def knob_rows(cfg: SweepConfig, bench: BenchConfig) -> list[dict]:
                 row |= {"name": DIVE_SET} if float(v) == 1.0 else {"overrides": {"synthetic_weight": float(v)}}
             elif knob == "filter":
                 row |= {"set": name, "keep": float(v)}
-            elif (knob == "n" and int(v) == bench.n_per_camera) or (knob == "guidance" and float(v) == bench.guidance):
+            elif ((knob == "n" and int(v) == bench.n_per_camera) or (knob == "guidance" and float(v) == bench.guidance)
+                  or (knob == "deep_cache" and int(v) == bench.gen_deep_cache)):
                 row["name"] = DIVE_SET  # the bench's own setting: the + DiVE row itself
             else:
-                gen = {"n_per_camera": int(v)} if knob == "n" else {"guidance": float(v)}
+                gen = {"n": {"n_per_camera": int(v)}, "guidance": {"guidance": float(v)},
+                       "deep_cache": {"gen_deep_cache": int(v)}}[knob]
                 row |= {"set": name, "generate": gen}
             rows.append(row)
     return rows

@@ -21,7 +21,7 @@ from dive.utils.io import write_json, write_text
 TEST_PROTOCOL = "sysu-all"
 KNOB_TITLES = {"baseline": "baseline (VI only)", "dive": "+ DiVE (bench defaults)", "share": "batch share",
                "weight": "loss weight", "filter": "filter keep", "n": "images per id and camera",
-               "guidance": "guidance"}
+               "guidance": "guidance", "deep_cache": "deep-cache interval"}
 
 
 def run_val(run: Path) -> dict:
@@ -202,7 +202,7 @@ def write_sweep(cfg, work, rows: list[dict], reports: dict[str, dict], info: dic
     result = {"config": config_to_dict(cfg), "world": str(work.data), "checkpoint": info["checkpoint"],
               "dive_images": info["dive_images"], "method": work.methods[0], "seeds": list(work.seeds),
               "budget": {"batches": batches, "epochs": info["epochs"], "batches_per_epoch": info["batches_per_epoch"]},
-              "defaults": {"n": work.n_per_camera, "guidance": work.guidance},
+              "defaults": {"n": work.n_per_camera, "guidance": work.guidance, "deep_cache": work.gen_deep_cache},
               "projection": info["projection"], "rows": done, "chosen": res["chosen"], "knob_best": res["knob_best"],
               "chosen_label": None if res["chosen"] is None else label(done[res["chosen"]]), "verdict": res["verdict"]}
     write_text(cfg.out / "sweep.md", "\n".join(lines) + "\n")

@@ -63,7 +63,13 @@ def _cmd_generate_bench(args: argparse.Namespace) -> int:
               f"(median of pairs {res['fast_ratio_median_of_pairs']}, in CPU time "
               f"{res['fast_ratio_cpu_median_of_pairs']}); largest difference from ours: "
               f"{res['fast_max_grey_diff']} grey levels")
-    for key, what in (("attention", ""), ("fast_attention", " (--fast)")):
+    if "deep_cache_images_per_s" in res:
+        print(f"ours --fast --deep-cache {args.deep_cache}: {res['deep_cache_images_per_s']} images/s | ratio to plain "
+              f"{res['deep_cache_ratio']} (median of pairs {res['deep_cache_ratio_median_of_pairs']}, in CPU time "
+              f"{res['deep_cache_ratio_cpu_median_of_pairs']}); other images: largest difference from ours "
+              f"{res['deep_cache_max_grey_diff']} grey levels, mean {res['deep_cache_mean_grey_diff']}")
+    for key, what in (("attention", ""), ("fast_attention", " (--fast)"),
+                      ("deep_cache_attention", f" (--fast --deep-cache {args.deep_cache})")):
         if key in res:
             a = res[key]
             print(f"attention recording on{what}: {a['recorded_s']} s vs off {a['plain_s']} s for {a['n']} images: "

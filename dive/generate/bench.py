@@ -15,6 +15,8 @@ threads (dive.utils.flops). `generation_speed` times our loop alone for `dive sp
 `fast` (on by default) adds columns: the same loop with `load_generator(fast=True)`, timed in the
 same alternation, with its ratio to the plain loop, the median of its back-to-back pairs (wall and
 CPU time), and the largest difference (grey levels) of its images from ours for the same seeds.
+`deep_cache` N (5 by default) adds the same columns for `load_generator(fast=True, deep_cache=N)`,
+which changes the images (dive.generate.deepcache), with its FLOPs per image.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class GenerateBenchConfig:
     flops: bool = field(default=True, metadata={
         "help": "also count FLOPs per image and report FLOP/s as a share of the machine's matmul peak"})
     fast: bool = field(default=True, metadata={"help": "also time our loop in the fast mode (dive generate --fast)"})
+    deep_cache: int = field(default=5, metadata={
+        "help": "also time our loop with --fast --deep-cache N (other images: their largest difference is "
+                "reported); 0: skip"})
 
 
 def _plain_pipeline(base: Path, checkpoint: Path):
@@ -191,28 +196,40 @@ def _generate_bench(cfg: GenerateBenchConfig) -> dict:
         res[f"{name}_ratio_cpu_median_of_pairs"] = _pairs(cpu[name], cpu["plain"])
         ref = gen.render(batches[0], steps=cfg.steps, guidance=cfg.guidance)
         got = g.render(batches[0], steps=cfg.steps, guidance=cfg.guidance)
-        res[f"{name}_max_grey_diff"] = int(np.abs(ref.astype(np.int16) - got.astype(np.int16)).max())
+        diff = np.abs(ref.astype(np.int16) - got.astype(np.int16))
+        res[f"{name}_max_grey_diff"] = int(diff.max())
+        res[f"{name}_mean_grey_diff"] = round(float(diff.mean()), 2)
+    if cfg.flops and "deep_cache" in variants:
+        g = variants["deep_cache"][0]
+        res["deep_cache_flops_per_image"] = generation_flops(
+            lambda b: g.render(b, steps=cfg.steps, guidance=cfg.guidance), batches[0], cfg.steps)["flops_per_image"]
     if cfg.flops:
         res.update(_flop_fields(cfg, gen, batches[0], plain_batch, min(t_ours) / len(jobs), min(t_ref) / len(jobs)))
     if cfg.attention:
         res["attention"] = attention_overhead(gen, n=cfg.batch_size, steps=cfg.steps, guidance=cfg.guidance,
                                               repeats=cfg.repeats)
-        if "fast" in variants:  # recording wraps the fast mode's processors: its cost there
-            res["fast_attention"] = attention_overhead(variants["fast"][0], n=cfg.batch_size, steps=cfg.steps,
-                                                       guidance=cfg.guidance, repeats=cfg.repeats)
+        for name in variants:  # recording wraps the fast mode's processors: its cost there
+            res[f"{name}_attention"] = attention_overhead(variants[name][0], n=cfg.batch_size, steps=cfg.steps,
+                                                          guidance=cfg.guidance, repeats=cfg.repeats)
     return res
 
 
 def _variants(cfg: GenerateBenchConfig) -> dict:
     """The speed options the bench also times: name -> (its generator, the seconds of its warm-up
     calls at 2 steps, one per batch shape)."""
-    if not cfg.fast:
-        return {}
-    _, g, _, batches = _prepare(cfg, fast=True)
-    t = time.perf_counter()
-    for size in sorted({len(b) for b in batches}):
-        g.render(batches[0][:size], steps=2, guidance=cfg.guidance)
-    return {"fast": (g, time.perf_counter() - t)}
+    options = {}
+    if cfg.fast:
+        options["fast"] = dict(fast=True)
+    if cfg.deep_cache:
+        options["deep_cache"] = dict(fast=True, deep_cache=cfg.deep_cache)
+    out = {}
+    for name, opts in options.items():
+        _, g, _, batches = _prepare(cfg, **opts)
+        t = time.perf_counter()
+        for size in sorted({len(b) for b in batches}):
+            g.render(batches[0][:size], steps=2, guidance=cfg.guidance)
+        out[name] = (g, time.perf_counter() - t)
+    return out
 
 
 def _pairs(ours: list[float], plain: list[float]) -> float:

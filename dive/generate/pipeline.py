@@ -22,6 +22,7 @@ import torch
 
 from dive.checkpoint import (INFRARED_ADAPTER, SHARED_ADAPTER, CameraToken, TokenTable, check_checkpoint,
                              checkpoint_hash, has_infrared_adapter, load_into_pipeline)
+from dive.generate.deepcache import deep_cache_scope, enable_deep_cache
 from dive.generate.fast import enable_fast, step_cache
 from dive.utils.adapters import MergedAdapters
 from dive.utils.diffusion import encode_latents
@@ -88,11 +89,13 @@ class Generator:
     merged: MergedAdapters | None = None
     #: `load_generator`'s speed option, as loaded (recorded with the images)
     fast: bool = False
+    #: `load_generator`'s deep-feature cache interval (0: off; changes the images)
+    deep_cache: int = 0
 
     @property
     def speed_options(self) -> dict:
         """The speed options that are on, for a run's settings ({} when none)."""
-        return {"fast": True} if self.fast else {}
+        return {**({"fast": True} if self.fast else {}), **({"deep_cache": self.deep_cache} if self.deep_cache else {})}
 
     def is_infrared(self, job: ImageJob) -> bool:
         try:
@@ -141,7 +144,8 @@ class Generator:
 
     def _render(self, jobs: Sequence[ImageJob], *, steps: int, guidance: float, negative_prompt: str,
                 callback, init_images: Sequence | None, strength: float) -> np.ndarray:
-        with step_cache(self.pipe.unet):  # one pipeline call: the scope of the fast mode's reuse
+        # one pipeline call: the scope of the fast mode's reuse and of the deep cache's step count
+        with step_cache(self.pipe.unet), deep_cache_scope(self.pipe.unet):
             return self._render_call(jobs, steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                                      callback=callback, init_images=init_images, strength=strength)
 
@@ -211,11 +215,11 @@ def latent_size(pipe) -> tuple[int, int]:
 
 def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32, height: int | None = None, width: int | None = None,
-                   fuse: bool = True, fast: bool = False) -> Generator:
+                   fuse: bool = True, fast: bool = False, deep_cache: int = 0) -> Generator:
     """The diffusers SD folder `base` with DPM-Solver++ and, if given, a DiVE checkpoint loaded
     (LoRA fused into the UNet by default: sampling then costs what the base costs; a checkpoint with
-    an infrared adapter is merged per modality as `render` switches). `fast`: see the module
-    docstring."""
+    an infrared adapter is merged per modality as `render` switches). `fast`: see
+    dive.generate.fast (same images); `deep_cache` N >= 2: see dive.generate.deepcache (other images)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     base = Path(base)
@@ -239,12 +243,14 @@ def load_generator(base: str | Path, checkpoint: str | Path | None = None, *, de
     pipe.to(device)
     if fast:
         enable_fast(pipe.unet)
+    if deep_cache:
+        enable_deep_cache(pipe.unet, deep_cache)
     lh, lw = latent_size(pipe)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     gen = Generator(pipe=pipe, table=table, base=base, checkpoint=Path(checkpoint) if checkpoint else None,
                     height=height or lh * scale, width=width or lw * scale, checkpoint_hash=ckpt_hash,
                     device=torch.device(device), dtype=dtype, infrared_adapter=infrared,
                     merged=MergedAdapters(pipe.unet, [SHARED_ADAPTER, INFRARED_ADAPTER]) if infrared and fuse else None,
-                    fast=fast)
+                    fast=fast, deep_cache=deep_cache)
     gen.use_adapters(False)
     return gen

@@ -60,6 +60,9 @@ class GenerateConfig:
     fast: bool = field(default=False, metadata={
         "help": "fast mode: text-derived values once per batch instead of once per step, one q/k/v matmul; "
                 "images within 2 grey levels of the default (float rounding); see docs/generation-speed.md"})
+    deep_cache: int = field(default=0, metadata={
+        "help": "deep-feature cache interval N >= 2: the whole UNet on one step in N, its shallow path on the "
+                "others (DeepCache); faster, other images (0: off); see docs/generation-speed.md"})
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
 
 
@@ -136,7 +139,8 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
     if generator is None:
         device, dtype = resolve(cfg.device, cfg.dtype)  # a bad or absent device: one line, before anything else
         cfg = replace(cfg, base=resolve_base(cfg.checkpoint, cfg.base))
-        generator = load_generator(cfg.base, cfg.checkpoint, device=device, dtype=dtype, fast=cfg.fast)
+        generator = load_generator(cfg.base, cfg.checkpoint, device=device, dtype=dtype, fast=cfg.fast,
+                                    deep_cache=cfg.deep_cache)
     elif cfg.base is None:  # the caller's generator is what renders; record its checkpoint's base if at hand
         cfg = replace(cfg, base=trained_base(cfg.checkpoint))
     gen = generator
@@ -151,7 +155,7 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in config_to_dict(cfg).items()
-                if k not in ("stop_after", "device", "dtype", "fast")}
+                if k not in ("stop_after", "device", "dtype", "fast", "deep_cache")}
     if dtype_name(gen.dtype) != "fp32":  # recorded only when not fp32: earlier fp32 folders resume as they were
         settings["dtype"] = dtype_name(gen.dtype)
     settings |= gen.speed_options  # likewise only when on: what the generator that renders does
@@ -161,8 +165,9 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
     settings_path = out / "generate.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
-        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype", "fast")
-        absent = {"dtype": "fp32", "fast": False}
+        keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype", "fast",
+                "deep_cache")
+        absent = {"dtype": "fp32", "fast": False, "deep_cache": 0}
         shown = lambda d, k: d.get(k, absent.get(k))  # noqa: E731
         differ = [f"{k} {shown(old, k)} -> {shown(settings, k)}" for k in keys if shown(old, k) != shown(settings, k)]
         if differ:
