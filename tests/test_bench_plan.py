@@ -224,3 +224,31 @@ def test_the_bench_prints_its_projection_first_and_its_tables_compare_it(tmp_pat
     bench = json.loads((out / "bench.json").read_text())
     assert bench["projected_s"] == p["total_seconds"] > 0
     assert "Projected vs actual time:" in (out / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("interval,steps", [(0, [2, 4]), (5, [5, 10])])
+def test_generation_probe_times_the_benchs_own_sampling(tmp_path, monkeypatch, interval, steps):
+    """The generation probe loads the generator as the bench will generate (--gen-deep-cache N:
+    fast and deep-cache on) and, with a cache, times N and 2N steps, so its per-step cost is the
+    average of one whole step and N-1 shallow ones; the projection prices gen_steps of them."""
+    import dive.generate.pipeline as pipeline
+    from dive.bench import probe
+
+    loaded, rendered = {}, []
+
+    class FakeGenerator:
+        table = None
+
+        def render(self, jobs, *, steps, guidance):
+            rendered.append(steps)
+
+    def fake_load(base, checkpoint=None, **options):
+        loaded.update(options)
+        return FakeGenerator()
+
+    monkeypatch.setattr(pipeline, "load_generator", fake_load)
+    cfg = BenchConfig(out=tmp_path, base=tmp_path / "base", gen_deep_cache=interval)
+    res = probe.probe_generation(cfg, None)
+    assert loaded == {"fast": interval > 0, "deep_cache": interval}
+    assert sorted(set(rendered[1:])) == steps and rendered.count(steps[0]) == rendered.count(steps[1]) == 2
+    assert res["unit"] == "image" and res["seconds"] >= 0

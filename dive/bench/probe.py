@@ -185,7 +185,9 @@ def probe_world(synth_cfg, plan, tmp: Path) -> tuple[dict, list[Path]]:
 def probe_generation(cfg: BenchConfig, checkpoint: Path | None) -> dict:
     """Seconds per generated image at the bench's steps, guidance, batch size and threads: the
     per-checkpoint generator when it exists, else its base alone (the LoRA is fused: same cost).
-    `detail`: the per-image part (text encoder, VAE decode) and the per-step part."""
+    `detail`: the per-image part (text encoder, VAE decode) and the per-step part. With a deep-cache
+    interval N the two timed runs are N and 2N steps (each one whole step and N-1 shallow ones), so
+    the per-step part is the average of a cached run's steps."""
     from dive.checkpoint import resolve_base
     from dive.generate.pipeline import GenerationRequest, ImageJob, load_generator
     from dive.generate.run import GenerateConfig, select_cameras, select_identities
@@ -194,7 +196,8 @@ def probe_generation(cfg: BenchConfig, checkpoint: Path | None) -> dict:
     batch = next(f.default for f in dataclasses.fields(GenerateConfig) if f.name == "batch_size")
     base = resolve_base(checkpoint) if checkpoint is not None else cfg.base
     with torch_threads(cfg.threads):
-        gen = load_generator(base, checkpoint)
+        gen = load_generator(base, checkpoint, fast=cfg.gen_deep_cache > 0, deep_cache=cfg.gen_deep_cache)
+        steps = tuple(s * cfg.gen_deep_cache // 2 for s in GEN_STEPS) if cfg.gen_deep_cache else GEN_STEPS
         jobs = []
         if checkpoint is not None:
             ids = [t.token for t in select_identities(gen.table, min_images=cfg.min_images)]
@@ -204,11 +207,11 @@ def probe_generation(cfg: BenchConfig, checkpoint: Path | None) -> dict:
         gen.render(jobs[:2], steps=1, guidance=cfg.guidance)
         # the best of two of each: a shared machine's speed wanders
         lo, hi = (min(_timed(lambda s=s: gen.render(jobs, steps=s, guidance=cfg.guidance)) for _ in range(2))
-                  for s in GEN_STEPS)
-    per_step = (hi - lo) / (GEN_STEPS[1] - GEN_STEPS[0])
+                  for s in steps)
+    per_step = (hi - lo) / (steps[1] - steps[0])
     if per_step <= 0:  # a noisy machine: count the whole time as steps
-        per_step = hi / GEN_STEPS[1]
-    fixed = max(0.0, lo - GEN_STEPS[0] * per_step)
+        per_step = hi / steps[1]
+    fixed = max(0.0, lo - steps[0] * per_step)
     n = len(jobs)
     return cost((fixed + cfg.gen_steps * per_step) / n, "image", "probe", batch_size=n,
                 per_image_seconds=fixed / n, per_step_seconds=per_step / n)
