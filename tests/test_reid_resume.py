@@ -127,3 +127,45 @@ def test_other_settings_are_refused_and_an_unsaved_run_starts_over(world, tmp_pa
     ref = train_reid(ReIDTrainConfig(out=tmp_path / "ref", epochs=2, batches_per_epoch=1, **TINY), data.train)
     _same_files(ref, run)
     assert _epoch_rows(run) == _epoch_rows(ref)
+
+
+def test_a_bench_job_stopped_part_way_continues_and_another_recipe_starts_over(world, tmp_path, monkeypatch):
+    """A bench or sweep ReID job killed after its first epoch continues from that epoch when rerun,
+    ending with the bytes and report of an unbroken run; the folder of a job whose recipe changed
+    since (another lr) is not resumed but trained over."""
+    from dive.bench.jobs import _reid_job, resumable
+
+    recipe = {k: v for k, v in TINY.items() if k not in ("progress", "threads")} | dict(epochs=2, batches_per_epoch=1)
+
+    def job(run, **over):
+        return ("row|agw|0", str(world), "synthvi", str(run), "agw", 0, recipe | over)
+
+    _, ref = _reid_job(job(tmp_path / "ref"))
+    save = resume.save_state
+
+    def dying(run, model, opt, gen, best, info):
+        path = save(run, model, opt, gen, best, info)
+        if info["epoch"] == 1:
+            raise _Killed
+        return path
+
+    monkeypatch.setattr(resume, "save_state", dying)
+    with pytest.raises(_Killed):
+        _reid_job(job(tmp_path / "killed"))
+    monkeypatch.setattr(resume, "save_state", save)
+    assert resumable(job(tmp_path / "killed")) and not resumable(job(tmp_path / "killed", lr=0.05))
+    assert not resumable(job(tmp_path / "ref"))  # finished: nothing to continue
+    _, report = _reid_job(job(tmp_path / "killed"))
+    _same_files(tmp_path / "ref", tmp_path / "killed")
+    assert _epoch_rows(tmp_path / "killed") == _epoch_rows(tmp_path / "ref")
+    assert report["results"].keys() == ref["results"].keys()
+    for name, res in ref["results"].items():  # every protocol scores the same network the same
+        assert report["results"][name]["mAP"] == res["mAP"] and list(report["results"][name]["cmc"]) == list(res["cmc"])
+    # a changed recipe: the unfinished folder is trained over, as a new run of that recipe
+    monkeypatch.setattr(resume, "save_state", dying)
+    with pytest.raises(_Killed):
+        _reid_job(job(tmp_path / "changed"))
+    monkeypatch.setattr(resume, "save_state", save)
+    _reid_job(job(tmp_path / "changed", lr=0.05))
+    _reid_job(job(tmp_path / "fresh", lr=0.05))
+    _same_files(tmp_path / "fresh", tmp_path / "changed")

@@ -17,18 +17,44 @@ from dive.bench.stages import log
 from dive.utils.config import config_to_dict
 
 
-def _job_train_config(args: tuple):
+def _job_train_config(args: tuple, force: bool = True):
     from dive.reid.train import ReIDTrainConfig
 
     key, data, fmt, run, method, seed, overrides = args
-    return ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=True, progress=False, threads=1, **overrides)
+    return ReIDTrainConfig(out=Path(run), method=method, seed=seed, force=force, progress=False, threads=1, **overrides)
 
 
 def _reid_job(args: tuple) -> tuple[str, dict]:
+    """Train and score one job: an unfinished run of its recipe in its folder (a bench or sweep
+    stopped part way) continues from its last finished epoch, with the same result as an unbroken
+    run; anything else in the folder is replaced (a run of another recipe, or one whose data changed
+    since)."""
+    from dive.reid.resume import CannotResume
     from dive.reid.run import ReIDDataConfig, ReIDEvalConfig, run_reid
 
     key, data, fmt = args[:3]
-    return key, run_reid(ReIDDataConfig(data=Path(data), format=fmt), _job_train_config(args), ReIDEvalConfig())
+    data_cfg = ReIDDataConfig(data=Path(data), format=fmt)
+    if resumable(args):
+        try:
+            return key, run_reid(data_cfg, _job_train_config(args, force=False), ReIDEvalConfig())
+        except CannotResume as err:
+            log(f"{key}: starting over ({err})")
+    return key, run_reid(data_cfg, _job_train_config(args), ReIDEvalConfig())
+
+
+def resumable(job: tuple) -> bool:
+    """Whether the job's folder holds an unfinished run of exactly its recipe with a resume state."""
+    from dive.reid.resume import STATE_FILE
+
+    run = Path(job[3])
+    if (run / "model.json").exists() or not (run / STATE_FILE).is_file() or not (run / "config.json").is_file():
+        return False
+    try:
+        saved = json.loads((run / "config.json").read_text()).get("train", {})
+    except ValueError:
+        return False
+    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
+    return all(saved.get(k) == v for k, v in want.items() if k not in _NOT_RECIPE)
 
 
 #: run settings that do not change what a ReID run learns

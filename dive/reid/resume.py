@@ -30,6 +30,11 @@ STATE_FORMAT = "dive-reid-resume"
 UNTRAINED_OPTIONS = ("out", "force", "progress", "log_every")
 
 
+class CannotResume(ValueError):
+    """The run folder's resume state cannot continue this run: other settings, data or process
+    count, or an unreadable state file (a caller may start the run over with --force)."""
+
+
 def prepare_run_dir(run: Path, force: bool) -> Path:
     """The run folder: new, an unfinished run of the same settings (resumed), or anything with --force.
     A finished run is refused."""
@@ -90,7 +95,7 @@ def read_state(run: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
             raise ValueError("not a resume state")
         return tensors, json.loads(header["state"])
     except Exception as err:  # noqa: BLE001 - a damaged file: one line naming it
-        raise ValueError(f"{path}: unreadable resume state ({err}); pass --force to start the run over") from None
+        raise CannotResume(f"{path}: unreadable resume state ({err}); pass --force to start the run over") from None
 
 
 def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -262,11 +262,11 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
             tensors, state = saved
             was = state["fingerprint"]["meta"].get("world_size", 1)
             if was != group.world:
-                raise ValueError(f"{run / resume.STATE_FILE}: an unfinished run of {was} process(es); resume it on "
+                raise resume.CannotResume(f"{run / resume.STATE_FILE}: an unfinished run of {was} process(es); resume it on "
                                  f"as many (this launch: {group.world}), use another --out, or pass --force")
             differ = resume.differences(state["fingerprint"], fingerprint)
             if differ:
-                raise ValueError(f"{run / resume.STATE_FILE}: an unfinished run with other settings or data "
+                raise resume.CannotResume(f"{run / resume.STATE_FILE}: an unfinished run with other settings or data "
                                  f"({', '.join(differ)} differ); rerun it as it was, use another --out, or pass --force")
             best_state = resume.restore(tensors, state, model, opt, gen)
             if best_state is not None:
