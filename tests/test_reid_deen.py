@@ -18,6 +18,7 @@ from dive.reid.losses import BatchHardTriplet, CrossEntropyLabelSmooth, center_p
 from dive.reid.model import ModelSpec, TwoStreamReID, build_model
 from dive.reid.run import ReIDDataConfig, load_reid_data
 from dive.reid.train import ReIDTrainConfig, load_checkpoint, train_reid
+from test_reid_resume import _Killed, dies_after  # one kill helper for every resume test
 
 TINY = dict(method="deen", base_width=4, height=64, width=32, num_ids=2, num_per_modality=2, epochs=2,
             batches_per_epoch=2, warmup_epochs=0.0, lr_steps=(), progress=False, threads=1, log_every=1)
@@ -177,10 +178,6 @@ def test_deen_options_are_checked():
 # ------------------------------------------------------------------------------------------------
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_deen_trains_reproducibly_resumes_loads_and_evaluates(tiny_world_dir, tmp_path, monkeypatch):
     data = load_reid_data(ReIDDataConfig(data=tiny_world_dir))
     runs = [train_reid(ReIDTrainConfig(out=tmp_path / f"r{i}", seed=3, **TINY), data.train) for i in range(2)]
@@ -214,14 +211,7 @@ def test_deen_trains_reproducibly_resumes_loads_and_evaluates(tiny_world_dir, tm
         ReIDFeatures(runs[0])
 
     # killed right after epoch 1's state: the rerun continues and ends with the same bytes
-    save = resume.save_state
-
-    def dying(run, model, opt, gen, best, info):
-        path = save(run, model, opt, gen, best, info)
-        if info["epoch"] == 1:
-            raise _Killed
-        return path
-
+    save, dying = resume.save_state, dies_after(1)
     out = tmp_path / "killed"
     monkeypatch.setattr(resume, "save_state", dying)
     with pytest.raises(_Killed):

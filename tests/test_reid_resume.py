@@ -75,6 +75,20 @@ class _Killed(BaseException):
     pass
 
 
+def dies_after(epoch: int):
+    """A `resume.save_state` that writes the state of `epoch`, then stops the run as a kill would
+    (take it before patching: it wraps the function in place now)."""
+    save = resume.save_state
+
+    def dying(run, model, opt, gen, best, info):
+        path = save(run, model, opt, gen, best, info)
+        if info["epoch"] == epoch:
+            raise _Killed
+        return path
+
+    return dying
+
+
 def test_best_val_caj_resumes_after_any_epoch(world, tmp_path, monkeypatch):
     data = load_reid_data(ReIDDataConfig(data=world))
     cfg = dict(TINY, epochs=3, batches_per_epoch=2, method="caj", select="best-val", val_trials=1)
@@ -82,14 +96,7 @@ def test_best_val_caj_resumes_after_any_epoch(world, tmp_path, monkeypatch):
     save = resume.save_state
     for kill_after in (1, 2, 3):  # dies right after the state of epoch N is written
         out = tmp_path / f"k{kill_after}"
-
-        def dying(run, model, opt, gen, best, info, _n=kill_after):
-            path = save(run, model, opt, gen, best, info)
-            if info["epoch"] == _n:
-                raise _Killed
-            return path
-
-        monkeypatch.setattr(resume, "save_state", dying)
+        monkeypatch.setattr(resume, "save_state", dies_after(kill_after))
         with pytest.raises(_Killed):
             train_reid(ReIDTrainConfig(out=out, **cfg), data.train, data.val)
         monkeypatch.setattr(resume, "save_state", save)
@@ -141,14 +148,7 @@ def test_a_bench_job_stopped_part_way_continues_and_another_recipe_starts_over(w
         return ("row|agw|0", str(world), "synthvi", str(run), "agw", 0, recipe | over)
 
     _, ref = _reid_job(job(tmp_path / "ref"))
-    save = resume.save_state
-
-    def dying(run, model, opt, gen, best, info):
-        path = save(run, model, opt, gen, best, info)
-        if info["epoch"] == 1:
-            raise _Killed
-        return path
-
+    save, dying = resume.save_state, dies_after(1)
     monkeypatch.setattr(resume, "save_state", dying)
     with pytest.raises(_Killed):
         _reid_job(job(tmp_path / "killed"))
