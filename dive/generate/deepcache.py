@@ -65,7 +65,8 @@ def enable_deep_cache(unet, interval: int) -> None:
     state = getattr(unet, _STATE, None)
     if state is not None:
         if state.interval != interval:
-            raise ValueError(f"deep cache already on with interval {state.interval}; load the UNet again for {interval}")
+            raise ValueError(f"deep cache already on with interval {state.interval}; "
+                             f"load the UNet again for {interval}")
         return
     check_supported(unet)
     state = _State(interval)
