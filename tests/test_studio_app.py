@@ -213,7 +213,7 @@ def test_public_mode_a_visitor_cannot_see_or_stop_another_s_run(public_url):
         assert f"no run {run_id}" in msg, msg
     msg = b.predict(api_name="/train")[0]
     assert "1 training(s) at a time" in msg and str(pub) not in msg, msg  # capped, one clear line
-    # a reload: a new session with the same key sees a's run and stops it
+    # a reload: a new connection with the same key sees a's run and stops it
     again = Client(url, verbose=False, download_files=False, httpx_kwargs={"cookies": {COOKIE: a.cookies[COOKIE]}})
     assert again.cookies[COOKIE] == a.cookies[COOKIE]
     assert again.predict(api_name="/runs")["data"][0][2] == "running"

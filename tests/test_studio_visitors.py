@@ -56,13 +56,13 @@ def test_keys_are_handed_out_once_and_kept(public):
 
 def test_the_key_names_the_visitor_across_reloads(public):
     key = new_key()
-    # the same key after a reload (a new Gradio session) is the same visitor
+    # the same key after a reload (a new Gradio connection) is the same visitor
     before = visitor(public, SimpleNamespace(cookies={COOKIE: key}, session_hash="page-1"))
     after = visitor(public, SimpleNamespace(cookies={COOKIE: key}, session_hash="page-2"))
     assert before == after == visitor_id(key)
     other = visitor(public, SimpleNamespace(cookies={COOKIE: new_key()}, session_hash="page-1"))
     assert other != before
-    # no cookie (a client that keeps none): the Gradio session; no key at all: refused
+    # no cookie (a client that keeps none): Gradio's connection hash; no key at all: refused
     assert visitor(public, SimpleNamespace(cookies={}, session_hash="s1")) == visitor_id("s1")
     assert visitor(public, SimpleNamespace(cookies={COOKIE: "bad"}, session_hash="s1")) == visitor_id("s1")
     with pytest.raises(StudioError, match="no visitor key"):

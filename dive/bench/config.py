@@ -158,8 +158,16 @@ class BenchConfig:
 #: `dive bench-sweep` knob -> the bench option its chosen value sets
 SWEEP_OPTIONS = {"share": "synthetic_share", "weight": "synthetic_weight", "n": "n_per_camera", "guidance": "guidance",
                  "deep_cache": "gen_deep_cache"}
+#: the knobs that change the generation (each setting a `dive generate` folder of its own), and their types
+GENERATION_KNOBS = {"n": int, "guidance": float, "deep_cache": int}
 #: the knobs whose rows have images of their own (a generation or a filter)
-IMAGE_KNOBS = ("n", "guidance", "deep_cache", "filter")
+IMAGE_KNOBS = (*GENERATION_KNOBS, "filter")
+
+
+def knob_value(knob: str, value):
+    """A sweep row's value as the bench option it sets takes it (images per id and deep-cache
+    intervals are whole numbers)."""
+    return GENERATION_KNOBS.get(knob, float)(value)
 
 
 def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
@@ -185,8 +193,7 @@ def with_sweep_choice(cfg: BenchConfig) -> BenchConfig:
         raise ValueError(f"{path}: the chosen setting is {row['knob']} {row['value']}, which the bench cannot apply "
                          f"(it applies {', '.join(SWEEP_OPTIONS)} and filter)")
     if row["knob"] != "dive":  # "dive": the bench's own settings were the best
-        value = int(row["value"]) if row["knob"] in ("n", "deep_cache") else float(row["value"])
-        cfg = dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: value})
+        cfg = dataclasses.replace(cfg, **{SWEEP_OPTIONS[row["knob"]]: knob_value(row["knob"], row["value"])})
     # the sweep's images of that setting, when the bench would make the same (checked again on use)
     folder = _chosen_images(path, sweep, row)
     if cfg.dive_images is None and _same_checkpoint(cfg, sweep) and folder and (folder / "generate.json").is_file():

@@ -47,14 +47,12 @@ def resumable(job: tuple) -> bool:
     from dive.reid.resume import STATE_FILE
 
     run = Path(job[3])
-    if (run / "model.json").exists() or not (run / STATE_FILE).is_file() or not (run / "config.json").is_file():
+    if (run / "model.json").exists() or not (run / STATE_FILE).is_file():
         return False
     try:
-        saved = json.loads((run / "config.json").read_text()).get("train", {})
-    except ValueError:
+        return _same_recipe(job)
+    except ValueError:  # a config.json cut short by a kill
         return False
-    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
-    return all(saved.get(k) == v for k, v in want.items() if k not in _NOT_RECIPE)
 
 
 #: run settings that do not change what a ReID run learns
@@ -65,13 +63,19 @@ def finished_report(job: tuple) -> dict | None:
     """The report of a finished run of exactly this job's recipe, else None: a rerun after a budget
     or recipe change must retrain, never mix old runs into new tables."""
     run = Path(job[3])
-    if not (run / "report.json").exists() or not (run / "config.json").exists():
-        return None
-    saved = json.loads((run / "config.json").read_text()).get("train", {})
-    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
-    if any(saved.get(k) != v for k, v in want.items() if k not in _NOT_RECIPE):
+    if not (run / "report.json").exists() or not _same_recipe(job):
         return None
     return json.loads((run / "report.json").read_text())
+
+
+def _same_recipe(job: tuple) -> bool:
+    """Whether the job's run folder holds a config.json of exactly the job's recipe."""
+    path = Path(job[3]) / "config.json"
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text()).get("train", {})
+    want = json.loads(json.dumps(config_to_dict(_job_train_config(job))))
+    return all(saved.get(k) == v for k, v in want.items() if k not in _NOT_RECIPE)
 
 
 def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:

@@ -197,7 +197,7 @@ def probe_generation(cfg: BenchConfig, checkpoint: Path | None) -> dict:
     base = resolve_base(checkpoint) if checkpoint is not None else cfg.base
     with torch_threads(cfg.threads):
         gen = load_generator(base, checkpoint, fast=cfg.gen_deep_cache > 0, deep_cache=cfg.gen_deep_cache)
-        steps = tuple(s * cfg.gen_deep_cache // 2 for s in GEN_STEPS) if cfg.gen_deep_cache else GEN_STEPS
+        steps = (cfg.gen_deep_cache, 2 * cfg.gen_deep_cache) if cfg.gen_deep_cache else GEN_STEPS
         jobs = []
         if checkpoint is not None:
             ids = [t.token for t in select_identities(gen.table, min_images=cfg.min_images)]

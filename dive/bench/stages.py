@@ -167,13 +167,14 @@ def check_given_images(cfg: BenchConfig, checkpoint: Path, folder: Path) -> None
     + DiVE images that the bench's per-camera checkpoint and settings would not have made; reads
     only, the folder is left as it is."""
     from dive.checkpoint import checkpoint_hash
+    from dive.generate.run import recorded_setting
 
     made = json.loads((folder / "generate.json").read_text())
     want = {"checkpoint_hash": checkpoint_hash(checkpoint), "seed": cfg.gen_seed, "steps": cfg.gen_steps,
             "guidance": cfg.guidance, "n": cfg.n_per_camera, "min_images": cfg.min_images,
             "deep_cache": cfg.gen_deep_cache}
-    differ = [f"{k} {made.get(k, 0 if k == 'deep_cache' else None)} (bench: {v})" for k, v in want.items()
-              if made.get(k, 0 if k == "deep_cache" else None) != v]
+    differ = [f"{k} {recorded_setting(made, k)} (bench: {v})" for k, v in want.items()
+              if recorded_setting(made, k) != v]
     if differ:
         raise ValueError(f"{folder / 'generate.json'}: these images were made with other settings than the bench's "
                          f"({'; '.join(differ)}); give the bench those settings or let it generate its own")

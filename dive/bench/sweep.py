@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dive import defaults
-from dive.bench.config import BenchConfig, quick_config
+from dive.bench.config import SWEEP_OPTIONS, BenchConfig, knob_value, quick_config
 from dive.bench.jobs import equal_budget, finished_report, reid_recipe, reid_run_dir, run_reid_jobs
 from dive.bench.stages import export_source, finished_checkpoint, generate_source, generation_done, log
 from dive.bench.world import ensure_world, resolve_world, world_ready
@@ -167,13 +167,12 @@ def knob_rows(cfg: SweepConfig, bench: BenchConfig) -> list[dict]:
                 row |= {"name": DIVE_SET} if float(v) == 1.0 else {"overrides": {"synthetic_weight": float(v)}}
             elif knob == "filter":
                 row |= {"set": name, "keep": float(v)}
-            elif ((knob == "n" and int(v) == bench.n_per_camera) or (knob == "guidance" and float(v) == bench.guidance)
-                  or (knob == "deep_cache" and int(v) == bench.gen_deep_cache)):
-                row["name"] = DIVE_SET  # the bench's own setting: the + DiVE row itself
-            else:
-                gen = {"n": {"n_per_camera": int(v)}, "guidance": {"guidance": float(v)},
-                       "deep_cache": {"gen_deep_cache": int(v)}}[knob]
-                row |= {"set": name, "generate": gen}
+            else:  # a generation knob: a new folder, unless it is the bench's own setting (the + DiVE row)
+                value = knob_value(knob, v)
+                if value == getattr(bench, SWEEP_OPTIONS[knob]):
+                    row["name"] = DIVE_SET
+                else:
+                    row |= {"set": name, "generate": {SWEEP_OPTIONS[knob]: value}}
             rows.append(row)
     return rows
 

@@ -28,7 +28,10 @@ import torch
 _STATE = "_dive_deep_cache"
 
 #: keyword arguments of UNet2DConditionModel.forward the shallow path handles
-_COVERED = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "return_dict", "encoder_hidden_states"}
+_COVERED = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "return_dict"}
+#: arguments the shallow path cannot honour: a call passing any of them runs whole
+_UNUSED = {"class_labels", "attention_mask", "encoder_attention_mask", "down_block_additional_residuals",
+           "mid_block_additional_residual", "down_intrablock_additional_residuals"}
 
 
 class _State:
@@ -106,11 +109,6 @@ def enable_deep_cache(unet, interval: int) -> None:
 
     unet.forward = types.MethodType(cached_forward, unet)
     setattr(unet, _STATE, state)
-
-
-#: arguments the shallow path cannot honour: a call passing any of them runs whole
-_UNUSED = {"class_labels", "attention_mask", "encoder_attention_mask", "down_block_additional_residuals",
-           "mid_block_additional_residual", "down_intrablock_additional_residuals"}
 
 
 @contextmanager

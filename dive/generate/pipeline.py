@@ -95,7 +95,12 @@ class Generator:
     @property
     def speed_options(self) -> dict:
         """The speed options that are on, for a run's settings ({} when none)."""
-        return {**({"fast": True} if self.fast else {}), **({"deep_cache": self.deep_cache} if self.deep_cache else {})}
+        out: dict = {}
+        if self.fast:
+            out["fast"] = True
+        if self.deep_cache:
+            out["deep_cache"] = self.deep_cache
+        return out
 
     def is_infrared(self, job: ImageJob) -> bool:
         try:

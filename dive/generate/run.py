@@ -66,6 +66,15 @@ class GenerateConfig:
     stop_after: int = field(default=0, metadata={"help": "stop (as if killed) after this many images; for tests"})
 
 
+#: generate.json keys written only when not at these values (earlier folders lack them)
+_ABSENT_SETTINGS = {"dtype": "fp32", "fast": False, "deep_cache": 0}
+
+
+def recorded_setting(settings: dict, key: str):
+    """A generate.json setting, a key written only when on read at its default."""
+    return settings.get(key, _ABSENT_SETTINGS.get(key))
+
+
 def select_identities(table: TokenTable, *, which: str = "external", min_images: int = 12, top_k: int = 0,
                       random_k: int = 0, ids: tuple[str, ...] = (), seed: int = 0) -> list[IdentityToken]:
     if ids:
@@ -167,9 +176,8 @@ def _generate(cfg: GenerateConfig, generator: Generator | None, progress: bool, 
         old = json.loads(settings_path.read_text())
         keys = ("checkpoint_hash", "seed", "steps", "guidance", "negative_prompt", "height", "width", "dtype", "fast",
                 "deep_cache")
-        absent = {"dtype": "fp32", "fast": False, "deep_cache": 0}
-        shown = lambda d, k: d.get(k, absent.get(k))  # noqa: E731
-        differ = [f"{k} {shown(old, k)} -> {shown(settings, k)}" for k in keys if shown(old, k) != shown(settings, k)]
+        differ = [f"{k} {recorded_setting(old, k)} -> {recorded_setting(settings, k)}" for k in keys
+                  if recorded_setting(old, k) != recorded_setting(settings, k)]
         if differ:
             raise ValueError(f"{settings_path}: this folder was generated with other settings ({'; '.join(differ)}); "
                              "use a new --out")
