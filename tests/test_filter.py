@@ -175,7 +175,7 @@ def test_output_folder_is_a_synthetic_source(tiny_world_dir, reid_run, tmp_path,
 def test_relabelled_images_are_the_dropped_ones(tiny_world_dir, tmp_path):
     """Half of each identity's rows show another identity: a trained ReID network gives them the
     lowest margins, so --keep 0.5 drops exactly them (an untrained one drops about half of them)."""
-    run = _train(tiny_world_dir, tmp_path / "reid", epochs=40, batches_per_epoch=4, base_width=8, num_ids=4, lr=0.05)
+    run = _train(tiny_world_dir, tmp_path / "reid", epochs=80, batches_per_epoch=4, base_width=8, num_ids=4, lr=0.05)
     syn = tmp_path / "gen"
     rows, wrong = write_relabelled(tiny_world_dir, syn)
     assert len(wrong) * 2 == len(rows)

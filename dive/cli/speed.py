@@ -49,6 +49,8 @@ class SpeedConfig:
     reid_method: str = field(default="agw", metadata={"help": "ReID recipe timed", "choices": ["agw", "caj", "deen"]})
     reid_batches: int = field(default=20, metadata={"help": "timed ReID batches"})
     reid_warmup: int = field(default=3, metadata={"help": "untimed ReID batches first (the first is counted)"})
+    reid_onednn: bool = field(default=True, metadata={
+        "help": "ReID convolutions by oneDNN, as dive reid runs them by default (--no-reid-onednn: torch's own)"})
     # peak
     peak_size: int = field(default=2048, metadata={"help": "size of the square matmul timed as the peak"})
     peak_repeats: int = field(default=5, metadata={"help": "timed peak runs (best is kept)"})
@@ -103,7 +105,7 @@ def _reid(cfg: SpeedConfig, peaks: dict) -> dict:
     from dive.reid.speed import ReIDSpeedConfig, reid_speed
 
     return reid_speed(ReIDSpeedConfig(method=cfg.reid_method, batches=cfg.reid_batches, warmup=cfg.reid_warmup,
-                                      threads=cfg.threads), peaks)
+                                      threads=cfg.threads, onednn=cfg.reid_onednn), peaks)
 
 
 _WORKLOAD = {"generate": _generate, "train": _train, "reid": _reid}

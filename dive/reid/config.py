@@ -115,6 +115,9 @@ class ReIDTrainConfig:
         "help": "torch CPU threads (0: torch's default). 1 by default: on 2 cores shared with another "
                 "job, 2 threads ran 16x slower than 1; results are bitwise-reproducible per thread count"})
     deterministic: bool = field(default=True, metadata={"help": "torch.use_deterministic_algorithms during the run"})
+    onednn: bool = field(default=True, metadata={
+        "help": "CPU convolutions by oneDNN (--no-onednn: torch's own kernels, about half as fast); either "
+                "gives the same bytes for the same seed and thread count, and other bytes than the other"})
     identity_key: str = field(default="dataset-pid", metadata={
         "help": "what makes an identity: dataset-pid (ids of different datasets stay apart) or pid",
         "choices": ["dataset-pid", "pid"]})

@@ -80,8 +80,23 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution (no padding). With a stride, while oneDNN runs the CPU convolutions, it
+    convolves the subsampled input ``x[..., ::s, ::s]`` at stride 1: the same function (the weight
+    gradient differs from the strided kernel's in rounding only), and it avoids oneDNN's strided
+    1x1 backward, which writes out of bounds below 8 input channels on AVX2 (torch 2.13 with oneDNN
+    3.12: "double free or corruption"). torch's own kernels (oneDNN off) and other devices take the
+    ordinary strided path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1) and x.device.type == "cpu" and torch.backends.mkldnn.enabled:
+            return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+        return super().forward(x)
+
+
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+    return PointwiseConv(cin, cout, 1, stride=stride, bias=False)
 
 
 class BasicBlock(nn.Module):

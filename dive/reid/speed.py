@@ -5,9 +5,9 @@ The batch is a training batch of `dive reid run` as configured (AGW by default: 
 ResNet-18 two-stream network at 128x64, P=8 identities x (K=4 visible + 4 infrared) = 64 images,
 cross-entropy + WRT triplet, Nesterov SGD), assembled and augmented by the training loop's own
 sampler and batch loader, and stepped under the training run's own runtime (threads, deterministic
-algorithms, oneDNN as a deterministic run leaves it). Only the pixels differ: seeded random images
-of `num_classes` identities (the default SynthVI world's training ids), since neither the FLOPs nor
-the time of a batch depend on what the images show. The FLOPs of one batch (forward, backward;
+algorithms, oneDNN's convolutions or torch's own as `onednn` says). Only the pixels differ: seeded
+random images of `num_classes` identities (the default SynthVI world's training ids), since neither
+the FLOPs nor the time of a batch depend on what the images show. The FLOPs of one batch (forward, backward;
 the augmentation and optimizer are element-wise and not counted) are counted on the first warm-up
 batch by torch's FLOP counter; the seconds per batch are those of the timed batches, batch
 assembly included, as `dive reid train` reports them.
@@ -43,6 +43,7 @@ class ReIDSpeedConfig:
     num_classes: int = field(default=DEFAULT_CLASSES, metadata={"help": "training identities (classifier width)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (dive reid's default: 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, images and batches"})
+    onednn: bool = field(default=True, metadata={"help": "oneDNN's CPU convolutions (dive reid's default) or torch's own"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,7 +52,8 @@ class ReIDSpeedConfig:
             raise ValueError(f"batches and warmup must be >= 1; got batches={self.batches}, warmup={self.warmup}")
 
     def train_config(self) -> ReIDTrainConfig:
-        return ReIDTrainConfig(method=self.method, seed=self.seed, threads=self.threads, progress=False, device="cpu")
+        return ReIDTrainConfig(method=self.method, seed=self.seed, threads=self.threads, progress=False, device="cpu",
+                               onednn=self.onednn)
 
 
 def _synthetic_set(tcfg: ReIDTrainConfig, num_classes: int, seed: int):
@@ -109,4 +111,5 @@ def reid_speed(cfg: ReIDSpeedConfig, peaks: dict | None = None) -> dict:
         peaks = peaks or measure_peaks(cfg.threads)
     return workload_record("reid", "batch", flops, seconds, peaks, method=tcfg.method, batch_size=int(np.mean(sizes)),
                            arch=tcfg.arch, base_width=tcfg.base_width, image_size=[tcfg.height, tcfg.width],
-                           num_classes=cfg.num_classes, batches=cfg.batches, deterministic=tcfg.deterministic)
+                           num_classes=cfg.num_classes, batches=cfg.batches, deterministic=tcfg.deterministic,
+                           onednn=tcfg.onednn)

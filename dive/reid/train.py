@@ -34,7 +34,8 @@ every embedding; CPM and ORT unweighted). At their defaults the run is exactly a
 
 Reproducibility: the seed fixes the initial weights (``torch.manual_seed``), the batch order
 (``IdentitySampler``) and the augmentations (one ``torch.Generator``); deterministic algorithms
-are switched on for the run. Same seed, same thread count -> bitwise-identical weights.
+are switched on for the run. Same seed, same thread count, same kernels (``onednn``) ->
+bitwise-identical weights.
 
 The CPU default: a narrow ResNet-18 (base width 16: channels 16/32/64/128, 0.7 M parameters) at
 128x64, 18 epochs x 100 batches of 8 ids x (4 visible + 4 infrared), SGD lr 0.1 with 2 warm-up
@@ -108,15 +109,14 @@ def lr_at(cfg: ReIDTrainConfig, epoch_float: float) -> float:
 
 @contextmanager
 def _runtime(cfg: ReIDTrainConfig) -> Iterator[None]:
-    """Threads and determinism for the run. Deterministic runs also leave oneDNN (mkldnn) off: its CPU
-    convolutions are outside `use_deterministic_algorithms` (torch 2.13: runs on 2 threads differed
-    from the first batches on, and the backward corrupted the heap on 1 thread); torch's own kernels
-    give the same bytes on every thread count tried (1, 2)."""
+    """Threads, determinism and the CPU convolution kernels for the run: oneDNN's with ``onednn``
+    (the default), else torch's own, about half as fast. Either gives the same bytes for the same
+    seed and thread count (and other bytes on another thread count)."""
     prev_det, prev_onednn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
     with torch_threads(cfg.threads):
         # on a GPU a few kernels (max-pool backward) have no deterministic version: warn, do not stop
         torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=resolve_device(cfg.device).type != "cpu")
-        torch.backends.mkldnn.enabled = prev_onednn and not cfg.deterministic
+        torch.backends.mkldnn.enabled = prev_onednn and cfg.onednn
         try:
             yield
         finally:
