@@ -39,8 +39,8 @@ bitwise-identical weights.
 
 The CPU default: a narrow ResNet-18 (base width 16: channels 16/32/64/128, 0.7 M parameters) at
 128x64, 18 epochs x 100 batches of 8 ids x (4 visible + 4 infrared), SGD lr 0.1 with 2 warm-up
-epochs and x0.1 at epochs 12 and 16, one thread: about 0.11 s per batch, ~3.5 minutes of
-training on the default SynthVI world here (2 cores shared with another training job). The paper
+epochs and x0.1 at epochs 12 and 16, one thread: about 0.47 s per batch on oneDNN's convolutions
+(``dive speed --threads 1 --only reid``), ~14 minutes of training on the 2-core CPU here. The paper
 setting: ``--preset paper --pretrained resnet50.safetensors`` (dive.reid.pretrained); device,
 precision and workers: dive.reid.device; several GPUs or CPU processes (``torchrun`` /
 ``accelerate launch``, DistributedDataParallel): dive.reid.distributed."""
