@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    print(f"torch {torch.__version__}; {torch.backends.mkldnn.is_available() and 'oneDNN available' or 'no oneDNN'}")
+    print(f"torch {torch.__version__}; {'oneDNN available' if torch.backends.mkldnn.is_available() else 'no oneDNN'}")
     for cin in args.cin:
         print(f"cin {cin:3d}: strided kernel {run_case(cin, 'torch')} | PointwiseConv {run_case(cin, 'ours')}")
 

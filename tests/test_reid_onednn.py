@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from dive.data.synthvi.build import SynthConfig, build_world
 from dive.reid.model import PointwiseConv
 from dive.reid.run import ReIDDataConfig, load_reid_data
 from dive.reid.train import ReIDTrainConfig, train_reid
@@ -59,11 +58,8 @@ def test_narrow_strided_pointwise_backward_runs_under_onednn():
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    out = tmp_path_factory.mktemp("onednn") / "world"
-    build_world(SynthConfig(out=out, vi_train_ids=6, vi_val_ids=2, vi_test_ids=4, vi_images_per_camera=(2, 2),
-                            ext_ids=4, ext_test_ids=1, web_images=2, workers=1), progress=False)
-    return load_reid_data(ReIDDataConfig(data=out)).train
+def records(tiny_world_dir):
+    return load_reid_data(ReIDDataConfig(data=tiny_world_dir)).train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -24,9 +24,10 @@ table says whether it beats the equal-budget baseline on test.
 
 Folders (under --out): world (a --quick sweep without --bench), dive/camera (a checkpoint it had to
 train), synthetic/{dive-camera, n-N, guidance-G, deep-cache-N, filter-F}, exports/<set>,
-reid/<row>-<method>-seed<s>, sweep.md, sweep.json. With --bench DIR the bench's world, DiVE checkpoint and + DiVE images are used
-where DIR has them. Finished generations, filters and runs of the same recipe are reused; runs go
-seed by seed, so a sweep stopped part way has whole one-seed columns (`--so-far` writes their table).
+reid/<row>-<method>-seed<s>, sweep.md, sweep.json. With --bench DIR the bench's world, DiVE
+checkpoint and + DiVE images are used where DIR has them. Finished generations, filters and runs of
+the same recipe are reused; runs go seed by seed, so a sweep stopped part way has whole one-seed
+columns (`--so-far` writes their table).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ cross-entropy + WRT triplet, Nesterov SGD), assembled and augmented by the train
 sampler and batch loader, and stepped under the training run's own runtime (threads, deterministic
 algorithms, oneDNN's convolutions or torch's own as `onednn` says). Only the pixels differ: seeded
 random images of `num_classes` identities (the default SynthVI world's training ids), since neither
-the FLOPs nor the time of a batch depend on what the images show. The FLOPs of one batch (forward, backward;
-the augmentation and optimizer are element-wise and not counted) are counted on the first warm-up
-batch by torch's FLOP counter; the seconds per batch are those of the timed batches, batch
+the FLOPs nor the time of a batch depend on what the images show. The FLOPs of one batch (forward,
+backward; the augmentation and optimizer are element-wise and not counted) are counted on the first
+warm-up batch by torch's FLOP counter; the seconds per batch are those of the timed batches, batch
 assembly included, as `dive reid train` reports them.
 """
 
@@ -43,7 +43,8 @@ class ReIDSpeedConfig:
     num_classes: int = field(default=DEFAULT_CLASSES, metadata={"help": "training identities (classifier width)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (dive reid's default: 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, images and batches"})
-    onednn: bool = field(default=True, metadata={"help": "oneDNN's CPU convolutions (dive reid's default) or torch's own"})
+    onednn: bool = field(default=True, metadata={
+        "help": "oneDNN's CPU convolutions (dive reid's default) or torch's own"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -262,12 +262,14 @@ def _train(cfg: ReIDTrainConfig, records: list[Record], val: Sequence[Record] | 
             tensors, state = saved
             was = state["fingerprint"]["meta"].get("world_size", 1)
             if was != group.world:
-                raise resume.CannotResume(f"{run / resume.STATE_FILE}: an unfinished run of {was} process(es); resume it on "
-                                 f"as many (this launch: {group.world}), use another --out, or pass --force")
+                raise resume.CannotResume(f"{run / resume.STATE_FILE}: an unfinished run of {was} process(es); "
+                                          f"resume it on as many (this launch: {group.world}), use another --out, "
+                                          "or pass --force")
             differ = resume.differences(state["fingerprint"], fingerprint)
             if differ:
                 raise resume.CannotResume(f"{run / resume.STATE_FILE}: an unfinished run with other settings or data "
-                                 f"({', '.join(differ)} differ); rerun it as it was, use another --out, or pass --force")
+                                          f"({', '.join(differ)} differ); rerun it as it was, use another --out, "
+                                          "or pass --force")
             best_state = resume.restore(tensors, state, model, opt, gen)
             if best_state is not None:
                 best = (state["best_key"], state["best_epoch"], best_state)
