@@ -7,7 +7,7 @@ real visible images, `dive metrics` with the VI-only AGW model). Real images' gr
 Rank-1 1.66 there; a base that cannot beat chance (0.39) from a full description cannot give DiVE's
 tokens an identity to draw either.
 
-    OMP_WAIT_POLICY=PASSIVE python research/base_identity_check.py BASE OUT [N] [GUIDANCE]
+    python research/base_identity_check.py BASE OUT [N] [GUIDANCE]
     (defaults N=4, GUIDANCE=3; writes OUT/visible/ (the drawings), OUT/gray/ (+ manifest.jsonl),
     OUT/metrics/ and OUT/grid.png: real images | drawings, 8 ids)
 """

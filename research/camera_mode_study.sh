@@ -9,7 +9,7 @@ STEPS=${1:-800}
 OUT=${2:-runs/camera-mode-study}
 REID=${REID:-runs/reid-baselines/agw-seed0}
 BASE=${BASE:-$(python -c "from dive import defaults; print(defaults.BASE)")}   # the shipped base
-export OMP_WAIT_POLICY=PASSIVE
+
 for mode in string embedding; do
   dive train --base "$BASE" --data data/synthvi --out "$OUT/$mode" --steps "$STEPS" \
       --camera-mode "$mode" --threads 2 --preview-every 0 --save-every "$STEPS"

@@ -5,7 +5,7 @@ different seeds. Two probes:
   2. a DiVE checkpoint: five external identity tokens with one IR camera token.
 If text-differences are far below seed-differences, the model is nearly unconditional.
 
-    OMP_WAIT_POLICY=PASSIVE python research/conditioning_check.py [BASE] [CHECKPOINT]   # ~1 minute
+    python research/conditioning_check.py [BASE] [CHECKPOINT]   # ~1 minute
 """
 import sys
 

@@ -27,7 +27,7 @@ if [ -n "${BASE:-}" ]; then BASE_ARGS=(--base "$BASE"); fi
 GUIDANCE=${GUIDANCE:-3}
 NEGATIVE=${NEGATIVE:-}   # e.g. 'a {camera} photo of person': guidance along the identity token only
 STRENGTHS=${STRENGTHS-0.6}
-export OMP_WAIT_POLICY=PASSIVE
+
 for S in $REID_SEEDS; do
   if [ ! -f "runs/reid-baselines/agw-seed$S/model.safetensors" ]; then
     dive reid run --data data/synthvi --out "runs/reid-baselines/agw-seed$S" --seed "$S"

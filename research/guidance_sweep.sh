@@ -6,7 +6,7 @@
 set -euo pipefail
 CKPT=${1:?checkpoint}; OUT=${2:?out folder}; N=${3:-2}
 GUIDANCES=${GUIDANCES:-"3 5 7.5"}; REID_SEEDS=${REID_SEEDS:-"0 1 2"}; DATA=${DATA:-data/synthvi}
-export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
+export HF_HUB_OFFLINE=1
 sources=()
 for g in $GUIDANCES; do
   dive generate --checkpoint "$CKPT" --out "$OUT/guidance-$g" --n "$N" --guidance "$g"

@@ -4,7 +4,7 @@ visited many times, then scores generated IR against grayscale copies on the sam
 (identity Rank-1 with the VI-only AGW model, `dive metrics`), and the generated IR of the probe's VI ids,
 which it saw in infrared (whether it can draw an infrared identity at all).
 
-    OMP_WAIT_POLICY=PASSIVE python research/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
+    python research/identity_probe.py OUT [K] [STEPS] [GUIDANCE] [key=value ...]
 
 keys: vi_k=N (VI ids), repeat=N (identity token written N times), base=DIR (another base),
 captions=FILE (every prompt, in training and generation, also names the identity's attributes:

@@ -2,7 +2,7 @@
 AdamW) at the tiny base's latent size: why the base's UNet is wide (at 16x8 latents a CPU step is
 mostly fixed cost).
 
-    OMP_WAIT_POLICY=PASSIVE python research/unet_step_time.py [BATCH] [THREADS]   (~1 minute)
+    python research/unet_step_time.py [BATCH] [THREADS]   (~1 minute)
 """
 import sys
 import time

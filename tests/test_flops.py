@@ -171,3 +171,16 @@ def test_dive_speed_names_missing_training_data(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "nowhere: not found" in err and "dive data synth" in err
+
+
+def test_wait_policy_note_only_for_passive_threads_and_the_table_carries_it(monkeypatch):
+    assert flops.wait_policy_note(None, 2) is None and flops.wait_policy_note("ACTIVE", 2) is None
+    assert flops.wait_policy_note("passive", 1) is None  # one thread: nothing waits
+    assert "PASSIVE" in flops.wait_policy_note(" passive ", 2)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    peaks = flops.measure_peaks(2, size=32, repeats=1, min_seconds=0.0)
+    assert peaks["omp_wait_policy"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY=PASSIVE" in flops.format_table([flops.peak_record(peaks)])
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    peaks = flops.measure_peaks(2, size=32, repeats=1, min_seconds=0.0)
+    assert "OMP_WAIT_POLICY" not in flops.format_table([flops.peak_record(peaks)])

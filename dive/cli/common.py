@@ -13,3 +13,14 @@ def add_stage(sub, name: str, help_text: str, config_cls: type, func) -> argpars
     add_dataclass_arguments(p, config_cls)
     p.set_defaults(func=func)
     return p
+
+
+def print_wait_note(threads: int) -> None:
+    """A speed command's warning when OpenMP threads sleep between operations (dive.utils.flops)."""
+    import os
+
+    from dive.utils.flops import wait_policy_note
+
+    note = wait_policy_note(os.environ.get("OMP_WAIT_POLICY"), threads)
+    if note:
+        print(f"note: {note}")

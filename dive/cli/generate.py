@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dive.cli.common import add_stage
+from dive.cli.common import add_stage, print_wait_note
 from dive.utils.config import dataclass_from_args
 
 
@@ -76,6 +76,7 @@ def _cmd_generate_bench(args: argparse.Namespace) -> int:
                   f"overhead {a['overhead_pct']}% (median of back-to-back pairs: {a['overhead_pct_median_of_pairs']}%; "
                   f"same images: {a['identical']})")
     print(json.dumps(res))
+    print_wait_note(res["threads"])
     return 0
 
 

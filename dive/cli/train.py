@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dive.cli.common import add_stage
+from dive.cli.common import add_stage, print_wait_note
 from dive.utils.config import dataclass_from_args
 
 
@@ -42,6 +42,7 @@ def _cmd_train_bench(args: argparse.Namespace) -> int:
         print(f"ours: {res['ours_flops_per_step'] / 1e9:.1f} GFLOP/step, {res['ours_gflop_per_s']} GFLOP/s, "
               f"{100 * res['ours_share_of_float32_peak']:.1f}% of the float32 matmul peak "
               f"({res['peak_float32_gflop_per_s']} GFLOP/s)")
+    print_wait_note(res["threads"])
     print(json.dumps(res))
     return 0
 

@@ -88,7 +88,7 @@ class RunManager:
     @staticmethod
     def _start(cmd: list[str], out: Path) -> subprocess.Popen:
         log = open(out / "log.txt", "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env, cwd=os.getcwd())

@@ -20,6 +20,7 @@ meaningful only when the workload and the peak were timed in the same process on
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -153,7 +154,18 @@ def measure_peaks(threads: int = 0, size: int = PEAK_SIZE, repeats: int = 5, min
     fp32 = matmul_peak(torch.float32, threads, size, repeats, min_seconds)
     ok, why = bf16_support(cpuinfo)
     bf16 = matmul_peak(torch.bfloat16, threads, size, repeats, min_seconds) if ok else None
-    return {"threads": threads_used, "size": size, "float32_flop_per_s": fp32, "bf16_flop_per_s": bf16, "bf16": why}
+    return {"threads": threads_used, "size": size, "float32_flop_per_s": fp32, "bf16_flop_per_s": bf16, "bf16": why,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def wait_policy_note(policy: str | None, threads: int) -> str | None:
+    """A warning when OpenMP's idle threads sleep between operations (``OMP_WAIT_POLICY=PASSIVE``):
+    the many small operations of these models then wait on each wake-up, and two threads barely
+    beat one (docs/throughput.md). None when the policy is unset or active, or on one thread."""
+    if threads == 1 or (policy or "").strip().upper() != "PASSIVE":
+        return None
+    return ("OMP_WAIT_POLICY=PASSIVE: idle threads sleep between operations, which slows multi-threaded "
+            "training and generation here (unset it to time them at their best)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +212,7 @@ def peak_record(peaks: dict) -> dict:
             "peak_float32_gflop_per_s": _sig(peaks["float32_flop_per_s"] / 1e9),
             "peak_bf16_flop_per_s": None if peaks["bf16_flop_per_s"] is None else _sig(peaks["bf16_flop_per_s"], 6),
             "peak_bf16_gflop_per_s": None if peaks["bf16_flop_per_s"] is None else _sig(peaks["bf16_flop_per_s"] / 1e9),
-            "bf16": peaks["bf16"]}
+            "bf16": peaks["bf16"], "omp_wait_policy": peaks.get("omp_wait_policy")}
 
 
 def speed_fields(flops_per_unit: float, seconds_per_unit: float, peaks: dict, prefix: str = "") -> dict:
@@ -229,4 +241,7 @@ def format_table(records: list[dict]) -> str:
         bf = peak["bf16"] if peak["peak_bf16_gflop_per_s"] is None else f"{peak['peak_bf16_gflop_per_s']:.4g} GFLOP/s"
         lines.append(f"matmul peak ({peak['size']}x{peak['size']}, {peak['threads']} threads): float32 "
                      f"{peak['peak_float32_gflop_per_s']:.4g} GFLOP/s; bf16 {bf}")
+        note = wait_policy_note(peak.get("omp_wait_policy"), peak["threads"])
+        if note:
+            lines.append(note)
     return "\n".join(lines)
