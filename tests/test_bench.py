@@ -550,6 +550,7 @@ def test_the_bench_adopts_a_sweeps_finished_runs_of_the_same_recipe(tmp_path, mo
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"train": config_to_dict(jobs._job_train_config(job))}))
         (run / "report.json").write_text(json.dumps({"results": {}, "run": str(run)}))
+        (run / "model.safetensors").write_bytes(b"weights")  # a whole run: its weights are read by the bench
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "world": str(world), "checkpoint": str(bench.checkpoint), "dive_images": str(images), "chosen": 2,
         "defaults": {"n": bench.n_per_camera, "guidance": bench.guidance},

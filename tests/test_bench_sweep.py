@@ -224,3 +224,48 @@ def test_so_far_reads_the_finished_runs_of_this_recipe_only(tmp_path):
         collect(work, rows, reports)
     # a run of another budget is not this recipe's: never mixed in
     assert sweep_so_far(cfg, work, rows, 21)[-1] == "No run has finished yet."
+
+
+def test_records_outlive_the_run_folders_and_come_back_for_the_same_recipe_only(tmp_path):
+    """--records keeps each finished run's record (the scorer's weights too) in a lasting folder;
+    a sweep in a fresh folder takes back those of its recipe and tables them as finished; the
+    bench never adopts a record without weights."""
+    from dive.bench.jobs import adoptable, finished_report
+    from dive.bench.records import restore_records, save_records
+    from dive.bench.sweep import keep_records, sweep_so_far
+
+    records = tmp_path / "records"
+    cfg = SweepConfig(out=tmp_path / "a", knobs=("filter",), filter_keep=(0.5,), seeds=(0, 1), records=records)
+    work = BenchConfig(out=cfg.out, seeds=(0, 1), methods=("agw",), reid_epochs=2)
+    rows = knob_rows(cfg, work)
+    jobs = {j[0]: j for j in sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, 20)}
+    _fake_finished_run(jobs["baseline|agw|0"], 40.0, 30.0, 40)
+    _fake_finished_run(jobs[f"{DIVE_SET}|agw|0"], 30.0, 20.0, 40)
+    for job in (jobs["baseline|agw|0"], jobs[f"{DIVE_SET}|agw|0"]):
+        (Path(job[3]) / "model.safetensors").write_bytes(b"weights " + job[0].encode())
+    unfinished = Path(jobs["baseline|agw|1"][3])
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.json").write_text("{}")  # started, no report: not kept
+    keep_records(cfg, work, rows, 20)
+    kept = sorted(p.relative_to(records).as_posix() for p in records.rglob("*") if p.is_file())
+    assert kept == ["reid/baseline-agw-seed0/config.json", "reid/baseline-agw-seed0/model.json",
+                    "reid/baseline-agw-seed0/model.safetensors", "reid/baseline-agw-seed0/report.json",
+                    f"reid/{DIVE_SET}-agw-seed0/config.json", f"reid/{DIVE_SET}-agw-seed0/model.json",
+                    f"reid/{DIVE_SET}-agw-seed0/report.json"]  # weights: the filter's scorer only
+    assert save_records(list(jobs.values()), records) == []  # the same bytes: nothing rewritten
+    # a fresh folder: the records come back, tabled as finished runs
+    work_b = dataclasses.replace(work, out=tmp_path / "b")
+    cfg_b = dataclasses.replace(cfg, out=work_b.out)
+    jobs_b = sweep_jobs(work_b, rows, {r["set"]: ("", "") for r in rows}, 20)
+    assert sorted(restore_records(jobs_b, records)) == ["baseline|agw|0", f"{DIVE_SET}|agw|0"]
+    assert [j[0] for j in jobs_b if finished_report(j) is not None] == ["baseline|agw|0", f"{DIVE_SET}|agw|0"]
+    assert sweep_so_far(cfg_b, work_b, rows, 20)[0].endswith("so far: 2 of 6 ReID runs finished")
+    assert restore_records(jobs_b, records) == []  # finished now
+    # another budget is another recipe: nothing comes back
+    work_c = dataclasses.replace(work, out=tmp_path / "c")
+    assert restore_records(sweep_jobs(work_c, rows, {r["set"]: ("", "") for r in rows}, 21), records) == []
+    # the bench reads adopted runs' weights: a record without them is never adopted, a whole run is
+    dive_job = next(j for j in jobs_b if j[0] == f"{DIVE_SET}|agw|0")
+    assert adoptable(dive_job, {DIVE_SET: records / "reid" / f"{DIVE_SET}-{{method}}-seed{{seed}}"}) is None
+    base_job = next(j for j in jobs_b if j[0] == "baseline|agw|0")
+    assert adoptable(base_job, {"baseline": records / "reid" / "baseline-{method}-seed{seed}"}) is not None

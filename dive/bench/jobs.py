@@ -78,10 +78,11 @@ def _same_recipe(job: tuple) -> bool:
     return all(saved.get(k) == v for k, v in want.items() if k not in _NOT_RECIPE)
 
 
-def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:
+def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path], weights: bool = True) -> list[str]:
     """For each job without a finished run, copy into its run folder a finished run of exactly its
     recipe and seed from another folder: `elsewhere` maps a job's train set to the run folder there
-    (`{method}` and `{seed}` in its name filled in), trained on the same data (the caller's check).
+    (`{method}` and `{seed}` in its name filled in), trained on the same data (the caller's check),
+    with its weights unless `weights` is False (a run's record: dive.bench.records).
     Returns the keys adopted."""
     import shutil
 
@@ -89,7 +90,7 @@ def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:
     for job in jobs:
         if finished_report(job) is not None:
             continue
-        there = adoptable(job, elsewhere)
+        there = adoptable(job, elsewhere, weights)
         if there is None:
             continue
         run = Path(job[3])
@@ -100,13 +101,15 @@ def adopt_runs(jobs: list[tuple], elsewhere: dict[str, Path]) -> list[str]:
     return adopted
 
 
-def adoptable(job: tuple, elsewhere: dict[str, Path]) -> Path | None:
+def adoptable(job: tuple, elsewhere: dict[str, Path], weights: bool = True) -> Path | None:
     """The run folder in `elsewhere` (see `adopt_runs`) holding a finished run of exactly this job's
-    recipe and seed, else None."""
+    recipe and seed (with its weights, unless `weights` is False), else None."""
     train_set = job[0].split("|")[0]
     if train_set not in elsewhere:
         return None
     there = Path(str(elsewhere[train_set]).format(method=job[4], seed=job[5]))
+    if weights and not (there / "model.safetensors").is_file():
+        return None  # a record only: whatever reads this run's weights would fail
     return there if finished_report(job[:3] + (str(there),) + job[4:]) is not None else None
 
 

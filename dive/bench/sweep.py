@@ -86,11 +86,16 @@ class SweepConfig:
     so_far: bool = field(default=False, metadata={
         "help": "write the table of the runs finished so far (sweep-so-far.md: rows with fewer seeds say so), "
                 "train nothing, and stop; safe beside a running sweep"})
+    records: Path | None = field(default=None, metadata={
+        "help": "a lasting folder for the finished runs' records (config.json, report.json; the filter scorer's "
+                "weights too): a run takes back those of its recipe before training and keeps its own there at "
+                "the end, --so-far keeps them too; for a sweep that outlives its machine (dive.bench.records)"})
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.bench = Path(self.bench) if self.bench is not None else None
         self.base = Path(self.base) if self.base is not None else None
+        self.records = Path(self.records) if self.records is not None else None
         for name in ("share", "weight", "filter_keep", "n", "guidance", "deep_cache", "knobs", "seeds"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.seeds:
@@ -320,9 +325,35 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if cfg.so_far:
         lines = sweep_so_far(cfg, work, rows, p["batches_per_epoch"])
         print("\n".join(lines), flush=True)
+        keep_records(cfg, work, rows, p["batches_per_epoch"])
         return {"projection": p, "so_far": lines}
     with output_lock(cfg.out, "dive bench-sweep"):
-        return _run(cfg, bench, work, rows, p)
+        if cfg.records is not None:
+            from dive.bench.records import restore_records
+
+            back = restore_records(sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, p["batches_per_epoch"]),
+                                   cfg.records)
+            log(f"records: {len(back)} finished run(s) taken back from {cfg.records}")
+        per_epoch = p["batches_per_epoch"]
+        try:
+            result = _run(cfg, bench, work, rows, p)
+            per_epoch = result.get("batches_per_epoch", per_epoch)
+            return result
+        finally:
+            keep_records(cfg, work, rows, per_epoch)
+
+
+def keep_records(cfg: SweepConfig, work: BenchConfig, rows: list[dict], per_epoch: int) -> None:
+    """With --records: the records of the finished runs of this recipe, into cfg.records."""
+    from dive.bench.records import save_records
+
+    if cfg.records is None:
+        return
+    jobs = sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, per_epoch)
+    scorer = reid_run_dir(work, BASELINE_SET, work.methods[0], work.seeds[0]).name
+    weights = frozenset({scorer}) if any("keep" in r for r in rows) else frozenset()
+    changed = save_records(jobs, cfg.records, with_weights=weights)
+    log(f"records: {len(changed)} run record(s) written to {cfg.records}")
 
 
 def sweep_so_far(cfg: SweepConfig, work: BenchConfig, rows: list[dict], per_epoch: int) -> list[str]:

@@ -1,0 +1,68 @@
+"""Records of finished ReID runs, kept apart from their run folders.
+
+A sweep on a machine that does not last (a spot instance, a notebook, a CI runner) loses its run
+folders with it, and a full sweep can take longer than such a machine lives. A run's record, its
+``config.json``, ``report.json`` and ``model.json`` (the recipe check, the test scores and the val
+scores at the kept epoch: all that the sweep's table reads), is a few kilobytes: kept in a folder that lasts (a git repository, a mounted disk), the records are given
+back to a rerun in a fresh ``--out``, which then counts those runs as finished (the same recipe,
+checked as for any finished run) and trains only the others.
+
+Layout: ``RECORDS/reid/<run name>/{config.json, report.json, report.md, model.json}``; the run
+whose weights a later stage still needs (the sweep's filter scorer) also keeps ``model.safetensors``. A record without weights is never taken where weights are read (``dive bench
+--from-sweep`` adopts only whole runs).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+from pathlib import Path
+
+from dive.bench.jobs import adopt_runs, finished_report, reid_run_name
+
+#: what a record keeps of every finished run
+RECORD_FILES = ("config.json", "report.json", "report.md", "model.json")
+#: kept too for the runs named by `with_weights`
+WEIGHT_FILES = ("model.safetensors",)
+
+
+def record_dir(records: Path, run: Path) -> Path:
+    return Path(records) / "reid" / Path(run).name
+
+
+def _copy(src: Path, dst: Path) -> bool:
+    """Copy src onto dst through a temporary name (dst is the old file or the new one, never half
+    of one); False when dst already holds the same bytes."""
+    if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def save_records(jobs: list[tuple], records: Path, with_weights: frozenset[str] = frozenset()) -> list[str]:
+    """Copy the record of each finished job's run into `records` (its weights too when the run's
+    folder name is in `with_weights`); unfinished runs are left out. Reads the run folders only, so
+    it is safe beside a running sweep. Returns the run names whose record changed."""
+    changed = []
+    for job in jobs:
+        if finished_report(job) is None:
+            continue
+        run = Path(job[3])
+        names = RECORD_FILES + (WEIGHT_FILES if run.name in with_weights else ())
+        wrote = [_copy(run / n, record_dir(records, run) / n) for n in names if (run / n).is_file()]
+        if any(wrote):
+            changed.append(run.name)
+    return changed
+
+
+def restore_records(jobs: list[tuple], records: Path) -> list[str]:
+    """For each job whose run folder holds no finished run, the record of exactly its recipe and
+    seed from `records`, copied into that folder (an unfinished run there is replaced). Returns the
+    job keys restored. Not beside a running sweep: it replaces run folders."""
+    names = {job[0].split("|")[0] for job in jobs}
+    elsewhere = {n: Path(records) / "reid" / reid_run_name(n, "{method}", "{seed}") for n in names}
+    return adopt_runs(jobs, elsewhere, weights=False)
