@@ -184,3 +184,15 @@ def test_wait_policy_note_only_for_passive_threads_and_the_table_carries_it(monk
     monkeypatch.delenv("OMP_WAIT_POLICY")
     peaks = flops.measure_peaks(2, size=32, repeats=1, min_seconds=0.0)
     assert "OMP_WAIT_POLICY" not in flops.format_table([flops.peak_record(peaks)])
+
+
+def test_training_and_generation_commands_warn_of_sleeping_threads(monkeypatch, capsys):
+    from dive.cli.common import print_wait_note
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    print_wait_note(2)
+    assert capsys.readouterr().out.startswith("note: OMP_WAIT_POLICY=PASSIVE")
+    print_wait_note(1)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    print_wait_note(2)
+    assert capsys.readouterr().out == ""

@@ -15,6 +15,12 @@ def add_stage(sub, name: str, help_text: str, config_cls: type, func) -> argpars
     return p
 
 
+def torch_threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def print_wait_note(threads: int) -> None:
     """A speed command's warning when OpenMP threads sleep between operations (dive.utils.flops)."""
     import os
