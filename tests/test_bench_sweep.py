@@ -164,12 +164,17 @@ def test_quick_sweep_end_to_end_and_resumed(tmp_path, micro_base):
     assert Path(kept["config"]["reid_run"]) == out / "reid" / "baseline-agw-seed0"
     gen = json.loads((out / "synthetic" / "guidance-2" / "generate.json").read_text())
     assert gen["guidance"] == 2.0
-    # resumable: a rerun trains and generates nothing
+    # resumable: a rerun trains and generates nothing; with --records it keeps the runs' records
     before = {p: p.stat().st_mtime_ns for p in reports + [out / "synthetic" / "filter-0.5" / "filter.json"]}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    records = tmp_path / "records"
+    res = subprocess.run(cmd + ["--records", str(records)], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(5 already finished)" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert sorted(p.name for p in (records / "reid").iterdir()) == sorted(p.parent.name for p in reports)
+    assert (records / "reid" / "baseline-agw-seed0" / "model.safetensors").is_file()  # the filter's scorer
+    assert len(list(records.rglob("model.safetensors"))) == 1
+    assert all((records / "reid" / p.parent.name / "report.json").read_bytes() == p.read_bytes() for p in reports)
     # another sweep standing on this folder as a (partial, quick) bench uses its world, checkpoint and images
     from dive.bench.sweep import camera_checkpoint, dive_folder
 
