@@ -23,7 +23,8 @@ def quick_bench(tmp_path_factory, micro_base):
     out = tmp_path_factory.mktemp("bench") / "quick"
     cmd = [sys.executable, "-m", "dive.cli", "bench", "--quick", "--out", str(out), "--threads", "1",
            "--reid-workers", "1", "--base", str(micro_base), "--translate-strength", "0.6",
-           "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection", "--world-seed", "1"]
+           "--reid-converge-epochs", "3", "--methods", "agw", "caj", "deen", "--no-projection", "--world-seed", "1",
+           "--records", str(out.parent / "records")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout, cmd
@@ -570,3 +571,32 @@ def test_the_bench_adopts_a_sweeps_finished_runs_of_the_same_recipe(tmp_path, mo
     plain = [j for j in jobs.reid_jobs(dataclasses.replace(cfg, synthetic_share=None, out=tmp_path / "b2"), exports)
              if j[0].startswith("dive-camera|")]
     assert jobs.adopt_runs(plain, sweep_runs(cfg)) == []
+
+
+@pytest.mark.slow
+def test_quick_bench_keeps_records_that_a_fresh_folder_takes_back(quick_bench, tmp_path):
+    """--records: every finished run's record, the Tables 1/2 models' LLCM / RegDB scores (made as
+    each run finished) and Table 6's feature model with its weights; a fresh folder takes them
+    back as finished runs, and their protocol scores are reused without the weights."""
+    from dive.bench.jobs import finished_report, reid_jobs
+    from dive.bench.protocols import protocol_results
+    from dive.bench.records import bench_restore
+    from dive.bench.rows import bench_settings
+
+    out, _, cmd = quick_bench
+    records = Path(cmd[cmd.index("--records") + 1])
+    runs = sorted(p.parent.name for p in (out / "reid").glob("*/report.json"))
+    assert runs and sorted(p.name for p in (records / "reid").iterdir()) == runs
+    assert [p.parent.name for p in records.rglob("model.safetensors")] == ["baseline-agw-seed0"]
+    scored = sorted(p.name for p in (out / "protocols").glob("*.json"))
+    assert scored and sorted(p.name for p in (records / "protocols").glob("*.json")) == scored
+    cfg = dataclasses.replace(bench_settings(out), out=tmp_path / "fresh", records=records)
+    exports = {p.name: p for p in (out / "exports").iterdir() if p.is_dir()}
+    jobs = reid_jobs(cfg, exports)
+    assert len(bench_restore(cfg, jobs)) == len(jobs) == len(runs)
+    reports = {j[0]: finished_report(j) for j in jobs}
+    assert None not in reports.values()
+    assert not (tmp_path / "fresh" / "reid" / "dive-camera-agw-seed0" / "model.safetensors").exists()
+    fresh = protocol_results(cfg, reports)["models"]
+    before = protocol_results(bench_settings(out), reports)["models"]
+    assert fresh == before and all("skipped" not in r for r in fresh.values())

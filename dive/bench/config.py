@@ -114,6 +114,10 @@ class BenchConfig:
         "help": "a finished `dive bench-sweep` folder on the same world: its val-chosen setting (batch share, loss "
                 "weight, images per id and camera, or guidance) replaces that option here; a chosen filter makes "
                 "the sweep's filtered images the + DiVE images (--dive-images)"})
+    records: Path | None = field(default=None, metadata={
+        "help": "a lasting folder for the finished ReID runs' records (config, report, model.json, their LLCM and "
+                "RegDB scores; Table 6's feature model with its weights): each kept as it finishes, taken back by "
+                "a rerun in a fresh --out, so a bench can outlive its machine (dive.bench.records)"})
     reid_workers: int = field(default=2, metadata={"help": "ReID runs in parallel (one thread each)"})
     threads: int = field(default=2, metadata={"help": "torch threads of DiVE training and generation"})
     quick: bool = field(default=False, metadata={"help": "toy size: tiny world, few steps, one seed (< 10 minutes)"})
@@ -124,7 +128,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for name in ("out", "data", "base", "checkpoint", "modality_checkpoint", "ir_only_checkpoint", "cyclegan",
-                     "dive_images", "from_sweep"):
+                     "dive_images", "from_sweep", "records"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))

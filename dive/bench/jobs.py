@@ -263,7 +263,9 @@ def longest_first(jobs: list[tuple]) -> list[tuple]:
     return sorted(jobs, key=cost, reverse=True)
 
 
-def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:
+def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple], on_done=None) -> dict[str, dict]:
+    """Train the jobs without a finished run (`cfg.reid_workers` at a time); {key: report} of all.
+    `on_done(job, report)` is called in this process as each trained run finishes."""
     reports: dict[str, dict] = {}
     todo = []
     for job in jobs:
@@ -281,12 +283,17 @@ def run_reid_jobs(cfg: BenchConfig, jobs: list[tuple]) -> dict[str, dict]:
         for job in todo:
             key, rep = _reid_job(job)
             reports[key] = rep
+            if on_done is not None:
+                on_done(job, rep)
             bar.update()
     else:
         with ProcessPoolExecutor(cfg.reid_workers, mp_context=get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(_reid_job, job) for job in todo]):
+            futures = {pool.submit(_reid_job, job): job for job in todo}
+            for fut in as_completed(futures):
                 key, rep = fut.result()
                 reports[key] = rep
+                if on_done is not None:
+                    on_done(futures[fut], rep)
                 bar.update()
     bar.close()
     return reports

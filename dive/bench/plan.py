@@ -303,6 +303,11 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
     default_epochs = ReIDTrainConfig(out=Path("unused")).epochs
     runs = []
     elsewhere = sweep_runs(cfg)  # --from-sweep: the sweep's finished runs of the same recipe are copied, not trained
+    kept = {}
+    if cfg.records is not None:  # --records: runs kept there are taken back, not trained
+        from dive.bench.records import records_map
+
+        kept = records_map(cfg.records, jobs)
     for job in jobs:
         train_set, method, seed = job[0].split("|")
         over = job[6]
@@ -311,7 +316,8 @@ def project(cfg: BenchConfig, probing: bool = True) -> dict:
         vals = epochs if over.get("select") == "best-val" else 0
         runs.append({"key": job[0], "group": reid_group(cfg, train_set, method, int(seed)), "method": method,
                      "set": name_of[job[1]], "batches": per_epoch * epochs, "val_epochs": vals,
-                     "done": finished_report(job) is not None or adoptable(job, elsewhere) is not None})
+                     "done": finished_report(job) is not None or adoptable(job, elsewhere) is not None
+                     or adoptable(job, kept, weights=False) is not None})
     rows += _protocol_rows(cfg, c, runs)
     costs = probe.recorded_costs(cfg)
     todo_keys = {r["cost"] for r in rows if not r["done"]} | {f"reid:{r['method']}" for r in runs if not r["done"]}

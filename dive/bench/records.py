@@ -8,7 +8,10 @@ back to a rerun in a fresh ``--out``, which then counts those runs as finished (
 checked as for any finished run) and trains only the others.
 
 Layout: ``RECORDS/reid/<run name>/{config.json, report.json, report.md, model.json}``; the run
-whose weights a later stage still needs (the sweep's filter scorer) also keeps ``model.safetensors``. A record without weights is never taken where weights are read (``dive bench
+whose weights a later stage still needs (the sweep's filter scorer, the bench's Table 6 feature
+model) also keeps ``model.safetensors``. The bench also keeps ``RECORDS/protocols/<run name>.json``:
+each Tables 1/2 model's LLCM and RegDB scores, made as the run finishes (they are keyed by the
+weights' sha256 in model.json, so they are reused without the weights). A record without weights is never taken where weights are read (``dive bench
 --from-sweep`` adopts only whole runs).
 """
 
@@ -63,6 +66,51 @@ def restore_records(jobs: list[tuple], records: Path) -> list[str]:
     """For each job whose run folder holds no finished run, the record of exactly its recipe and
     seed from `records`, copied into that folder (an unfinished run there is replaced). Returns the
     job keys restored. Not beside a running sweep: it replaces run folders."""
+    return adopt_runs(jobs, records_map(records, jobs), weights=False)
+
+
+def records_map(records: Path, jobs: list[tuple]) -> dict[str, Path]:
+    """Train set -> its runs' record folders in `records` (`{method}`, `{seed}` to fill in), the
+    `elsewhere` of `adoptable` / `adopt_runs` (with weights=False)."""
     names = {job[0].split("|")[0] for job in jobs}
-    elsewhere = {n: Path(records) / "reid" / reid_run_name(n, "{method}", "{seed}") for n in names}
-    return adopt_runs(jobs, elsewhere, weights=False)
+    return {n: Path(records) / "reid" / reid_run_name(n, "{method}", "{seed}") for n in names}
+
+
+# ------------------------------------------------------------------------------------------------
+# the bench: its runs' records, their LLCM / RegDB scores, Table 6's feature model
+# ------------------------------------------------------------------------------------------------
+
+
+def _table6_run(cfg) -> str:
+    from dive.bench.jobs import reid_run_dir
+
+    return reid_run_dir(cfg, "baseline", "agw", cfg.seeds[0]).name
+
+
+def bench_restore(cfg, jobs: list[tuple]) -> list[str]:
+    """`dive bench --records`: the records of this bench's recipe back into cfg.out (runs without a
+    finished run there; their LLCM / RegDB scores where cfg.out has none). Returns the job keys."""
+    back = restore_records(jobs, cfg.records)
+    theirs = Path(cfg.records) / "protocols"
+    for path in sorted(theirs.glob("*.json")) if theirs.is_dir() else ():
+        mine = cfg.out / "protocols" / path.name
+        if not mine.exists():
+            _copy(path, mine)
+    return back
+
+
+def bench_keep(cfg, jobs: list[tuple], finished: tuple | None = None, report: dict | None = None) -> None:
+    """`dive bench --records`: keep the finished runs' records (Table 6's feature model with its
+    weights). With `finished` (a run that has just finished, and its report), a Tables 1/2 model is
+    scored on the LLCM and RegDB layouts now, while its weights are at hand (one thread, beside the
+    other runs), and its scores are kept too."""
+    import dataclasses
+
+    from dive.bench.protocols import protocol_results
+
+    if finished is not None and report is not None:
+        protocol_results(dataclasses.replace(cfg, threads=1), {finished[0]: report})
+    save_records(jobs, cfg.records, with_weights=frozenset({_table6_run(cfg)}))
+    mine = cfg.out / "protocols"
+    for path in sorted(mine.glob("*.json")) if mine.is_dir() else ():
+        _copy(path, Path(cfg.records) / "protocols" / path.name)

@@ -120,8 +120,21 @@ def _run_bench(cfg: BenchConfig) -> dict:
     if adopted:
         log(f"ReID: {len(adopted)} finished runs of the sweep {cfg.from_sweep} copied in (same recipe and data): "
             + ", ".join(adopted))
-    reports = timed("reid", run_reid_jobs, cfg, jobs)
-    protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB
+    keep = None
+    if cfg.records is not None:  # records of a bench that outlives its machine: taken back, kept as runs finish
+        from dive.bench.records import bench_keep, bench_restore
+
+        back = bench_restore(cfg, jobs)
+        log(f"records: {len(back)} finished run(s) taken back from {cfg.records}")
+
+        def keep(job, report):
+            bench_keep(cfg, jobs, job, report)
+    try:
+        reports = timed("reid", run_reid_jobs, cfg, jobs, keep)
+        protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB
+    finally:
+        if cfg.records is not None:
+            bench_keep(cfg, jobs)
     metrics = timed("metrics", quality, cfg, sources | ceilings, reports)
     timings["total"] = round(time.time() - t0, 1)
     id_counts = {"baseline": 0, "dive-camera": count_ids(sources["dive-camera"])}

@@ -88,8 +88,8 @@ class SweepConfig:
                 "train nothing, and stop; safe beside a running sweep"})
     records: Path | None = field(default=None, metadata={
         "help": "a lasting folder for the finished runs' records (config.json, report.json; the filter scorer's "
-                "weights too): a run takes back those of its recipe before training and keeps its own there at "
-                "the end, --so-far keeps them too; for a sweep that outlives its machine (dive.bench.records)"})
+                "weights too): a run takes back those of its recipe before training and keeps each of its own "
+                "there as it finishes, --so-far keeps them too; for a sweep that outlives its machine (dive.bench.records)"})
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -387,16 +387,17 @@ def _run(cfg: SweepConfig, bench: BenchConfig, work: BenchConfig, rows: list[dic
     per_epoch = work.reid_batches_per_epoch or equal_budget(sets)
     if per_epoch != p["batches_per_epoch"]:
         log(f"equal budget: {per_epoch} batches per epoch (projected {p['batches_per_epoch']})")
+    keep = (lambda job, report: keep_records(cfg, work, rows, per_epoch)) if cfg.records is not None else None
     filtered = [r for r in rows if "keep" in r]
     if filtered:  # the scorer first (with other workers busy on runs that need no filter)
         first = scorer_phase(work, rows, sets, per_epoch)
-        run_reid_jobs(work, first)
+        run_reid_jobs(work, first, on_done=keep)
         scorer = Path(first[0][3])
         for row in filtered:
             folder = filter_folder(work, default, scorer, row["keep"], _folder(work, row))
             sets[row["set"]] = (export_source(work, row["set"], folder), "sysu_mm01")
     jobs = sweep_jobs(work, rows, sets, per_epoch)
-    reports = run_reid_jobs(work, jobs)
+    reports = run_reid_jobs(work, jobs, on_done=keep)  # each run's record kept as it finishes
     return write_sweep(cfg, work, rows, reports, {"checkpoint": str(checkpoint), "dive_images": str(default),
                                                   "batches_per_epoch": per_epoch, "epochs": train_epochs(work),
                                                   "fixed_epoch": bool(work.reid_batches_per_epoch),
