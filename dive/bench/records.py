@@ -1,18 +1,19 @@
 """Records of finished ReID runs, kept apart from their run folders.
 
-A sweep on a machine that does not last (a spot instance, a notebook, a CI runner) loses its run
-folders with it, and a full sweep can take longer than such a machine lives. A run's record, its
-``config.json``, ``report.json`` and ``model.json`` (the recipe check, the test scores and the val
-scores at the kept epoch: all that the sweep's table reads), is a few kilobytes: kept in a folder that lasts (a git repository, a mounted disk), the records are given
-back to a rerun in a fresh ``--out``, which then counts those runs as finished (the same recipe,
-checked as for any finished run) and trains only the others.
+A sweep or bench on a machine that does not last (a spot instance, a notebook, a CI runner) loses
+its run folders with it, and a full one can take longer than such a machine lives. A run's record,
+its ``config.json``, ``report.json`` and ``model.json`` (the recipe check, the test scores and the
+val scores at the kept epoch: all that the sweep's table reads), is a few kilobytes: kept in a
+folder that lasts (a git repository, a mounted disk), the records are given back to a rerun in a
+fresh ``--out``, which then counts those runs as finished (the same recipe, checked as for any
+finished run) and trains only the others.
 
 Layout: ``RECORDS/reid/<run name>/{config.json, report.json, report.md, model.json}``; the run
 whose weights a later stage still needs (the sweep's filter scorer, the bench's Table 6 feature
 model) also keeps ``model.safetensors``. The bench also keeps ``RECORDS/protocols/<run name>.json``:
 each Tables 1/2 model's LLCM and RegDB scores, made as the run finishes (they are keyed by the
-weights' sha256 in model.json, so they are reused without the weights). A record without weights is never taken where weights are read (``dive bench
---from-sweep`` adopts only whole runs).
+weights' sha256 in model.json, so they are reused without the weights). A record without weights
+is never taken where weights are read (``dive bench --from-sweep`` adopts only whole runs).
 """
 
 from __future__ import annotations

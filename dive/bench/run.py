@@ -22,6 +22,7 @@ in `tables.py`, the projection in `plan.py` (its unit costs in `probe.py`).
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -126,9 +127,7 @@ def _run_bench(cfg: BenchConfig) -> dict:
 
         back = bench_restore(cfg, jobs)
         log(f"records: {len(back)} finished run(s) taken back from {cfg.records}")
-
-        def keep(job, report):
-            bench_keep(cfg, jobs, job, report)
+        keep = functools.partial(bench_keep, cfg, jobs)  # keep(job, report) as each run finishes
     try:
         reports = timed("reid", run_reid_jobs, cfg, jobs, keep)
         protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB

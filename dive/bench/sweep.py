@@ -89,7 +89,8 @@ class SweepConfig:
     records: Path | None = field(default=None, metadata={
         "help": "a lasting folder for the finished runs' records (config.json, report.json; the filter scorer's "
                 "weights too): a run takes back those of its recipe before training and keeps each of its own "
-                "there as it finishes, --so-far keeps them too; for a sweep that outlives its machine (dive.bench.records)"})
+                "there as it finishes, --so-far keeps them too; for a sweep that outlives its machine "
+                "(dive.bench.records)"})
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -214,6 +215,11 @@ def sweep_jobs(bench: BenchConfig, rows: list[dict], sets: dict[str, tuple], per
     return jobs
 
 
+def run_jobs_of(bench: BenchConfig, rows: list[dict], per_epoch: int) -> list[tuple]:
+    """The rows' jobs without their training data (enough to find, check and table their runs)."""
+    return sweep_jobs(bench, rows, {r["set"]: ("", "") for r in rows}, per_epoch)
+
+
 def scorer_phase(work: BenchConfig, rows: list[dict], sets: dict[str, tuple], per_epoch: int) -> list[tuple]:
     """The jobs trained before the filters: the scorer (the first seed's baseline run, trained on
     the VI set alone) and, beside it, as many runs of rows that need no filtered set as there are
@@ -239,8 +245,7 @@ def projection(bench: BenchConfig, work: BenchConfig, rows: list[dict]) -> dict:
     d = ReIDTrainConfig(out=Path("unused"))
     per_epoch = bench.reid_batches_per_epoch or agw_epoch_batches(
         census.vi_train_visible + sum(census.ext.values()), d.num_ids, d.num_per_modality)
-    sets = {r["set"]: ("", "") for r in rows}
-    jobs = sweep_jobs(work, rows, sets, per_epoch)
+    jobs = run_jobs_of(work, rows, per_epoch)
     done = sum(finished_report(j) is not None for j in jobs)
     batches = per_epoch * train_epochs(bench)
     return {"rows": len(rows), "runs": len(jobs), "done": done, "batches_per_run": batches,
@@ -331,8 +336,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         if cfg.records is not None:
             from dive.bench.records import restore_records
 
-            back = restore_records(sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, p["batches_per_epoch"]),
-                                   cfg.records)
+            back = restore_records(run_jobs_of(work, rows, p["batches_per_epoch"]), cfg.records)
             log(f"records: {len(back)} finished run(s) taken back from {cfg.records}")
         per_epoch = p["batches_per_epoch"]
         try:
@@ -349,7 +353,7 @@ def keep_records(cfg: SweepConfig, work: BenchConfig, rows: list[dict], per_epoc
 
     if cfg.records is None:
         return
-    jobs = sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, per_epoch)
+    jobs = run_jobs_of(work, rows, per_epoch)
     scorer = reid_run_dir(work, BASELINE_SET, work.methods[0], work.seeds[0]).name
     weights = frozenset({scorer}) if any("keep" in r for r in rows) else frozenset()
     changed = save_records(jobs, cfg.records, with_weights=weights)
@@ -361,7 +365,7 @@ def sweep_so_far(cfg: SweepConfig, work: BenchConfig, rows: list[dict], per_epoc
     sweep-so-far.md, takes no lock and starts nothing."""
     from dive.bench.sweep_table import write_so_far
 
-    jobs = sweep_jobs(work, rows, {r["set"]: ("", "") for r in rows}, per_epoch)
+    jobs = run_jobs_of(work, rows, per_epoch)
     finished = {job[0]: rep for job in jobs if (rep := finished_report(job)) is not None}
     info = {"batches": per_epoch * train_epochs(work), "epochs": train_epochs(work), "batches_per_epoch": per_epoch,
             "fixed_epoch": bool(work.reid_batches_per_epoch)}

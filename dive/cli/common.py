@@ -15,18 +15,16 @@ def add_stage(sub, name: str, help_text: str, config_cls: type, func) -> argpars
     return p
 
 
-def torch_threads_now() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def print_wait_note(threads: int) -> None:
-    """A speed command's warning when OpenMP threads sleep between operations (dive.utils.flops)."""
+def print_wait_note(threads: int = 0) -> None:
+    """A command's warning when OpenMP threads sleep between operations (dive.utils.flops); threads
+    0: torch's current thread count."""
     import os
+
+    import torch
 
     from dive.utils.flops import wait_policy_note
 
+    threads = threads or torch.get_num_threads()
     note = wait_policy_note(os.environ.get("OMP_WAIT_POLICY"), threads)
     if note:
         print(f"note: {note}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dive.cli.common import add_stage, print_wait_note, torch_threads_now
+from dive.cli.common import add_stage, print_wait_note
 from dive.utils.config import dataclass_from_args
 
 
@@ -13,7 +13,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from dive.generate.run import GenerateConfig, generate
 
     cfg = dataclass_from_args(GenerateConfig, args)
-    print_wait_note(torch_threads_now())
+    print_wait_note()
     out = generate(cfg)
     done = (out / "manifest.jsonl").exists()
     print(f"{'finished' if done else 'stopped; rerun the same command to resume'}: {out} "

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dive.cli.common import add_stage, print_wait_note, torch_threads_now
+from dive.cli.common import add_stage, print_wait_note
 from dive.utils.config import dataclass_from_args
 
 
@@ -14,7 +14,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dive.train.trainer import DiVETrainConfig, train_dive
 
     cfg = dataclass_from_args(DiVETrainConfig, args)
-    print_wait_note(cfg.threads or torch_threads_now())
+    print_wait_note(cfg.threads)
     final = train_dive(cfg)
     if final.exists():
         print(f"DiVE checkpoint written to {final} (LoRA + embeddings + tokens.json); run folder {cfg.out}")
