@@ -274,3 +274,13 @@ def test_records_outlive_the_run_folders_and_come_back_for_the_same_recipe_only(
     assert adoptable(dive_job, {DIVE_SET: records / "reid" / f"{DIVE_SET}-{{method}}-seed{{seed}}"}) is None
     base_job = next(j for j in jobs_b if j[0] == "baseline|agw|0")
     assert adoptable(base_job, {"baseline": records / "reid" / "baseline-{method}-seed{seed}"}) is not None
+
+
+def test_a_record_that_cannot_be_kept_as_its_run_finishes_does_not_stop_the_runs(capsys):
+    from dive.bench.records import keep_as_it_finishes
+
+    def broken(job, report):
+        raise OSError("disk full")
+
+    keep_as_it_finishes(broken)(("baseline|agw|0",), {})
+    assert "could not keep baseline|agw|0 as it finished (OSError: disk full)" in capsys.readouterr().out

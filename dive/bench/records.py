@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from dive.bench.jobs import adopt_runs, finished_report, reid_run_name
+from dive.bench.stages import log
 
 #: what a record keeps of every finished run
 RECORD_FILES = ("config.json", "report.json", "report.md", "model.json")
@@ -115,3 +116,14 @@ def bench_keep(cfg, jobs: list[tuple], finished: tuple | None = None, report: di
     mine = cfg.out / "protocols"
     for path in sorted(mine.glob("*.json")) if mine.is_dir() else ():
         _copy(path, Path(cfg.records) / "protocols" / path.name)
+
+
+def keep_as_it_finishes(keep):
+    """`keep(job, report)` as a `run_reid_jobs` callback that never stops the training: a failure is
+    logged (the stage keeps every record again at its end, where a failure is raised)."""
+    def callback(job, report):
+        try:
+            keep(job, report)
+        except Exception as err:  # noqa: BLE001 - the runs go on; the final keep raises
+            log(f"records: could not keep {job[0]} as it finished ({type(err).__name__}: {err}); kept at the end")
+    return callback

@@ -123,11 +123,11 @@ def _run_bench(cfg: BenchConfig) -> dict:
             + ", ".join(adopted))
     keep = None
     if cfg.records is not None:  # records of a bench that outlives its machine: taken back, kept as runs finish
-        from dive.bench.records import bench_keep, bench_restore
+        from dive.bench.records import bench_keep, bench_restore, keep_as_it_finishes
 
         back = bench_restore(cfg, jobs)
         log(f"records: {len(back)} finished run(s) taken back from {cfg.records}")
-        keep = functools.partial(bench_keep, cfg, jobs)  # keep(job, report) as each run finishes
+        keep = keep_as_it_finishes(functools.partial(bench_keep, cfg, jobs))
     try:
         reports = timed("reid", run_reid_jobs, cfg, jobs, keep)
         protocols = timed("protocols", protocol_tables, cfg, reports)  # Tables 1/2 models on LLCM and RegDB

@@ -391,7 +391,11 @@ def _run(cfg: SweepConfig, bench: BenchConfig, work: BenchConfig, rows: list[dic
     per_epoch = work.reid_batches_per_epoch or equal_budget(sets)
     if per_epoch != p["batches_per_epoch"]:
         log(f"equal budget: {per_epoch} batches per epoch (projected {p['batches_per_epoch']})")
-    keep = (lambda job, report: keep_records(cfg, work, rows, per_epoch)) if cfg.records is not None else None
+    keep = None
+    if cfg.records is not None:
+        from dive.bench.records import keep_as_it_finishes
+
+        keep = keep_as_it_finishes(lambda job, report: keep_records(cfg, work, rows, per_epoch))
     filtered = [r for r in rows if "keep" in r]
     if filtered:  # the scorer first (with other workers busy on runs that need no filter)
         first = scorer_phase(work, rows, sets, per_epoch)
