@@ -284,3 +284,22 @@ def test_a_record_that_cannot_be_kept_as_its_run_finishes_does_not_stop_the_runs
 
     keep_as_it_finishes(broken)(("baseline|agw|0",), {})
     assert "could not keep baseline|agw|0 as it finished (OSError: disk full)" in capsys.readouterr().out
+
+
+def test_a_difference_within_the_seed_spread_is_called_level_not_a_win():
+    from dive.bench.sweep_table import verdict
+
+    def row(knob, test_r1, std):
+        r = stand_in(knob, None, 10.0, test_r1)
+        r["result"]["test_rank1"] = {"mean": test_r1, "std": std, "values": [test_r1 - std, test_r1 + std]}
+        return r
+
+    base = row("baseline", 13.18, 1.60)
+    level = verdict(row("dive", 13.24, 0.21), base)
+    assert level["beats_baseline"] and level["within_seed_spread"] and level["seed_spread"] == 1.60
+    line = verdict_line(row("dive", 13.24, 0.21), base, level)
+    assert " is level with the equal-budget baseline" in line and "not a win" in line
+    clear = verdict(row("dive", 16.0, 0.5), base)
+    assert not clear["within_seed_spread"] and " beats " in verdict_line(row("dive", 16.0, 0.5), base, clear)
+    below = verdict(row("dive", 9.0, 0.2), base)
+    assert "does not beat" in verdict_line(row("dive", 9.0, 0.2), base, below)

@@ -76,12 +76,15 @@ def knob_best(rows: list[dict]) -> dict[str, int]:
 
 def verdict(chosen: dict, baseline: dict) -> dict:
     """Whether the chosen row beats the baseline on test all-search R1 (mean over seeds; per seed
-    where both ran)."""
+    where both ran), and whether the difference lies within the seed spread (the larger sample std
+    of the two rows' test R1)."""
     c, b = chosen["result"], baseline["result"]
     diff = c["test_rank1"]["mean"] - b["test_rank1"]["mean"]
     by_seed = dict(zip(b["seeds"], b["test_rank1"]["values"]))
     common = [(v, by_seed[s]) for s, v in zip(c["seeds"], c["test_rank1"]["values"]) if s in by_seed]
-    return {"beats_baseline": bool(diff > 0), "test_rank1_diff": float(diff),
+    spread = max(c["test_rank1"]["std"], b["test_rank1"]["std"])  # 0 with one seed
+    return {"beats_baseline": bool(diff > 0), "test_rank1_diff": float(diff), "seed_spread": float(spread),
+            "within_seed_spread": bool(abs(diff) <= spread and spread > 0),
             "test_mAP_diff": float(c["test_mAP"]["mean"] - b["test_mAP"]["mean"]),
             "seeds_higher": sum(x > y for x, y in common), "seeds_compared": len(common),
             "val_rank1_diff": float(c["val_rank1"]["mean"] - b["val_rank1"]["mean"])}
@@ -94,11 +97,16 @@ def label(row: dict) -> str:
 
 
 def verdict_line(chosen: dict, baseline: dict, v: dict) -> str:
-    word = "beats" if v["beats_baseline"] else "does not beat"
+    if v.get("within_seed_spread"):
+        word = "is level with"
+    else:
+        word = "beats" if v["beats_baseline"] else "does not beat"
+    level = (f" A difference within the seed spread (sample std up to {v['seed_spread']:.2f}): not a win."
+             if v.get("within_seed_spread") else "")
     return (f"The val-chosen setting, {label(chosen)}, {word} the equal-budget baseline on test: all-search R1 "
             f"{chosen['result']['test_rank1']['mean']:.2f} vs {baseline['result']['test_rank1']['mean']:.2f} "
             f"({v['test_rank1_diff']:+.2f}; mAP {v['test_mAP_diff']:+.2f}), higher on {v['seeds_higher']} of "
-            f"{v['seeds_compared']} seeds.")
+            f"{v['seeds_compared']} seeds.{level}")
 
 
 def _cell(s: dict) -> str:
