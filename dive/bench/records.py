@@ -93,11 +93,7 @@ def bench_restore(cfg, jobs: list[tuple]) -> list[str]:
     """`dive bench --records`: the records of this bench's recipe back into cfg.out (runs without a
     finished run there; their LLCM / RegDB scores where cfg.out has none). Returns the job keys."""
     back = restore_records(jobs, cfg.records)
-    theirs = Path(cfg.records) / "protocols"
-    for path in sorted(theirs.glob("*.json")) if theirs.is_dir() else ():
-        mine = cfg.out / "protocols" / path.name
-        if not mine.exists():
-            _copy(path, mine)
+    _copy_json(Path(cfg.records) / "protocols", cfg.out / "protocols", missing_only=True)
     return back
 
 
@@ -113,9 +109,14 @@ def bench_keep(cfg, jobs: list[tuple], finished: tuple | None = None, report: di
     if finished is not None and report is not None:
         protocol_results(dataclasses.replace(cfg, threads=1), {finished[0]: report})
     save_records(jobs, cfg.records, with_weights=frozenset({_table6_run(cfg)}))
-    mine = cfg.out / "protocols"
-    for path in sorted(mine.glob("*.json")) if mine.is_dir() else ():
-        _copy(path, Path(cfg.records) / "protocols" / path.name)
+    _copy_json(cfg.out / "protocols", Path(cfg.records) / "protocols")
+
+
+def _copy_json(src: Path, dst: Path, missing_only: bool = False) -> None:
+    """Every *.json of folder src into folder dst (with `missing_only`, those dst lacks)."""
+    for path in sorted(src.glob("*.json")) if src.is_dir() else ():
+        if not (missing_only and (dst / path.name).exists()):
+            _copy(path, dst / path.name)
 
 
 def keep_as_it_finishes(keep):
